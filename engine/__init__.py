@@ -1,0 +1,71 @@
+"""phasebus: an event-driven workflow engine on trio.
+
+Declare workflows as data (:class:`Workflow`, :class:`Step`, :class:`Job`),
+run them with :func:`open_engine`, and listen and answer on its bus.
+"""
+
+from ._bus import DEFAULT_BUFFER as DEFAULT_BUFFER
+from ._bus import LISTENER_CONNECTED as LISTENER_CONNECTED
+from ._bus import LISTENER_DISCONNECTED as LISTENER_DISCONNECTED
+from ._bus import Listener as Listener
+from ._bus import ListenerDropped as ListenerDropped
+from ._bus import Subscriber as Subscriber
+from ._bus import SubscriberRegistry as SubscriberRegistry
+from ._bus import Subscription as Subscription
+from ._clock import Clock as Clock
+from ._convert import unstructure_declaration as unstructure_declaration
+from ._definitions import CronTrigger as CronTrigger
+from ._definitions import Declarations as Declarations
+from ._definitions import EmitEvent as EmitEvent
+from ._definitions import EventTrigger as EventTrigger
+from ._definitions import ExecuteCommand as ExecuteCommand
+from ._definitions import Job as Job
+from ._definitions import OnError as OnError
+from ._definitions import PerformAction as PerformAction
+from ._definitions import Step as Step
+from ._definitions import StepAction as StepAction
+from ._definitions import Surpass as Surpass
+from ._definitions import Trigger as Trigger
+from ._definitions import WaitForEvent as WaitForEvent
+from ._definitions import Workflow as Workflow
+from ._definitions import action_kind as action_kind
+from ._engine import ERROR as ERROR
+from ._engine import PROGRESS as PROGRESS
+from ._engine import TASK_END as TASK_END
+from ._engine import TASK_STARTED as TASK_STARTED
+from ._engine import CommandContext as CommandContext
+from ._engine import Engine as Engine
+from ._engine import EngineClosed as EngineClosed
+from ._engine import StartDecision as StartDecision
+from ._engine import StartResult as StartResult
+from ._engine import StepInfo as StepInfo
+from ._engine import StepResult as StepResult
+from ._engine import TaskInfo as TaskInfo
+from ._engine import TaskResult as TaskResult
+from ._engine import open_engine as open_engine
+from ._errors import DeclarationError as DeclarationError
+from ._errors import InvalidInputError as InvalidInputError
+from ._errors import ListenerError as ListenerError
+from ._errors import MessageError as MessageError
+from ._errors import PhasebusError as PhasebusError
+from ._errors import Problem as Problem
+from ._errors import UnknownTaskError as UnknownTaskError
+from ._errors import UnknownWorkflowError as UnknownWorkflowError
+from ._machine import Outcome as Outcome
+from ._machine import Task as Task
+from ._machine import WorkflowMachine as WorkflowMachine
+from ._messages import Action as Action
+from ._messages import ActionAbort as ActionAbort
+from ._messages import ActionDone as ActionDone
+from ._messages import ActionError as ActionError
+from ._messages import ActionInfo as ActionInfo
+from ._messages import ActionProgress as ActionProgress
+from ._messages import Event as Event
+from ._messages import Kind as Kind
+from ._messages import Message as Message
+from ._messages import Progress as Progress
+from ._messages import ProgressLeaf as ProgressLeaf
+from ._messages import ProgressTree as ProgressTree
+from ._messages import message_from_json as message_from_json
+
+__version__ = "0.1.0"

@@ -1,0 +1,417 @@
+"""The in-process message bus and the subscriber registry.
+
+A *listener* receives messages through a bounded buffer (a trio memory
+channel). Publishing never waits: a listener whose buffer is full is dropped
+at once, so a slow listener never slows the engine or other listeners. A
+dropped listener still gets what was buffered before the drop; its next
+receive then raises :class:`ListenerDropped`. Its subscriptions are kept, so
+a reconnecting subscriber is sent again the actions it still owes.
+
+A *subscriber* is an id with subscriptions (message type, whether steps wait
+for its answer, and its timeout); it exists whether or not a listener is
+connected for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from ._errors import InvalidInputError, ListenerError, Problem
+from ._messages import (
+    Action,
+    ActionDone,
+    ActionError,
+    ActionInfo,
+    ActionProgress,
+    Answer,
+    Event,
+    Kind,
+    Message,
+    Progress,
+    answer_for,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Messages a listener may hold unread before it is dropped, unless told otherwise.
+DEFAULT_BUFFER = 4096
+
+#: The kinds a subscriber's own listener receives.
+SUBSCRIBER_KINDS = frozenset({Kind.EVENT, Kind.ACTION, Kind.ACTION_ABORT})
+
+LISTENER_CONNECTED = "message-listener-connected"
+LISTENER_DISCONNECTED = "message-listener-disconnected"
+
+
+class ListenerDropped(ListenerError):
+    """The listener was dropped (too slow, or the engine closed) and receives no more."""
+
+
+# ---------------------------------------------------------------- subscribers
+
+
+def _check_timeout(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError([Problem("timeout", f"must be a number of seconds, got {value!r}")])
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidInputError([Problem("timeout", f"must be > 0, got {value!r}")])
+
+
+@attrs.frozen
+class Subscription:
+    """A subscriber's interest in one message type.
+
+    Args:
+        message_type: the actions and events it receives.
+        wait_for_completion: whether perform-action steps wait for its answer.
+        timeout: seconds it may take; a step waiting for it lasts at least this long.
+    """
+
+    message_type: str
+    wait_for_completion: bool = True
+    timeout: float = 60.0
+
+    def __attrs_post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.message_type, str) or not self.message_type:
+            problems.append(Problem("message_type", f"must be a non-empty string, got {self.message_type!r}"))
+        if not isinstance(self.wait_for_completion, bool):
+            problems.append(
+                Problem("wait_for_completion", f"must be true or false, got {self.wait_for_completion!r}")
+            )
+        try:
+            _check_timeout(self.timeout)
+        except InvalidInputError as error:
+            problems.extend(error.problems)
+        if problems:
+            raise InvalidInputError(problems)
+
+
+@attrs.frozen
+class Subscriber:
+    """A subscriber id and its subscriptions by message type."""
+
+    id: str
+    subscriptions: Mapping[str, Subscription] = attrs.field(factory=dict, hash=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the wire form."""
+        return {
+            "id": self.id,
+            "subscriptions": {
+                mt: attrs.asdict(s) for mt, s in sorted(self.subscriptions.items())
+            },
+        }
+
+
+def _check_subscriber_id(subscriber_id: object) -> None:
+    if not isinstance(subscriber_id, str) or not subscriber_id:
+        raise InvalidInputError([Problem("subscriber_id", f"must be a non-empty string, got {subscriber_id!r}")])
+
+
+class SubscriberRegistry:
+    """Subscribers and their subscriptions, indexed by message type.
+
+    ``on_change(subscriber_id, removed_types)`` is called after every change,
+    with the message types the subscriber no longer subscribes to.
+    """
+
+    def __init__(self, on_change: Callable[[str, frozenset[str]], None] | None = None) -> None:
+        self._subscribers: dict[str, Subscriber] = {}
+        self._by_type: dict[str, dict[str, Subscription]] = {}
+        self._on_change = on_change
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def __iter__(self) -> Iterator[Subscriber]:
+        return iter(sorted(self._subscribers.values(), key=lambda s: s.id))
+
+    def get(self, subscriber_id: str) -> Subscriber | None:
+        """Return the subscriber, or None."""
+        return self._subscribers.get(subscriber_id)
+
+    def for_type(self, message_type: str) -> list[Subscriber]:
+        """Return the subscribers of a message type."""
+        return [self._subscribers[sid] for sid in sorted(self._by_type.get(message_type, ()))]
+
+    def waiting_for(self, message_type: str) -> dict[str, Subscription]:
+        """Return the subscriptions to ``message_type`` that steps wait for, by subscriber id."""
+        subs = self._by_type.get(message_type)
+        if not subs:
+            return {}
+        return {sid: s for sid, s in subs.items() if s.wait_for_completion}
+
+    def add(
+        self, subscriber_id: str, message_type: str, *, wait_for_completion: bool = True,
+        timeout: float = 60.0,
+    ) -> Subscriber:
+        """Add or update one subscription (idempotent); return the subscriber."""
+        _check_subscriber_id(subscriber_id)
+        subscription = Subscription(message_type, wait_for_completion, timeout)
+        current = self._subscribers.get(subscriber_id)
+        subscriptions = dict(current.subscriptions) if current else {}
+        subscriptions[message_type] = subscription
+        return self._set(subscriber_id, subscriptions)
+
+    def remove(self, subscriber_id: str, message_type: str) -> Subscriber | None:
+        """Remove one subscription; return the subscriber (None if it was unknown)."""
+        current = self._subscribers.get(subscriber_id)
+        if current is None:
+            return None
+        subscriptions = {mt: s for mt, s in current.subscriptions.items() if mt != message_type}
+        return self._set(subscriber_id, subscriptions)
+
+    def replace(self, subscriber_id: str, subscriptions: Iterable[Subscription]) -> Subscriber:
+        """Replace all subscriptions of a subscriber (creating it if needed)."""
+        _check_subscriber_id(subscriber_id)
+        by_type = {}
+        for index, subscription in enumerate(subscriptions):
+            if not isinstance(subscription, Subscription):
+                raise InvalidInputError([Problem(f"[{index}]", f"must be a Subscription, got {subscription!r}")])
+            by_type[subscription.message_type] = subscription
+        return self._set(subscriber_id, by_type)
+
+    def remove_subscriber(self, subscriber_id: str) -> bool:
+        """Remove a subscriber and all its subscriptions; return whether it existed."""
+        current = self._subscribers.pop(subscriber_id, None)
+        if current is None:
+            return False
+        for message_type in current.subscriptions:
+            self._unindex(subscriber_id, message_type)
+        self._changed(subscriber_id, frozenset(current.subscriptions))
+        return True
+
+    def _set(self, subscriber_id: str, subscriptions: dict[str, Subscription]) -> Subscriber:
+        current = self._subscribers.get(subscriber_id)
+        before = frozenset(current.subscriptions) if current else frozenset()
+        subscriber = Subscriber(subscriber_id, subscriptions)
+        self._subscribers[subscriber_id] = subscriber
+        for message_type in before - subscriptions.keys():
+            self._unindex(subscriber_id, message_type)
+        for message_type, subscription in subscriptions.items():
+            self._by_type.setdefault(message_type, {})[subscriber_id] = subscription
+        self._changed(subscriber_id, before - subscriptions.keys())
+        return subscriber
+
+    def _unindex(self, subscriber_id: str, message_type: str) -> None:
+        subs = self._by_type.get(message_type)
+        if subs is not None:
+            subs.pop(subscriber_id, None)
+            if not subs:
+                del self._by_type[message_type]
+
+    def _changed(self, subscriber_id: str, removed: frozenset[str]) -> None:
+        if self._on_change is not None:
+            self._on_change(subscriber_id, removed)
+
+
+# ---------------------------------------------------------------- listeners
+
+
+_listener_ids = itertools.count(1)
+
+
+class Listener:
+    """A connection to the bus: receive messages, and answer actions.
+
+    Iterate over it (``async for message in listener``) or call
+    :meth:`receive`. A listener opened for a subscriber receives the actions,
+    aborts and events of that subscriber's message types, and answers with
+    :meth:`done`, :meth:`error`, :meth:`info` and :meth:`progress`.
+    """
+
+    def __init__(
+        self, bus: Bus, *, subscriber_id: str | None, message_types: frozenset[str] | None,
+        kinds: frozenset[Kind] | None, buffer: int, publish: Callable[[Message], None],
+    ) -> None:
+        self.id = subscriber_id or f"listener-{next(_listener_ids)}"
+        self.subscriber_id = subscriber_id
+        self.message_types = message_types
+        self.kinds = kinds
+        self._bus = bus
+        self._publish = publish
+        self._send, self._receive = trio.open_memory_channel[Message](buffer)
+        #: Why the listener stopped receiving (``"too slow"``, ``"closed"``), or None.
+        self.dropped: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.id} types={sorted(self.message_types) if self.message_types else 'all'}>"
+
+    def wants(self, message: Message) -> bool:
+        """Tell whether this listener receives ``message``."""
+        if self.kinds is not None and message.kind not in self.kinds:
+            return False
+        return self.message_types is None or message.message_type in self.message_types
+
+    def _deliver(self, message: Message) -> bool:
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return True
+        return True
+
+    def _close(self, reason: str) -> None:
+        if self.dropped is None:
+            self.dropped = reason
+        self._send.close()
+
+    async def receive(self) -> Message:
+        """Receive the next message.
+
+        Raises:
+            ListenerDropped: the listener was dropped or closed and its buffer is empty.
+        """
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ListenerDropped(f"listener {self.id!r} was dropped: {self.dropped or 'closed'}") from None
+
+    def receive_nowait(self) -> Message:
+        """Receive a buffered message, or raise :class:`trio.WouldBlock`."""
+        try:
+            return self._receive.receive_nowait()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ListenerDropped(f"listener {self.id!r} was dropped: {self.dropped or 'closed'}") from None
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self.dropped not in (None, "closed"):
+                raise ListenerDropped(f"listener {self.id!r} was dropped: {self.dropped}") from None
+            raise StopAsyncIteration from None
+
+    # answering
+
+    def _answer(self, action: Action, kind: type[Answer], **fields: Any) -> None:
+        if self.subscriber_id is None:
+            raise ListenerError(f"listener {self.id!r} has no subscriber id and cannot answer actions")
+        if not isinstance(action, Action):
+            raise TypeError(f"can only answer an Action, got {action!r}")
+        self._publish(answer_for(action, kind, self.subscriber_id, **fields))
+
+    def done(self, action: Action) -> None:
+        """Answer that the action's work is done."""
+        self._answer(action, ActionDone)
+
+    def error(self, action: Action, error: str) -> None:
+        """Answer that the action's work failed."""
+        self._answer(action, ActionError, error=error)
+
+    def info(self, action: Action, message: str, *, level: str = "info") -> None:
+        """Report a message about the action's work (``level="error"`` publishes an error event)."""
+        self._answer(action, ActionInfo, level=level, message=message)
+
+    def progress(self, action: Action, progress: Progress) -> None:
+        """Report how far the action's work got."""
+        self._answer(action, ActionProgress, progress=progress)
+
+    def publish(self, event: Event) -> None:
+        """Publish an event on the bus."""
+        if not isinstance(event, Event):
+            raise TypeError(f"listeners publish events, got {event!r}")
+        self._publish(event)
+
+
+class Bus:
+    """Routes messages to listeners by message type, without ever waiting."""
+
+    def __init__(self, registry: SubscriberRegistry) -> None:
+        self._registry = registry
+        self._by_type: dict[str, set[Listener]] = {}
+        self._all: set[Listener] = set()
+        self._by_subscriber: dict[str, Listener] = {}
+        self.listeners: set[Listener] = set()
+        #: How many listeners were dropped for being too slow.
+        self.dropped_count = 0
+
+    def has_listeners(self, message_type: str) -> bool:
+        """Tell whether any listener may receive messages of ``message_type``."""
+        return bool(self._all) or bool(self._by_type.get(message_type))
+
+    def listener_for(self, subscriber_id: str) -> Listener | None:
+        """Return the connected listener of a subscriber, or None."""
+        return self._by_subscriber.get(subscriber_id)
+
+    def attach(self, listener: Listener) -> None:
+        """Connect a listener and publish ``message-listener-connected``."""
+        if listener.subscriber_id is not None:
+            if listener.subscriber_id in self._by_subscriber:
+                raise ListenerError(f"subscriber {listener.subscriber_id!r} already has a listener")
+            self._by_subscriber[listener.subscriber_id] = listener
+        self._index(listener)
+        self.listeners.add(listener)
+        self.publish(Event(LISTENER_CONNECTED, self._describe(listener)))
+
+    def detach(self, listener: Listener, reason: str = "closed") -> None:
+        """Disconnect a listener (idempotent) and publish ``message-listener-disconnected``."""
+        if listener not in self.listeners:
+            return
+        self.listeners.discard(listener)
+        self._unindex(listener)
+        if self._by_subscriber.get(listener.subscriber_id or "") is listener:
+            del self._by_subscriber[listener.subscriber_id or ""]
+        listener._close(reason)
+        self.publish(Event(LISTENER_DISCONNECTED, self._describe(listener)))
+
+    def refresh(self, subscriber_id: str) -> None:
+        """Re-read a subscriber's message types after its subscriptions changed."""
+        listener = self._by_subscriber.get(subscriber_id)
+        if listener is not None:
+            self._unindex(listener)
+            subscriber = self._registry.get(subscriber_id)
+            listener.message_types = frozenset(subscriber.subscriptions) if subscriber else frozenset()
+            self._index(listener)
+
+    def publish(self, message: Message) -> None:
+        """Deliver a message to every listener that wants it; drop those that are full."""
+        targets = self._by_type.get(message.message_type)
+        slow = None
+        if targets:
+            for listener in targets:
+                if (listener.kinds is None or message.kind in listener.kinds) and not listener._deliver(message):
+                    slow = [*(slow or ()), listener]
+        if self._all:
+            for listener in self._all:
+                if (listener.kinds is None or message.kind in listener.kinds) and not listener._deliver(message):
+                    slow = [*(slow or ()), listener]
+        if slow:
+            for listener in slow:
+                self.dropped_count += 1
+                logger.warning(
+                    "dropping listener %s: its buffer of unread messages is full (too slow)", listener.id
+                )
+                self.detach(listener, "too slow")
+
+    def _describe(self, listener: Listener) -> dict[str, Any]:
+        channels = sorted(listener.message_types) if listener.message_types is not None else None
+        return {"subscriber_id": listener.id, "channels": channels}
+
+    def _index(self, listener: Listener) -> None:
+        if listener.message_types is None:
+            self._all.add(listener)
+        else:
+            for message_type in listener.message_types:
+                self._by_type.setdefault(message_type, set()).add(listener)
+
+    def _unindex(self, listener: Listener) -> None:
+        self._all.discard(listener)
+        for message_type in listener.message_types or ():
+            listeners = self._by_type.get(message_type)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._by_type[message_type]

@@ -1,0 +1,353 @@
+"""The one cattrs converter: declarations and wire messages in and out.
+
+Structuring is strict: ``"false"`` is not a bool, ``1.9`` is not an int, a
+string is not a list, and unknown fields are errors (except inside a message's
+``data``, where unknown fields are kept). Every failure becomes one
+:class:`~engine.InvalidInputError` listing each problem with its path.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    AttributeValidationNote,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+
+from ._definitions import (
+    ACTION_KINDS,
+    CronTrigger,
+    Declarations,
+    EventTrigger,
+    OnError,
+    StepAction,
+    Surpass,
+    Trigger,
+    Workflow,
+    action_kind,
+    duplicate_problems,
+)
+from ._errors import DeclarationError, InvalidInputError, MessageError, Problem, join_path
+from ._messages import (
+    MESSAGE_CLASSES,
+    Event,
+    Kind,
+    Message,
+    Progress,
+    ProgressLeaf,
+    ProgressTree,
+)
+
+T = TypeVar("T")
+
+_converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+
+
+# ---------------------------------------------------------------- strict scalars
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _structure_str(value: object, _: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"must be a string, got {_describe(value)}")
+    return value
+
+
+def _structure_int(value: object, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"must be an integer, got {_describe(value)}")
+    return value
+
+
+def _structure_float(value: object, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"must be a number, got {_describe(value)}")
+    return value  # an int stays an int, so errors quote the number as written
+
+
+def _structure_bool(value: object, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"must be true or false, got {_describe(value)}")
+    return value
+
+
+def _structure_any_mapping(value: object, _: type) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"must be a table of values, got {_describe(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"keys must be strings, got {_describe(key)}")
+    return dict(value)
+
+
+_converter.register_structure_hook(str, _structure_str)
+_converter.register_structure_hook(int, _structure_int)
+_converter.register_structure_hook(float, _structure_float)
+_converter.register_structure_hook(bool, _structure_bool)
+_converter.register_structure_hook_func(lambda t: t == Mapping[str, Any], _structure_any_mapping)
+
+
+def _enum_hook(enum_type: type[OnError] | type[Surpass]) -> Callable[[object, type], Any]:
+    choices = ", ".join(repr(member.value) for member in enum_type)
+
+    def structure(value: object, _: type) -> Any:
+        try:
+            return enum_type(value)
+        except ValueError:
+            raise ValueError(f"must be one of {choices}, got {_describe(value)}") from None
+
+    return structure
+
+
+_converter.register_structure_hook(OnError, _enum_hook(OnError))
+_converter.register_structure_hook(Surpass, _enum_hook(Surpass))
+
+
+def _is_homogeneous_tuple(type_: Any) -> bool:
+    args = get_args(type_)
+    return get_origin(type_) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
+def _tuple_hook_factory(type_: Any) -> Callable[[object, type], tuple[Any, ...]]:
+    element_type = get_args(type_)[0]
+    element_hook = _converter.get_structure_hook(element_type)
+
+    def structure(value: object, _: type) -> tuple[Any, ...]:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"must be a list, got {_describe(value)}")
+        items = []
+        errors: list[Exception] = []
+        for index, item in enumerate(value):
+            try:
+                items.append(element_hook(item, element_type))
+            except Exception as error:  # collected and reported with their paths
+                error.add_note(IterableValidationNote(f"@ index {index}", index, element_type))
+                errors.append(error)
+        if errors:
+            raise IterableValidationError(f"while structuring {type_}", errors, type_)
+        return tuple(items)
+
+    return structure
+
+
+_converter.register_structure_hook_factory(_is_homogeneous_tuple, _tuple_hook_factory)
+
+
+# ---------------------------------------------------------------- problems from exceptions
+
+
+def problems_from(error: BaseException, path: str = "") -> list[Problem]:
+    """Turn a structuring failure (possibly a cattrs exception group) into problems."""
+    if isinstance(error, InvalidInputError):
+        return [Problem(join_path(path, p.path), p.message) for p in error.problems]
+    if isinstance(error, BaseExceptionGroup):
+        problems = []
+        for sub in error.exceptions:
+            sub_path = path
+            for note in getattr(sub, "__notes__", ()):
+                if isinstance(note, AttributeValidationNote):
+                    sub_path = join_path(path, note.name)
+                elif isinstance(note, IterableValidationNote):
+                    sub_path = f"{path}[{note.index}]"
+            problems.extend(problems_from(sub, sub_path))
+        return problems
+    if isinstance(error, ForbiddenExtraKeysError):
+        return [Problem(join_path(path, key), "unknown field") for key in sorted(error.extra_fields)]
+    if isinstance(error, KeyError):
+        return [Problem(path, "required field missing")]
+    return [Problem(path, str(error))]
+
+
+def _structure_checked(data: object, type_: type[T], error_type: type[InvalidInputError]) -> T:
+    try:
+        return _converter.structure(data, type_)
+    except (cattrs.BaseValidationError, InvalidInputError, KeyError, TypeError, ValueError) as error:
+        raise error_type(problems_from(error)) from None
+
+
+# ---------------------------------------------------------------- declarations
+
+
+def _tagged(value: object, tag: str, choices: Mapping[str, type[T]], what: str) -> T:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"must be a table, got {_describe(value)}")
+    if tag not in value:
+        raise DeclarationError([Problem(tag, "required field missing")])
+    name = value[tag]
+    cls = choices.get(name) if isinstance(name, str) else None
+    if cls is None:
+        expected = ", ".join(repr(c) for c in choices)
+        raise DeclarationError([Problem(tag, f"unknown {what} {_describe(name)}, expected one of {expected}")])
+    rest = {key: item for key, item in value.items() if key != tag}
+    return _converter.structure(rest, cls)
+
+
+def _structure_action(value: object, _: type) -> StepAction:
+    return _tagged(value, "kind", ACTION_KINDS, "action kind")
+
+
+def _structure_trigger(value: object, _: type) -> Trigger:
+    if isinstance(value, Mapping):
+        if "cron" in value and "event" not in value:
+            return _converter.structure(value, CronTrigger)
+        if "event" in value and "cron" not in value:
+            return _converter.structure(value, EventTrigger)
+    raise DeclarationError([Problem("", "a trigger needs exactly one of 'cron' and 'event'")])
+
+
+def _unstructure_action(action: StepAction) -> dict[str, Any]:
+    return {"kind": action_kind(action), **attrs.asdict(action, recurse=False)}
+
+
+_converter.register_structure_hook(StepAction, _structure_action)
+_converter.register_structure_hook(Trigger, _structure_trigger)
+_converter.register_unstructure_hook(StepAction, _unstructure_action)
+for _cls in ACTION_KINDS.values():
+    _converter.register_unstructure_hook(_cls, _unstructure_action)
+
+
+def _raw_names(value: object, field: str) -> list[object]:
+    if not isinstance(value, list):
+        return []
+    return [item.get(field) if isinstance(item, Mapping) else None for item in value]
+
+
+def _cross_checks(data: Mapping[str, Any], type_: type) -> list[Problem]:
+    """Repeat the checks across elements on raw data, for when elements fail on their own."""
+    if type_ is Workflow:
+        return duplicate_problems(_raw_names(data.get("steps"), "name"), "steps", "name")
+    if type_ is Declarations:
+        problems = []
+        for key in ("workflows", "jobs"):
+            for index, workflow in enumerate(data.get(key) or ()):
+                if isinstance(workflow, Mapping):
+                    problems.extend(
+                        p.__class__(join_path(f"{key}[{index}]", p.path), p.message)
+                        for p in _cross_checks(workflow, Workflow)
+                    )
+        return problems
+    return []
+
+
+def structure_declaration(data: object, type_: type[T], *, source: str | None = None) -> T:
+    """Structure a workflow, job or declarations from plain data.
+
+    Raises:
+        DeclarationError: listing every problem with its path.
+    """
+    if not isinstance(data, Mapping):
+        raise DeclarationError([Problem("", f"must be a table, got {_describe(data)}")], source=source)
+    try:
+        return _converter.structure(data, type_)
+    except (cattrs.BaseValidationError, InvalidInputError, KeyError, TypeError, ValueError) as error:
+        problems = problems_from(error)
+        seen = set(problems)
+        problems.extend(p for p in _cross_checks(data, type_) if p not in seen)
+        raise DeclarationError(problems, source=source) from None
+
+
+def unstructure_declaration(value: Any) -> Any:
+    """Return the plain data (as in a JSON data file) of a workflow, job or declarations."""
+    return _converter.unstructure(value)
+
+
+def load_toml(text: str, *, source: str | None = None) -> dict[str, Any]:
+    """Parse TOML text, turning a syntax error into a :class:`DeclarationError`."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise DeclarationError([Problem("", f"invalid TOML: {error}")], source=source) from None
+
+
+def load_json(text: str, *, source: str | None = None) -> Any:
+    """Parse JSON text, turning a syntax error into a :class:`DeclarationError`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DeclarationError([Problem("", f"invalid JSON: {error}")], source=source) from None
+
+
+# ---------------------------------------------------------------- messages
+
+
+_PROGRESS_KINDS: dict[str, type[Progress]] = {"progress": ProgressLeaf, "tree": ProgressTree}
+
+
+def _structure_progress(value: object, _: type) -> Progress:
+    return _tagged(value, "kind", _PROGRESS_KINDS, "progress kind")
+
+
+_converter.register_structure_hook(Progress, _structure_progress)
+
+_KINDS = ", ".join(repr(kind.value) for kind in Kind)
+_ROUTING_FIELDS: dict[type, frozenset[str]] = {
+    cls: frozenset(a.name for a in attrs.fields(cls)) - {"message_type", "extra"}
+    for cls in MESSAGE_CLASSES.values()
+    if cls is not Event
+}
+
+
+def structure_message(value: object) -> Message:
+    """Read a message from its wire form (a parsed JSON object).
+
+    Raises:
+        MessageError: naming each field that is missing, unknown or of the wrong type.
+    """
+    if not isinstance(value, Mapping):
+        raise MessageError([Problem("", f"a message must be a JSON object, got {_describe(value)}")])
+    problems = [Problem(key, "unknown field") for key in value if key not in ("kind", "message_type", "data")]
+    kind = value.get("kind")
+    if kind is None:
+        problems.append(Problem("kind", "required field missing"))
+    elif kind not in Kind.__members__.values():
+        problems.append(Problem("kind", f"unknown kind {_describe(kind)}, expected one of {_KINDS}"))
+    message_type = value.get("message_type")
+    if message_type is None:
+        problems.append(Problem("message_type", "required field missing"))
+    elif not isinstance(message_type, str) or not message_type:
+        problems.append(Problem("message_type", f"must be a non-empty string, got {_describe(message_type)}"))
+    data = value.get("data", {})
+    if not isinstance(data, Mapping):
+        problems.append(Problem("data", f"must be a JSON object, got {_describe(data)}"))
+    if problems:
+        raise MessageError(problems)
+    cls = MESSAGE_CLASSES[Kind(kind)]
+    if cls is Event:
+        return Event(message_type, data)
+    routing = _ROUTING_FIELDS[cls]
+    fields: dict[str, Any] = {"message_type": message_type, "extra": {}}
+    for key, item in data.items():
+        if key in routing:
+            fields[key] = item
+        else:
+            fields["extra"][key] = item
+    if cls is MESSAGE_CLASSES[Kind.ACTION_ERROR] and fields.get("error") is None:
+        fields["error"] = "n/a"
+    try:
+        return _converter.structure(fields, cls)
+    except (cattrs.BaseValidationError, InvalidInputError, KeyError, TypeError, ValueError) as error:
+        raise MessageError(
+            [Problem(join_path("data", p.path), p.message) for p in problems_from(error)]
+        ) from None
+
+
+def message_to_json(message: Message) -> dict[str, Any]:
+    """Return the wire form of a message."""
+    return message.to_json()
+
+
+def structure_strict(data: object, type_: type[T]) -> T:
+    """Structure any attrs value strictly, raising :class:`InvalidInputError` with paths."""
+    return _structure_checked(data, type_, InvalidInputError)

@@ -1,0 +1,562 @@
+"""Workflow declarations: pure, frozen values, validated on construction.
+
+A declaration never names code to import. An execute-command step runs either
+an argument vector as a subprocess or a Python callable that the program
+registered with the engine under a name; a data file can only use the name.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeAlias
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import attrs
+from cronsim import CronSim, CronSimError
+
+from ._errors import DeclarationError, Problem, join_path
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+#: Names a step may not take: the machine's own start and end states.
+RESERVED_STATES = frozenset({"start", "end"})
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
+
+
+class OnError(enum.StrEnum):
+    """What a step's error does to its task."""
+
+    #: Record the error and move on to the next step.
+    CONTINUE = "continue"
+    #: End the task as ``failed``.
+    STOP = "stop"
+
+
+class Surpass(enum.StrEnum):
+    """What a trigger does while a run of the same workflow is active."""
+
+    #: Do not start another run.
+    SKIP = "skip"
+    #: End the active run as ``replaced`` and start a new one.
+    REPLACE = "replace"
+    #: Start another run beside the active one.
+    PARALLEL = "parallel"
+    #: Queue one run to start when the active one ends (at most one waits).
+    WAIT = "wait"
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_name(problems: list[Problem], path: str, value: object, what: str) -> None:
+    if not isinstance(value, str):
+        problems.append(Problem(path, f"must be a string, got {value!r}"))
+    elif not _NAME.match(value):
+        problems.append(
+            Problem(
+                path,
+                f"{what} must be 1-200 characters of letters, digits, '_', '.', ':' or '-'"
+                f" and not start with a punctuation mark, got {value!r}",
+            )
+        )
+
+
+def _check_timeout(problems: list[Problem], path: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.append(Problem(path, f"must be a number of seconds, got {value!r}"))
+    elif not math.isfinite(value) or value <= 0:
+        problems.append(Problem(path, f"must be > 0, got {value!r}"))
+
+
+def _check_mapping(problems: list[Problem], path: str, value: object) -> None:
+    if not isinstance(value, Mapping):
+        problems.append(Problem(path, f"must be a table of values, got {value!r}"))
+    elif not all(isinstance(k, str) for k in value):
+        problems.append(Problem(path, "keys must be strings"))
+
+
+def _check_enum(problems: list[Problem], path: str, value: object, enum_type: type[enum.Enum]) -> None:
+    if not isinstance(value, enum_type):
+        choices = ", ".join(repr(m.value) for m in enum_type)
+        problems.append(Problem(path, f"must be one of {choices}, got {value!r}"))
+
+
+def _raise_if(problems: list[Problem]) -> None:
+    if problems:
+        raise DeclarationError(problems)
+
+
+def duplicate_problems(names: Iterable[object], path: str, what: str) -> list[Problem]:
+    """List a problem for every name that repeats an earlier one in ``names``."""
+    seen: set[str] = set()
+    problems = []
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append(Problem(f"{path}[{index}].{what}", f"duplicate {what} {name!r}"))
+        seen.add(name)
+    return problems
+
+
+def _frozen_mapping(value: Any) -> Any:
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _to_enum(enum_type: type[enum.Enum]) -> Any:
+    def convert(value: Any) -> Any:
+        try:
+            return enum_type(value)
+        except ValueError:
+            return value  # reported by the check in __attrs_post_init__
+
+    return convert
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+# ---------------------------------------------------------------- actions
+
+
+@attrs.frozen
+class PerformAction:
+    """Send an ``action`` and wait for every listener that must acknowledge it.
+
+    The step waits for each subscriber registered for ``message_type`` with
+    ``wait_for_completion`` when the step starts, until each has answered
+    ``action_done`` or ``action_error``, or the step's deadline passes.
+    """
+
+    message_type: str
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Problem] = []
+        _check_name(problems, "message_type", self.message_type, "a message type")
+        _raise_if(problems)
+
+
+@attrs.frozen
+class EmitEvent:
+    """Publish an ``event`` with ``data`` and move on at once."""
+
+    message_type: str
+    data: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Problem] = []
+        _check_name(problems, "message_type", self.message_type, "a message type")
+        _check_mapping(problems, "data", self.data)
+        _raise_if(problems)
+
+
+@attrs.frozen
+class WaitForEvent:
+    """Wait until an event of ``message_type`` whose data matches ``filter`` arrives.
+
+    Only events published while the step is current count. ``filter`` matches
+    when every key it names is present in the event's data with an equal value;
+    nested tables match recursively.
+    """
+
+    message_type: str
+    filter: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Problem] = []
+        _check_name(problems, "message_type", self.message_type, "a message type")
+        _check_mapping(problems, "filter", self.filter)
+        _raise_if(problems)
+
+    def matches(self, message_type: str, data: Mapping[str, Any]) -> bool:
+        """Tell whether an event of ``message_type`` with ``data`` satisfies this wait."""
+        return message_type == self.message_type and data_matches(self.filter, data)
+
+
+@attrs.frozen
+class ExecuteCommand:
+    """Run a command and wait for it to finish.
+
+    Exactly one of ``command`` (an argument vector run as a subprocess, no shell)
+    and ``callable`` (the name of an async callable registered with the engine)
+    is given. A non-zero exit status or an exception is the step's error; the
+    step's timeout cancels the command (a subprocess is killed).
+    """
+
+    command: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    callable: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Problem] = []
+        if not isinstance(self.command, tuple) or not all(
+            isinstance(arg, str) for arg in self.command
+        ):
+            problems.append(Problem("command", f"must be a list of strings, got {self.command!r}"))
+        if self.callable is not None:
+            _check_name(problems, "callable", self.callable, "a callable name")
+        if bool(self.command) == (self.callable is not None):
+            problems.append(Problem("", "give exactly one of 'command' and 'callable'"))
+        _raise_if(problems)
+
+
+StepAction: TypeAlias = PerformAction | EmitEvent | WaitForEvent | ExecuteCommand
+
+#: The ``kind`` names of step actions in data files.
+ACTION_KINDS: dict[str, type[StepAction]] = {
+    "perform_action": PerformAction,
+    "emit_event": EmitEvent,
+    "wait_for_event": WaitForEvent,
+    "execute_command": ExecuteCommand,
+}
+
+
+def action_kind(action: StepAction) -> str:
+    """Return the data-file name of an action's kind, e.g. ``perform_action``."""
+    for name, cls in ACTION_KINDS.items():
+        if type(action) is cls:
+            return name
+    raise TypeError(f"not a step action: {action!r}")
+
+
+def data_matches(pattern: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    """Tell whether ``data`` holds every key of ``pattern`` with an equal value.
+
+    Nested mappings in ``pattern`` match recursively; other values compare equal.
+    """
+    for key, expected in pattern.items():
+        if key not in data:
+            return False
+        actual = data[key]
+        if isinstance(expected, Mapping):
+            if not isinstance(actual, Mapping) or not data_matches(expected, actual):
+                return False
+        elif actual != expected:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _default_action(step: Step) -> StepAction:
+    if isinstance(step.name, str) and _NAME.match(step.name):
+        return PerformAction(step.name)
+    # The name check in Step.__attrs_post_init__ rejects this step; any action does.
+    return PerformAction("_")
+
+
+@attrs.frozen
+class Step:
+    """One state of a workflow.
+
+    Args:
+        name: the state's name, unique in its workflow; by default also the
+            message type of its action.
+        action: what the step does; a :class:`PerformAction` of ``name`` by default.
+        timeout: seconds before the step's deadline.
+        on_error: what an error (an ``action_error``, a missed deadline, a failed
+            command) does to the task.
+        phase: the phase the step belongs to, for grouping in diagrams and views.
+    """
+
+    name: str
+    action: StepAction = attrs.field(default=attrs.Factory(_default_action, takes_self=True))
+    timeout: float = 10.0
+    on_error: OnError = attrs.field(default=OnError.CONTINUE, converter=_to_enum(OnError))
+    phase: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Problem] = []
+        _check_name(problems, "name", self.name, "a step name")
+        if self.name in RESERVED_STATES:
+            problems.append(Problem("name", f"{self.name!r} is reserved for the machine's own state"))
+        if not isinstance(self.action, StepAction):
+            problems.append(Problem("action", f"must be a step action, got {self.action!r}"))
+        _check_timeout(problems, "timeout", self.timeout)
+        _check_enum(problems, "on_error", self.on_error, OnError)
+        if self.phase is not None:
+            _check_name(problems, "phase", self.phase, "a phase name")
+        _raise_if(problems)
+
+    @property
+    def message_type(self) -> str:
+        """The message type this step sends or waits for (a command step: its name)."""
+        action = self.action
+        return self.name if isinstance(action, ExecuteCommand) else action.message_type
+
+
+# ---------------------------------------------------------------- triggers
+
+
+def _check_cron(problems: list[Problem], path: str, expression: object) -> None:
+    if not isinstance(expression, str):
+        problems.append(Problem(path, f"must be a string, got {expression!r}"))
+        return
+    bad = Problem(path, f"{expression!r} is not a valid cron expression")
+    if len(expression.split()) != 5:
+        problems.append(
+            Problem(path, f"{expression!r} is not a valid cron expression (it needs 5 fields)")
+        )
+        return
+    try:
+        CronSim(expression, datetime(2000, 1, 1, tzinfo=UTC))
+    except (CronSimError, ValueError, IndexError):
+        problems.append(bad)
+
+
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+@attrs.frozen
+class CronTrigger:
+    """Start on a cron schedule (five fields), evaluated in ``timezone``.
+
+    At daylight-saving changes the schedule follows Debian cron: a fixed time
+    of day that does not exist runs once at the next valid instant, a time that
+    occurs twice runs once; hourly and finer schedules run in absolute time.
+    """
+
+    cron: str
+    timezone: str = "UTC"
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Problem] = []
+        _check_cron(problems, "cron", self.cron)
+        if not isinstance(self.timezone, str):
+            problems.append(Problem("timezone", f"must be a string, got {self.timezone!r}"))
+        elif _zone(self.timezone) is None:
+            problems.append(Problem("timezone", f"unknown time zone {self.timezone!r}"))
+        _raise_if(problems)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The trigger's time zone."""
+        zone = _zone(self.timezone)
+        assert zone is not None
+        return zone
+
+    def next_after(self, moment: datetime) -> datetime:
+        """Return the first fire time strictly after ``moment``, in UTC."""
+        local = moment.astimezone(self.zone)
+        return next(CronSim(self.cron, local)).astimezone(UTC)
+
+
+@attrs.frozen
+class EventTrigger:
+    """Start when an event of type ``event`` whose data matches ``filter`` is published."""
+
+    event: str
+    filter: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Problem] = []
+        _check_name(problems, "event", self.event, "an event type")
+        _check_mapping(problems, "filter", self.filter)
+        _raise_if(problems)
+
+    def matches(self, message_type: str, data: Mapping[str, Any]) -> bool:
+        """Tell whether an event of ``message_type`` with ``data`` fires this trigger."""
+        return message_type == self.event and data_matches(self.filter, data)
+
+
+Trigger: TypeAlias = CronTrigger | EventTrigger
+
+
+def _check_triggers(problems: list[Problem], triggers: object) -> None:
+    if not isinstance(triggers, tuple):
+        problems.append(Problem("triggers", f"must be a list of triggers, got {triggers!r}"))
+        return
+    for index, trigger in enumerate(triggers):
+        if not isinstance(trigger, CronTrigger | EventTrigger):
+            problems.append(Problem(f"triggers[{index}]", f"must be a trigger, got {trigger!r}"))
+
+
+# ---------------------------------------------------------------- workflows
+
+
+@attrs.frozen
+class Workflow:
+    """A workflow: an ordered list of steps, its triggers and its surpass behaviour.
+
+    Every workflow also starts on the event ``start_<id>_workflow``.
+    """
+
+    id: str
+    steps: tuple[Step, ...] = attrs.field(converter=_tuple)
+    name: str = attrs.field(default=attrs.Factory(lambda self: self.id, takes_self=True))
+    triggers: tuple[Trigger, ...] = attrs.field(default=(), converter=_tuple)
+    surpass: Surpass = attrs.field(default=Surpass.WAIT, converter=_to_enum(Surpass))
+    description: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Problem] = []
+        _check_name(problems, "id", self.id, "an id")
+        if not isinstance(self.name, str) or not self.name:
+            problems.append(Problem("name", f"must be a non-empty string, got {self.name!r}"))
+        if not isinstance(self.steps, tuple) or not self.steps:
+            problems.append(Problem("steps", "a workflow needs at least one step"))
+        else:
+            for index, step in enumerate(self.steps):
+                if not isinstance(step, Step):
+                    problems.append(Problem(f"steps[{index}]", f"must be a Step, got {step!r}"))
+            problems.extend(
+                duplicate_problems((getattr(s, "name", None) for s in self.steps), "steps", "name")
+            )
+        _check_triggers(problems, self.triggers)
+        _check_enum(problems, "surpass", self.surpass, Surpass)
+        if not isinstance(self.description, str):
+            problems.append(Problem("description", f"must be a string, got {self.description!r}"))
+        _raise_if(problems)
+
+    @property
+    def start_event(self) -> str:
+        """The event type that starts this workflow: ``start_<id>_workflow``."""
+        return f"start_{self.id}_workflow"
+
+    def step(self, name: str) -> Step:
+        """Return the step called ``name``."""
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Workflow:
+        """Read a workflow from plain data (as parsed from JSON or TOML)."""
+        from ._convert import structure_declaration
+
+        return structure_declaration(data, cls)
+
+
+@attrs.frozen
+class Job:
+    """A custom automation: run one command when a trigger fires.
+
+    A job is a workflow of one execute-command step, optionally preceded by a
+    step that waits for an event (``wait_for``, within ``wait_timeout``).
+    """
+
+    id: str
+    command: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    callable: str | None = None
+    triggers: tuple[Trigger, ...] = attrs.field(default=(), converter=_tuple)
+    wait_for: WaitForEvent | None = None
+    wait_timeout: float = 60.0
+    timeout: float = 60.0
+    surpass: Surpass = attrs.field(default=Surpass.WAIT, converter=_to_enum(Surpass))
+    description: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Problem] = []
+        _check_name(problems, "id", self.id, "an id")
+        try:
+            ExecuteCommand(self.command, self.callable)
+        except DeclarationError as error:
+            problems.extend(error.problems)
+        _check_triggers(problems, self.triggers)
+        if self.wait_for is not None and not isinstance(self.wait_for, WaitForEvent):
+            problems.append(Problem("wait_for", f"must be a WaitForEvent, got {self.wait_for!r}"))
+        _check_timeout(problems, "wait_timeout", self.wait_timeout)
+        _check_timeout(problems, "timeout", self.timeout)
+        _check_enum(problems, "surpass", self.surpass, Surpass)
+        _raise_if(problems)
+
+    def as_workflow(self) -> Workflow:
+        """Return the workflow that runs this job."""
+        steps = []
+        if self.wait_for is not None:
+            steps.append(Step("wait", self.wait_for, timeout=self.wait_timeout, on_error=OnError.STOP))
+        steps.append(
+            Step("run", ExecuteCommand(self.command, self.callable), timeout=self.timeout,
+                 on_error=OnError.STOP)
+        )
+        return Workflow(
+            id=self.id, steps=tuple(steps), triggers=self.triggers, surpass=self.surpass,
+            description=self.description,
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        """Read a job from plain data (as parsed from JSON or TOML)."""
+        from ._convert import structure_declaration
+
+        return structure_declaration(data, cls)
+
+
+@attrs.frozen
+class Declarations:
+    """The workflows and jobs of one data file.
+
+    A TOML file has ``[[workflows]]`` and ``[[jobs]]`` tables; a JSON file an
+    object with ``workflows`` and ``jobs`` lists. Ids are unique across both.
+    """
+
+    workflows: tuple[Workflow, ...] = attrs.field(default=(), converter=_tuple)
+    jobs: tuple[Job, ...] = attrs.field(default=(), converter=_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        ids = [w.id for w in self.workflows] + [j.id for j in self.jobs]
+        problems = []
+        seen: set[str] = set()
+        for index, ident in enumerate(ids):
+            if ident in seen:
+                where = (
+                    f"workflows[{index}]" if index < len(self.workflows)
+                    else f"jobs[{index - len(self.workflows)}]"
+                )
+                problems.append(Problem(join_path(where, "id"), f"duplicate id {ident!r}"))
+            seen.add(ident)
+        _raise_if(problems)
+
+    def all_workflows(self) -> tuple[Workflow, ...]:
+        """Return the workflows and the jobs (as workflows)."""
+        return self.workflows + tuple(job.as_workflow() for job in self.jobs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Declarations:
+        """Read declarations from plain data; ``source`` names them in errors."""
+        from ._convert import structure_declaration
+
+        return structure_declaration(data, cls, source=source)
+
+    @classmethod
+    def from_toml(cls, text: str, *, source: str | None = None) -> Declarations:
+        """Read declarations from TOML text."""
+        from ._convert import load_toml
+
+        return cls.from_dict(load_toml(text, source=source), source=source)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str | None = None) -> Declarations:
+        """Read declarations from JSON text."""
+        from ._convert import load_json
+
+        return cls.from_dict(load_json(text, source=source), source=source)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Declarations:
+        """Read declarations from a ``.toml`` or ``.json`` file."""
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise DeclarationError([Problem("", f"cannot read the file: {error}")], source=source) from None
+        if path.suffix == ".toml":
+            return cls.from_toml(text, source=source)
+        if path.suffix == ".json":
+            return cls.from_json(text, source=source)
+        raise DeclarationError(
+            [Problem("", f"unknown file type {path.suffix!r}: use .toml or .json")], source=source
+        )
+

@@ -1,0 +1,1017 @@
+"""The engine: the trio side that acts on what the machines decide.
+
+One nursery holds everything the engine runs: a driver per task, a scheduler
+per cron trigger, a runner per executing command and the handlers of
+in-process listeners. The engine starts no threads.
+
+A task's driver is the only code that takes the task's transitions. Anything
+else (an answer, an event, a subscription change, a stop request) records a
+fact on the task and wakes the driver, which asks the machine to move on.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+import trio
+from trio.lowlevel import ParkingLot
+
+from ._bus import (
+    DEFAULT_BUFFER,
+    SUBSCRIBER_KINDS,
+    Bus,
+    Listener,
+    ListenerDropped,
+    Subscriber,
+    SubscriberRegistry,
+    Subscription,
+)
+from ._clock import Clock
+from ._definitions import (
+    CronTrigger,
+    EmitEvent,
+    EventTrigger,
+    ExecuteCommand,
+    Job,
+    PerformAction,
+    Surpass,
+    WaitForEvent,
+    Workflow,
+    action_kind,
+)
+from ._errors import (
+    DeclarationError,
+    PhasebusError,
+    Problem,
+    UnknownTaskError,
+    UnknownWorkflowError,
+)
+from ._machine import END, Answer, Outcome, StepRun, Task, WorkflowMachine
+from ._messages import (
+    Action,
+    ActionAbort,
+    ActionDone,
+    ActionError,
+    ActionInfo,
+    ActionProgress,
+    Event,
+    Message,
+    Progress,
+    ProgressLeaf,
+    ProgressTree,
+)
+from ._timers import Timers
+
+logger = logging.getLogger(__name__)
+
+#: An async callable that an execute-command step runs by name.
+Command = Callable[["CommandContext"], Awaitable[object]]
+
+#: An in-process listener's handler.
+Handler = Callable[[Message], Awaitable[object]]
+
+TASK_STARTED = "task_started"
+PROGRESS = "progress"
+TASK_END = "task_end"
+ERROR = "error"
+
+
+class EngineClosed(PhasebusError):
+    """The engine closed before the awaited task ended."""
+
+
+# ---------------------------------------------------------------- views
+
+
+@attrs.frozen
+class StepInfo:
+    """What the current step of a running task is doing."""
+
+    name: str
+    action: str
+    message_type: str
+    started_at: datetime
+    deadline: datetime | None
+    waiting_for: tuple[str, ...]
+    answered: Mapping[str, str] = attrs.field(hash=False)
+    progress: Mapping[str, Progress] = attrs.field(hash=False)
+    errors: tuple[str, ...]
+
+
+@attrs.frozen
+class TaskInfo:
+    """A running task: its workflow, state and current step."""
+
+    id: str
+    workflow: str
+    workflow_name: str
+    state: str
+    started_at: datetime
+    step: StepInfo | None
+
+
+@attrs.frozen
+class StepResult:
+    """How one step of a finished task went."""
+
+    name: str
+    started_at: datetime
+    ended_at: datetime
+    answered: Mapping[str, str] = attrs.field(hash=False)
+    errors: tuple[str, ...]
+    timed_out: bool
+
+    @property
+    def duration(self) -> float:
+        """Seconds the step took."""
+        return (self.ended_at - self.started_at).total_seconds()
+
+
+@attrs.frozen
+class TaskResult:
+    """A finished task: its outcome and what its steps did."""
+
+    id: str
+    workflow: str
+    outcome: Outcome
+    error: str | None
+    errors: tuple[str, ...]
+    started_at: datetime
+    ended_at: datetime
+    steps: tuple[StepResult, ...]
+
+    @property
+    def duration(self) -> float:
+        """Seconds the task took."""
+        return (self.ended_at - self.started_at).total_seconds()
+
+
+class StartDecision(enum.StrEnum):
+    """What a start request did."""
+
+    STARTED = "started"
+    QUEUED = "queued"
+    SKIPPED = "skipped"
+
+
+@attrs.frozen
+class StartResult:
+    """The answer to a start request.
+
+    ``task_id`` is set when a task was started or queued; ``replaced`` lists
+    the tasks that the new one replaces (surpass ``replace``).
+    """
+
+    workflow: str
+    decision: StartDecision
+    task_id: str | None = None
+    replaced: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@attrs.frozen
+class CommandContext:
+    """What a registered command is told about the step that runs it."""
+
+    engine: Engine
+    task_id: str
+    workflow: str
+    step: str
+
+
+# ---------------------------------------------------------------- runtime records
+
+
+@attrs.define(eq=False)
+class _Run:
+    task: Task
+    registered: _Registered
+    lot: ParkingLot = attrs.Factory(ParkingLot)
+    ended: trio.Event = attrs.Factory(trio.Event)
+    stop_request: tuple[bool, str | None] | None = None
+    command_scope: trio.CancelScope | None = None
+    last_progress: float = float("-inf")
+    progress_due: float | None = None
+    timer: list[Any] | None = None
+
+    def wake(self) -> None:
+        self.lot.unpark_all()
+
+
+@attrs.define(eq=False)
+class _Registered:
+    workflow: Workflow
+    machine: WorkflowMachine
+    is_job: bool
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    active: dict[_Run, None] = attrs.Factory(dict)  # insertion-ordered set
+    queued: str | None = None
+    queued_event: trio.Event | None = None
+    #: Data sent with every action of the workflow, shared (messages never change it).
+    routing: Mapping[str, Any] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.routing = MappingProxyType({"workflow": self.workflow.id})
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class Engine:
+    """A running engine. Make one with :func:`open_engine`."""
+
+    def __init__(
+        self, nursery: trio.Nursery, *, clock: Clock, commands: Mapping[str, Command],
+        progress_interval: float, listener_buffer: int, keep_results: int,
+    ) -> None:
+        self._nursery = nursery
+        self.clock = clock
+        self._commands: dict[str, Command] = dict(commands)
+        self._progress_interval = progress_interval
+        self._listener_buffer = listener_buffer
+        self._keep_results = keep_results
+        #: The subscriber registry (read it here; change it through the engine's methods).
+        self.subscribers = SubscriberRegistry(self._subscriptions_changed)
+        self._bus = Bus(self.subscribers)
+        self._workflows: dict[str, _Registered] = {}
+        self._start_events: dict[str, str] = {}
+        self._event_triggers: dict[str, list[tuple[EventTrigger, str]]] = {}
+        self._event_waiters: dict[str, set[_Run]] = {}
+        self._running: dict[str, _Run] = {}
+        self._queued: dict[str, _Registered] = {}
+        self._results: OrderedDict[str, TaskResult] = OrderedDict()
+        self._timers = Timers()
+        nursery.start_soon(self._timers.serve)
+        self._closed = False
+
+    # ------------------------------------------------------------ declarations
+
+    @property
+    def workflows(self) -> dict[str, Workflow]:
+        """The registered workflows and jobs (as workflows), by id."""
+        return {wid: reg.workflow for wid, reg in self._workflows.items()}
+
+    def is_job(self, workflow_id: str) -> bool:
+        """Tell whether the workflow with this id was registered as a job."""
+        return self._registered(workflow_id).is_job
+
+    def register_command(self, name: str, command: Command) -> None:
+        """Register an async callable that execute-command steps can run by ``name``."""
+        if not callable(command):
+            raise TypeError(f"command {name!r} must be an async callable, got {command!r}")
+        self._commands[name] = command
+
+    def add_workflow(self, workflow: Workflow, *, replace: bool = False) -> None:
+        """Register a workflow and start its schedules.
+
+        Raises:
+            DeclarationError: the id is taken (unless ``replace``), or a step
+                runs a command that is not registered. Nothing is registered then.
+        """
+        self._add(workflow, is_job=False, replace=replace)
+
+    def add_job(self, job: Job, *, replace: bool = False) -> None:
+        """Register a job (see :meth:`add_workflow`)."""
+        if not isinstance(job, Job):
+            raise TypeError(f"expected a Job, got {job!r}")
+        self._add(job.as_workflow(), is_job=True, replace=replace)
+
+    def _add(self, workflow: Workflow, *, is_job: bool, replace: bool) -> None:
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"expected a Workflow, got {workflow!r}")
+        problems = []
+        if workflow.id in self._workflows and not replace:
+            problems.append(Problem("id", f"a workflow or job {workflow.id!r} is already registered"))
+        for index, step in enumerate(workflow.steps):
+            action = step.action
+            if isinstance(action, ExecuteCommand) and action.callable is not None \
+                    and action.callable not in self._commands:
+                problems.append(
+                    Problem(f"steps[{index}].action.callable", f"no command is registered as {action.callable!r}")
+                )
+        if problems:
+            raise DeclarationError(problems, source=workflow.id)
+        registered = _Registered(workflow, WorkflowMachine(workflow), is_job)
+        if workflow.id in self._workflows:
+            self.remove_workflow(workflow.id)
+        self._workflows[workflow.id] = registered
+        self._start_events[workflow.start_event] = workflow.id
+        for trigger in workflow.triggers:
+            if isinstance(trigger, EventTrigger):
+                self._event_triggers.setdefault(trigger.event, []).append((trigger, workflow.id))
+        crons = [t for t in workflow.triggers if isinstance(t, CronTrigger)]
+        if crons:
+            self._nursery.start_soon(self._run_schedules, registered, crons)
+
+    def remove_workflow(self, workflow_id: str) -> None:
+        """Unregister a workflow or job; its running tasks go on to their end."""
+        registered = self._workflows.pop(workflow_id, None)
+        if registered is None:
+            raise UnknownWorkflowError(workflow_id)
+        registered.scope.cancel()
+        self._start_events.pop(registered.workflow.start_event, None)
+        for event_type in list(self._event_triggers):
+            kept = [(t, w) for t, w in self._event_triggers[event_type] if w != workflow_id]
+            if kept:
+                self._event_triggers[event_type] = kept
+            else:
+                del self._event_triggers[event_type]
+
+    def next_run(self, workflow_id: str) -> datetime | None:
+        """Return when a cron trigger next starts the workflow, or None."""
+        workflow = self._registered(workflow_id).workflow
+        now = self.clock.now()
+        times = [t.next_after(now) for t in workflow.triggers if isinstance(t, CronTrigger)]
+        return min(times) if times else None
+
+    def _registered(self, workflow_id: str) -> _Registered:
+        try:
+            return self._workflows[workflow_id]
+        except KeyError:
+            raise UnknownWorkflowError(workflow_id) from None
+
+    async def _run_schedules(self, registered: _Registered, triggers: list[CronTrigger]) -> None:
+        with registered.scope:
+            async with trio.open_nursery() as nursery:
+                for trigger in triggers:
+                    nursery.start_soon(self._run_schedule, registered, trigger)
+
+    async def _run_schedule(self, registered: _Registered, trigger: CronTrigger) -> None:
+        last = self.clock.now()
+        while True:
+            moment = trigger.next_after(max(self.clock.now(), last))
+            await self.clock.sleep_until(moment)
+            last = moment
+            self.start_workflow(registered.workflow.id, reason=f"schedule {trigger.cron} {trigger.timezone}")
+
+    # ------------------------------------------------------------ subscribers
+
+    def subscribe(
+        self, subscriber_id: str, message_type: str, *, wait_for_completion: bool = True,
+        timeout: float = 60.0,
+    ) -> Subscriber:
+        """Add or update a subscription (idempotent); return the subscriber."""
+        return self.subscribers.add(
+            subscriber_id, message_type, wait_for_completion=wait_for_completion, timeout=timeout
+        )
+
+    def unsubscribe(self, subscriber_id: str, message_type: str) -> Subscriber | None:
+        """Remove one subscription; steps stop waiting for it. Return the subscriber."""
+        return self.subscribers.remove(subscriber_id, message_type)
+
+    def set_subscriptions(self, subscriber_id: str, subscriptions: Iterable[Subscription]) -> Subscriber:
+        """Replace all of a subscriber's subscriptions."""
+        return self.subscribers.replace(subscriber_id, subscriptions)
+
+    def remove_subscriber(self, subscriber_id: str) -> bool:
+        """Remove a subscriber; steps stop waiting for it. Return whether it existed."""
+        return self.subscribers.remove_subscriber(subscriber_id)
+
+    def _subscriptions_changed(self, subscriber_id: str, removed: frozenset[str]) -> None:
+        self._bus.refresh(subscriber_id)
+        if not removed:
+            return
+        for run in self._running.values():
+            step = run.task.step
+            if step is not None and step.step.message_type in removed \
+                    and isinstance(step.step.action, PerformAction) \
+                    and step.forget_subscriber(subscriber_id):
+                run.wake()
+
+    # ------------------------------------------------------------ listeners
+
+    def connect(
+        self, *, subscriber_id: str | None = None, message_types: Iterable[str] | None = None,
+        buffer: int | None = None,
+    ) -> Listener:
+        """Connect a listener to the bus and return it; :meth:`disconnect` it when done.
+
+        With ``subscriber_id`` the listener receives the actions, aborts and
+        events of that subscriber's message types (kept current as its
+        subscriptions change) and first the actions it still owes an answer.
+        Otherwise it receives every message of ``message_types`` (all when
+        None). Prefer :meth:`open_listener`, which disconnects for you.
+
+        Raises:
+            ListenerError: the subscriber already has a listener.
+        """
+        if subscriber_id is not None:
+            subscriber = self.subscribers.get(subscriber_id)
+            types = frozenset(subscriber.subscriptions) if subscriber else frozenset()
+            kinds = SUBSCRIBER_KINDS
+        else:
+            types = None if message_types is None else frozenset(message_types)
+            kinds = None
+        listener = Listener(
+            self._bus, subscriber_id=subscriber_id, message_types=types, kinds=kinds,
+            buffer=self._listener_buffer if buffer is None else buffer, publish=self.publish,
+        )
+        self._bus.attach(listener)
+        if subscriber_id is not None:
+            for action in self.owed_actions(subscriber_id):
+                if not listener._deliver(action):
+                    self._bus.detach(listener, "too slow")
+                    break
+        return listener
+
+    def disconnect(self, listener: Listener) -> None:
+        """Disconnect a listener (idempotent)."""
+        self._bus.detach(listener)
+
+    @asynccontextmanager
+    async def open_listener(
+        self, *, subscriber_id: str | None = None, message_types: Iterable[str] | None = None,
+        buffer: int | None = None,
+    ) -> AsyncIterator[Listener]:
+        """Connect a listener for the duration of the block (see :meth:`connect`)."""
+        listener = self.connect(subscriber_id=subscriber_id, message_types=message_types, buffer=buffer)
+        try:
+            yield listener
+        finally:
+            self.disconnect(listener)
+
+    async def serve_listener(
+        self, handler: Handler, *, subscriber_id: str | None = None,
+        message_types: Iterable[str] | None = None, buffer: int | None = None,
+        task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``handler`` with each message, one at a time, until cancelled.
+
+        For a subscriber's listener, an action is answered ``action_done`` when
+        the handler returns and ``action_error`` (with the exception) when it
+        raises. Start it with ``await nursery.start(engine.serve_listener, ...)``,
+        which returns the listener.
+        """
+        async with self.open_listener(
+            subscriber_id=subscriber_id, message_types=message_types, buffer=buffer
+        ) as listener:
+            task_status.started(listener)
+            try:
+                async for message in listener:
+                    await self._handle(listener, handler, message)
+            except ListenerDropped:
+                logger.warning("listener %s stopped: %s", listener.id, listener.dropped)
+
+    async def start_listener(
+        self, handler: Handler, *, subscriber_id: str | None = None,
+        message_types: Iterable[str] | None = None, buffer: int | None = None,
+    ) -> Listener:
+        """Run :meth:`serve_listener` in the engine's nursery; return the listener.
+
+        It runs until the engine closes or :meth:`disconnect` is called with it.
+        """
+        listener: Listener = await self._nursery.start(
+            functools.partial(
+                self.serve_listener, handler, subscriber_id=subscriber_id,
+                message_types=message_types, buffer=buffer,
+            )
+        )
+        return listener
+
+    async def _handle(self, listener: Listener, handler: Handler, message: Message) -> None:
+        try:
+            await handler(message)
+        except Exception as error:
+            if isinstance(message, Action) and listener.subscriber_id is not None:
+                listener.error(message, f"{type(error).__name__}: {error}")
+            else:
+                logger.exception("listener %s failed to handle %s", listener.id, message.message_type)
+            return
+        if isinstance(message, Action) and listener.subscriber_id is not None:
+            listener.done(message)
+
+    def owed_actions(self, subscriber_id: str) -> list[Action]:
+        """Return the actions of running steps still waiting for ``subscriber_id``."""
+        return [
+            self._action(run)
+            for run in self._running.values()
+            if run.task.step is not None and subscriber_id in run.task.step.waiting_for
+        ]
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The connected listeners."""
+        return sorted(self._bus.listeners, key=lambda listener: listener.id)
+
+    @property
+    def dropped_listeners(self) -> int:
+        """How many listeners were dropped for being too slow."""
+        return self._bus.dropped_count
+
+    # ------------------------------------------------------------ publishing
+
+    def publish(self, message: Message) -> None:
+        """Publish an event or an answer to an action.
+
+        Answers count when they match a running task's current step and a
+        subscriber it waits for; any other answer changes nothing. Events start
+        the workflows they trigger and finish the steps waiting for them.
+        """
+        if isinstance(message, Event):
+            self._on_event(message)
+        elif isinstance(message, ActionDone | ActionError | ActionInfo | ActionProgress):
+            self._on_answer(message)
+        else:
+            raise PhasebusError(f"only the engine sends {message.kind.value} messages")
+        self._bus.publish(message)
+
+    def _emit(self, message_type: str, data: dict[str, Any]) -> None:
+        event = Event(message_type, data)
+        self._on_event(event)
+        self._bus.publish(event)
+
+    def _wanted(self, message_type: str) -> bool:
+        """Tell whether an event of this type would reach anyone (else it need not be built)."""
+        return (
+            self._bus.has_listeners(message_type)
+            or message_type in self._event_triggers
+            or message_type in self._event_waiters
+            or message_type in self._start_events
+        )
+
+    def _on_event(self, event: Event) -> None:
+        message_type = event.message_type
+        waiters = self._event_waiters.get(message_type)
+        if waiters:
+            for run in list(waiters):
+                step = run.task.step
+                if step is not None and isinstance(step.step.action, WaitForEvent) \
+                        and step.step.action.matches(message_type, event.data):
+                    step.record_finished()
+                    run.wake()
+        workflow_id = self._start_events.get(message_type)
+        if workflow_id is not None:
+            self.start_workflow(workflow_id, reason=f"event {message_type}")
+        for trigger, workflow_id in self._event_triggers.get(message_type, ()):
+            if trigger.matches(message_type, event.data):
+                self.start_workflow(workflow_id, reason=f"event {message_type}")
+
+    def _on_answer(self, answer: ActionDone | ActionError | ActionInfo | ActionProgress) -> None:
+        run = self._running.get(answer.task)
+        step = run.task.step if run is not None else None
+        subscriber_id = answer.subscriber_id
+        if run is None or step is None or step.step.name != answer.step or subscriber_id is None:
+            logger.debug("ignoring %s for %s/%s: not awaited", answer.kind.value, answer.task, answer.step)
+            return
+        if isinstance(answer, ActionDone):
+            if step.record_answer(subscriber_id, Answer.DONE):
+                run.wake()
+        elif isinstance(answer, ActionError):
+            if step.record_answer(subscriber_id, Answer.ERROR, answer.error):
+                self._emit_error(run, f"{subscriber_id}: {answer.error}")
+                run.wake()
+        elif isinstance(answer, ActionInfo):
+            if answer.level == "error" and subscriber_id in step.owed_at_start:
+                self._emit_error(run, f"{subscriber_id}: {answer.message}")
+        elif step.record_progress(subscriber_id, answer.progress):
+            self._progress_changed(run)
+
+    def _emit_error(self, run: _Run, message: str) -> None:
+        if self._wanted(ERROR):
+            self._emit(ERROR, {"workflow": run.task.workflow.name, "task": run.task.id, "message": message})
+
+    # ------------------------------------------------------------ starting and stopping
+
+    def start_workflow(self, workflow_id: str, *, reason: str = "manual") -> StartResult:
+        """Start a run of a workflow or job, as its surpass behaviour allows.
+
+        Raises:
+            UnknownWorkflowError: nothing is registered under ``workflow_id``.
+        """
+        registered = self._registered(workflow_id)
+        surpass = registered.workflow.surpass
+        active = [] if surpass is Surpass.PARALLEL else \
+            [run for run in registered.active if run.stop_request is None]
+        if active:
+            if surpass is Surpass.SKIP:
+                return StartResult(workflow_id, StartDecision.SKIPPED, reason="a run is active (surpass skip)")
+            if surpass is Surpass.WAIT:
+                if registered.queued is not None:
+                    return StartResult(
+                        workflow_id, StartDecision.SKIPPED,
+                        reason="a run is active and another is already queued (surpass wait)",
+                    )
+                registered.queued = _new_id()
+                registered.queued_event = trio.Event()
+                self._queued[registered.queued] = registered
+                logger.info("queued a run of %s (%s)", workflow_id, reason)
+                return StartResult(workflow_id, StartDecision.QUEUED, registered.queued)
+            if surpass is Surpass.REPLACE:
+                task_id = _new_id()
+                for run in active:
+                    self._request_stop(run, replaced=True, reason=f"replaced by task {task_id}")
+                self._start(registered, task_id, reason)
+                return StartResult(
+                    workflow_id, StartDecision.STARTED, task_id, replaced=tuple(r.task.id for r in active)
+                )
+        return StartResult(workflow_id, StartDecision.STARTED, self._start(registered, _new_id(), reason))
+
+    def _start(self, registered: _Registered, task_id: str, reason: str) -> str:
+        task = registered.machine.new_task(task_id, now=trio.current_time())
+        run = _Run(task, registered)
+        registered.active[run] = None
+        self._running[task_id] = run
+        logger.info("starting task %s of %s (%s)", task_id, registered.workflow.id, reason)
+        self._nursery.start_soon(self._drive, run)
+        return task_id
+
+    def stop_task(self, task_id: str, *, reason: str | None = None) -> bool:
+        """Stop a running or queued task; return False if it had already ended.
+
+        The listeners the current step still waits for get ``action_abort``;
+        the task ends as ``stopped``.
+
+        Raises:
+            UnknownTaskError: no task has this id.
+        """
+        run = self._running.get(task_id)
+        if run is not None:
+            if run.stop_request is not None or run.task.state == END:
+                return False
+            self._request_stop(run, replaced=False, reason=reason)
+            return True
+        registered = self._queued.pop(task_id, None)
+        if registered is not None:
+            now = self.clock.now()
+            self._record(TaskResult(task_id, registered.workflow.id, Outcome.STOPPED, reason or "stopped",
+                                    (), now, now, ()))
+            assert registered.queued_event is not None
+            registered.queued_event.set()
+            registered.queued = registered.queued_event = None
+            return True
+        if task_id in self._results:
+            return False
+        raise UnknownTaskError(task_id)
+
+    def _request_stop(self, run: _Run, *, replaced: bool, reason: str | None) -> None:
+        run.stop_request = (replaced, reason)
+        run.wake()
+
+    async def wait_task(self, task_id: str) -> TaskResult:
+        """Wait until a task (running, queued or finished) has ended; return its result.
+
+        Raises:
+            UnknownTaskError: no task has this id.
+            EngineClosed: the engine closed first.
+        """
+        while True:
+            if task_id in self._results:
+                return self._results[task_id]
+            run = self._running.get(task_id)
+            if run is not None:
+                await run.ended.wait()
+            elif task_id in self._queued:
+                event = self._queued[task_id].queued_event
+                assert event is not None
+                await event.wait()
+            else:
+                raise UnknownTaskError(task_id)
+            if self._closed and task_id not in self._results:
+                raise EngineClosed(f"the engine closed before task {task_id!r} ended")
+
+    async def run_workflow(self, workflow_id: str) -> TaskResult:
+        """Start a workflow and wait for the task to end (see :meth:`start_workflow`).
+
+        Raises:
+            PhasebusError: the surpass behaviour skipped the run.
+        """
+        started = self.start_workflow(workflow_id)
+        if started.task_id is None:
+            raise PhasebusError(f"workflow {workflow_id!r} was not started: {started.reason}")
+        return await self.wait_task(started.task_id)
+
+    # ------------------------------------------------------------ observing
+
+    def tasks(self) -> list[TaskInfo]:
+        """Return the running tasks, oldest first."""
+        return [self._info(run) for run in self._running.values()]
+
+    def task(self, task_id: str) -> TaskInfo | TaskResult:
+        """Return a running task's info or a finished task's result.
+
+        Raises:
+            UnknownTaskError: no task has this id (finished results are kept
+                for the most recent ``keep_results`` tasks).
+        """
+        run = self._running.get(task_id)
+        if run is not None:
+            return self._info(run)
+        if task_id in self._results:
+            return self._results[task_id]
+        raise UnknownTaskError(task_id)
+
+    def _info(self, run: _Run) -> TaskInfo:
+        task = run.task
+        step = task.step
+        step_info = None
+        if step is not None:
+            step_info = StepInfo(
+                name=step.step.name,
+                action=action_kind(step.step.action),
+                message_type=step.step.message_type,
+                started_at=self.clock.to_wall(step.entered_at),
+                deadline=self.clock.to_wall(step.deadline) if step.deadline is not None else None,
+                waiting_for=tuple(sorted(step.waiting_for)),
+                answered={sid: answer.value for sid, answer in step.answers.items()},
+                progress=dict(step.progress),
+                errors=tuple(step.errors),
+            )
+        return TaskInfo(
+            task.id, task.workflow.id, task.workflow.name, task.state,
+            self.clock.to_wall(task.created_at), step_info,
+        )
+
+    # ------------------------------------------------------------ driving a task
+
+    async def _drive(self, run: _Run) -> None:
+        task = run.task
+        machine = run.registered.machine
+        try:
+            if self._wanted(TASK_STARTED):
+                self._emit(TASK_STARTED, {
+                    "task": task.workflow.name, "task_id": task.id, "workflow": task.workflow.id,
+                    "started_at": self.clock.to_wall(task.created_at).isoformat(),
+                })
+            while True:
+                if run.stop_request is not None:
+                    self._stop_now(run)
+                if task.state == END:
+                    break
+                step = task.step
+                if step is not None and not step.began:
+                    self._begin_step(run, step)
+                previous = task.step
+                if (previous is None or previous.settled()) \
+                        and machine.advance(task, now=trio.current_time()):
+                    if previous is not None:
+                        self._step_ended(run, previous)
+                    if task.state != END:
+                        continue
+                    break
+                await self._sleep(run)
+        finally:
+            self._finish(run)
+
+    def _begin_step(self, run: _Run, step: StepRun) -> None:
+        task = run.task
+        action = step.step.action
+        now = trio.current_time()
+        if isinstance(action, PerformAction):
+            subscriptions = self.subscribers.waiting_for(action.message_type)
+            timeout = max([step.step.timeout, *(s.timeout for s in subscriptions.values())])
+            step.begin(deadline=now + timeout, waiting_for=frozenset(subscriptions))
+            self._bus.publish(self._action(run))
+        elif isinstance(action, EmitEvent):
+            step.begin(deadline=now + step.step.timeout)
+            self._emit(action.message_type, {**action.data, "workflow": task.workflow.id, "task": task.id})
+        elif isinstance(action, WaitForEvent):
+            step.begin(deadline=now + step.step.timeout)
+            self._event_waiters.setdefault(action.message_type, set()).add(run)
+        else:
+            step.begin(deadline=now + step.step.timeout)
+            self._nursery.start_soon(self._run_command, run, step)
+        self._publish_progress(run)
+
+    def _action(self, run: _Run) -> Action:
+        task = run.task
+        assert task.step is not None
+        step = task.step.step
+        return Action(step.message_type, task.id, step.name, extra=run.registered.routing)
+
+    async def _sleep(self, run: _Run) -> None:
+        step = run.task.step
+        assert step is not None and step.deadline is not None
+        wake_at = step.deadline
+        if run.progress_due is not None:
+            wake_at = min(wake_at, run.progress_due)
+        if not self._timers.pending(run.timer, wake_at):
+            if run.timer is not None:
+                self._timers.cancel(run.timer)
+            run.timer = self._timers.schedule(wake_at, run.wake)
+        await run.lot.park()
+        now = trio.current_time()
+        if run.progress_due is not None and now >= run.progress_due:
+            self._publish_progress(run)
+        if now >= step.deadline and not step.is_finished():
+            step.record_deadline()
+            self._emit_error(run, step.errors[-1])
+
+    def _step_ended(self, run: _Run, step: StepRun) -> None:
+        action = step.step.action
+        if isinstance(action, PerformAction) and step.waiting_for:
+            self._abort(run, step)
+        elif isinstance(action, WaitForEvent):
+            waiters = self._event_waiters.get(action.message_type)
+            if waiters is not None:
+                waiters.discard(run)
+                if not waiters:
+                    del self._event_waiters[action.message_type]
+        elif isinstance(action, ExecuteCommand) and run.command_scope is not None:
+            run.command_scope.cancel()
+        run.progress_due = None
+        if run.task.state != END:
+            return
+        self._publish_progress(run)
+
+    def _abort(self, run: _Run, step: StepRun) -> None:
+        task = run.task
+        abort = ActionAbort(step.step.message_type, task.id, step.step.name, extra=run.registered.routing)
+        for subscriber_id in sorted(step.waiting_for):
+            listener = self._bus.listener_for(subscriber_id)
+            if listener is not None and not listener._deliver(abort):
+                self._bus.detach(listener, "too slow")
+        for listener in list(self._bus.listeners):
+            if listener.subscriber_id is None and listener.wants(abort) and not listener._deliver(abort):
+                self._bus.detach(listener, "too slow")
+
+    def _stop_now(self, run: _Run) -> None:
+        assert run.stop_request is not None
+        replaced, reason = run.stop_request
+        step = run.task.step
+        if run.registered.machine.stop(run.task, now=trio.current_time(), replaced=replaced, reason=reason) \
+                and step is not None:
+            self._step_ended(run, step)
+
+    async def _run_command(self, run: _Run, step: StepRun) -> None:
+        action = step.step.action
+        assert isinstance(action, ExecuteCommand)
+        error: str | None = None
+        with trio.CancelScope() as scope:
+            run.command_scope = scope
+            try:
+                if action.callable is not None:
+                    command = self._commands[action.callable]
+                    await command(CommandContext(self, run.task.id, run.task.workflow.id, step.step.name))
+                else:
+                    result = await trio.run_process(
+                        list(action.command), capture_stdout=True, capture_stderr=True, check=False
+                    )
+                    if result.returncode != 0:
+                        stderr = result.stderr.decode("utf-8", "replace").strip()[-400:]
+                        error = f"command {action.command[0]!r} exited with status {result.returncode}"
+                        if stderr:
+                            error += f": {stderr}"
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        run.command_scope = None
+        if scope.cancelled_caught or step.ended_at is not None:
+            return
+        step.record_finished(error)
+        if error is not None:
+            self._emit_error(run, f"step {step.step.name!r}: {error}")
+        run.wake()
+
+    # ------------------------------------------------------------ progress
+
+    def _progress_changed(self, run: _Run) -> None:
+        now = trio.current_time()
+        if now - run.last_progress >= self._progress_interval:
+            self._publish_progress(run)
+        elif run.progress_due is None:
+            run.progress_due = run.last_progress + self._progress_interval
+            run.wake()
+
+    def _publish_progress(self, run: _Run) -> None:
+        run.progress_due = None
+        run.last_progress = trio.current_time()
+        if not self._wanted(PROGRESS):
+            return
+        task = run.task
+        step = task.step
+        self._emit(PROGRESS, {
+            "workflow": task.workflow.name,
+            "task": task.id,
+            "message": self.progress_of(task).to_json(),
+            "step": task.state if task.state == END or step is None else step.step.name,
+            "waiting_for": sorted(step.waiting_for) if step is not None and task.state != END else [],
+        })
+
+    @staticmethod
+    def progress_of(task: Task) -> ProgressTree:
+        """Return a task's progress: one part per step, listeners' progress in the current one."""
+        current = task.step.index if task.step is not None else -1
+        parts: list[Progress] = []
+        for index, step in enumerate(task.workflow.steps):
+            done = index < current or task.state == END
+            if index == current and task.state != END and task.step is not None and task.step.progress:
+                parts.append(ProgressTree(step.name, tuple(task.step.progress.values())))
+            else:
+                parts.append(ProgressLeaf(step.name, 1 if done else 0, 1))
+        return ProgressTree(task.workflow.name, tuple(parts))
+
+    # ------------------------------------------------------------ ending
+
+    def _finish(self, run: _Run) -> None:
+        task = run.task
+        registered = run.registered
+        if run.timer is not None:
+            self._timers.cancel(run.timer)
+        del self._running[task.id]
+        del registered.active[run]
+        run.ended.set()
+        if task.state != END:
+            return  # cancelled: the engine is closing
+        started = self.clock.to_wall(task.created_at)
+        ended = self.clock.to_wall(task.ended_at if task.ended_at is not None else trio.current_time())
+        result = TaskResult(
+            task.id, task.workflow.id, task.outcome or Outcome.FAILED, task.error, tuple(task.errors),
+            started, ended,
+            tuple(
+                StepResult(
+                    s.step.name, self.clock.to_wall(s.entered_at),
+                    self.clock.to_wall(s.ended_at if s.ended_at is not None else s.entered_at),
+                    {sid: a.value for sid, a in s.answers.items()}, tuple(s.errors), s.timed_out,
+                )
+                for s in task.history
+            ),
+        )
+        self._record(result)
+        if self._wanted(TASK_END):
+            data: dict[str, Any] = {
+                "task_id": task.id, "descriptor_id": task.workflow.id, "workflow": task.workflow.name,
+                "outcome": result.outcome.value, "duration": result.duration,
+            }
+            if result.error is not None:
+                data["error"] = result.error
+            self._emit(TASK_END, data)
+        if registered.queued is not None and not registered.active and \
+                self._workflows.get(task.workflow.id) is registered:
+            task_id, event = registered.queued, registered.queued_event
+            registered.queued = registered.queued_event = None
+            del self._queued[task_id]
+            self._start(registered, task_id, "queued run")
+            assert event is not None
+            event.set()
+
+    def _record(self, result: TaskResult) -> None:
+        self._results[result.id] = result
+        while len(self._results) > self._keep_results:
+            self._results.popitem(last=False)
+
+    def _close(self) -> None:
+        self._closed = True
+        for run in list(self._running.values()):
+            run.ended.set()
+        for registered in self._queued.values():
+            if registered.queued_event is not None:
+                registered.queued_event.set()
+        for listener in list(self._bus.listeners):
+            self._bus.detach(listener, "the engine closed")
+
+
+@asynccontextmanager
+async def open_engine(
+    *, workflows: Iterable[Workflow] = (), jobs: Iterable[Job] = (),
+    commands: Mapping[str, Command] | None = None, start_time: datetime | None = None,
+    progress_interval: float = 1.0, listener_buffer: int = DEFAULT_BUFFER,
+    keep_results: int = 10_000,
+) -> AsyncIterator[Engine]:
+    """Run an engine for the duration of the ``async with`` block.
+
+    Args:
+        workflows: workflows to register at once.
+        jobs: jobs to register at once.
+        commands: async callables that execute-command steps run by name.
+        start_time: wall-clock time at the engine's start; when given, wall time
+            follows trio's clock from there (for virtual time in tests).
+        progress_interval: least seconds between two ``progress`` events of a
+            task caused by listener progress (state changes always publish).
+        listener_buffer: messages a listener may leave unread before it is dropped.
+        keep_results: how many finished tasks' results are kept for :meth:`Engine.task`.
+
+    Leaving the block cancels everything the engine runs: running tasks stop
+    where they are, without ``task_end``, and listeners are disconnected.
+    """
+    if progress_interval < 0:
+        raise ValueError(f"progress_interval must be >= 0, got {progress_interval!r}")
+    if listener_buffer < 1:
+        raise ValueError(f"listener_buffer must be >= 1, got {listener_buffer!r}")
+    async with trio.open_nursery() as nursery:
+        engine = Engine(
+            nursery, clock=Clock(start_time), commands=commands or {},
+            progress_interval=progress_interval, listener_buffer=listener_buffer,
+            keep_results=keep_results,
+        )
+        for workflow in workflows:
+            engine.add_workflow(workflow)
+        for job in jobs:
+            engine.add_job(job)
+        try:
+            yield engine
+        finally:
+            engine._close()
+            nursery.cancel_scope.cancel()

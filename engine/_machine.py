@@ -1,0 +1,336 @@
+"""The state machine of a workflow: it decides, it never acts.
+
+Each workflow gets one :class:`WorkflowMachine`, a ``transitions`` machine
+whose states are ``start``, the workflow's steps and ``end``. Its model is a
+:class:`Task`: the record of one run. The machine is built once per workflow
+and shared by all its tasks; tasks are not registered with it (registering
+models is linear per model, so quadratic for many live tasks), the machine's
+events are triggered with the task as the model instead.
+
+Nothing here does I/O or knows about trio: the engine feeds facts (an answer
+arrived, the deadline passed, the command finished) into the task, passing
+the time as a number, and asks the machine to move on. The machine's
+conditions say whether the step is done.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from transitions import EventData, Machine, State
+
+from ._definitions import (
+    EmitEvent,
+    ExecuteCommand,
+    OnError,
+    PerformAction,
+    Step,
+    WaitForEvent,
+    Workflow,
+)
+from ._messages import Progress
+
+START = "start"
+END = "end"
+
+
+class Outcome(enum.StrEnum):
+    """How a task ended."""
+
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    REPLACED = "replaced"
+
+
+class Answer(enum.StrEnum):
+    """A listener's answer to an action."""
+
+    DONE = "done"
+    ERROR = "error"
+
+
+@attrs.define(slots=False, eq=False)
+class StepRun:
+    """The live state of one step of a task.
+
+    Times are numbers on the engine's clock (seconds).
+    """
+
+    step: Step
+    index: int
+    entered_at: float
+    began: bool = False
+    deadline: float | None = None
+    waiting_for: set[str] = attrs.Factory(set)
+    owed_at_start: frozenset[str] = frozenset()
+    answers: dict[str, Answer] = attrs.Factory(dict)
+    errors: list[str] = attrs.Factory(list)
+    progress: dict[str, Progress] = attrs.Factory(dict)
+    finished: bool = False
+    timed_out: bool = False
+    ended_at: float | None = None
+
+    def begin(self, *, deadline: float, waiting_for: frozenset[str] = frozenset()) -> None:
+        """Record that the step's action went out and whom it waits for."""
+        self.began = True
+        self.deadline = deadline
+        self.waiting_for = set(waiting_for)
+        self.owed_at_start = waiting_for
+        if not isinstance(self.step.action, PerformAction | WaitForEvent | ExecuteCommand):
+            self.finished = True
+
+    def record_answer(self, subscriber_id: str, answer: Answer, error: str | None = None) -> bool:
+        """Record an answer; return whether it counted (the step waited for it)."""
+        if self.ended_at is not None or subscriber_id not in self.waiting_for:
+            return False
+        self.waiting_for.discard(subscriber_id)
+        self.answers[subscriber_id] = answer
+        if answer is Answer.ERROR:
+            self.errors.append(f"{subscriber_id}: {error or 'n/a'}")
+        return True
+
+    def record_progress(self, subscriber_id: str, progress: Progress) -> bool:
+        """Record a listener's progress; return whether the step is waiting for it."""
+        if self.ended_at is not None or subscriber_id not in self.owed_at_start:
+            return False
+        self.progress[subscriber_id] = progress
+        return True
+
+    def forget_subscriber(self, subscriber_id: str) -> bool:
+        """Stop waiting for a subscriber that went away; return whether it was owed."""
+        if self.ended_at is not None or subscriber_id not in self.waiting_for:
+            return False
+        self.waiting_for.discard(subscriber_id)
+        return True
+
+    def record_finished(self, error: str | None = None) -> None:
+        """Record that the step's event arrived or its command ended (with ``error``)."""
+        if self.ended_at is None and not self.finished:
+            self.finished = True
+            if error is not None:
+                self.errors.append(error)
+
+    def record_deadline(self) -> None:
+        """Record that the step's deadline passed."""
+        if self.ended_at is not None or self.is_finished():
+            return
+        self.timed_out = True
+        action = self.step.action
+        if isinstance(action, PerformAction):
+            owed = ", ".join(sorted(self.waiting_for))
+            self.errors.append(f"step {self.step.name!r} timed out waiting for {owed}")
+        elif isinstance(action, WaitForEvent):
+            self.errors.append(
+                f"step {self.step.name!r} timed out waiting for event {action.message_type!r}"
+            )
+        else:
+            self.errors.append(f"step {self.step.name!r} timed out: the command was cancelled")
+
+    def is_finished(self) -> bool:
+        """Tell whether the step's work is over (answered, arrived, ended or timed out)."""
+        if self.timed_out:
+            return True
+        if isinstance(self.step.action, PerformAction):
+            return self.began and not self.waiting_for
+        return self.finished
+
+    def has_error(self) -> bool:
+        """Tell whether the step has met an error."""
+        return bool(self.errors)
+
+    def settled(self) -> bool:
+        """Tell whether the machine may have somewhere to go: finished, or an error met.
+
+        The driver asks the machine to move on only then; the machine's own
+        conditions decide where to.
+        """
+        return bool(self.errors) or self.is_finished()
+
+
+@attrs.define(slots=False, eq=False)
+class Task:
+    """One run of a workflow: the model of the workflow's machine."""
+
+    id: str
+    workflow: Workflow
+    created_at: float
+    state: str = START
+    step: StepRun | None = None
+    history: list[StepRun] = attrs.Factory(list)
+    outcome: Outcome | None = None
+    error: str | None = None
+    ended_at: float | None = None
+
+    @property
+    def errors(self) -> list[str]:
+        """Every error met by the task's steps, in order."""
+        return [error for run in self.history for error in run.errors]
+
+    @property
+    def is_ended(self) -> bool:
+        """Tell whether the task reached its end state."""
+        return self.state == END
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+def _now(event: EventData) -> float:
+    now: float = event.kwargs["now"]
+    return now
+
+
+def _enterer(step: Step, index: int) -> Callable[[EventData], None]:
+    def enter(event: EventData) -> None:
+        task: Task = event.model
+        task.step = StepRun(step, index, entered_at=_now(event))
+        task.history.append(task.step)
+
+    return enter
+
+
+def _leave_step(event: EventData) -> None:
+    task: Task = event.model
+    if task.step is not None and task.step.ended_at is None:
+        task.step.ended_at = _now(event)
+
+
+def _ender(outcome: Outcome) -> Callable[[EventData], None]:
+    def end(event: EventData) -> None:
+        task: Task = event.model
+        task.outcome = outcome
+        task.ended_at = _now(event)
+        if outcome is Outcome.FAILED and task.step is not None:
+            task.error = task.step.errors[0] if task.step.errors else "failed"
+        elif outcome in (Outcome.STOPPED, Outcome.REPLACED):
+            task.error = event.kwargs.get("reason") or outcome.value
+
+    return end
+
+
+def _is_finished(event: EventData) -> bool:
+    step: StepRun | None = event.model.step
+    return step is not None and step.is_finished()
+
+
+def _has_error(event: EventData) -> bool:
+    step: StepRun | None = event.model.step
+    return step is not None and step.has_error()
+
+
+def _describe_action(step: Step) -> str:
+    action = step.action
+    if isinstance(action, PerformAction):
+        return f"perform action {action.message_type}"
+    if isinstance(action, EmitEvent):
+        return f"emit event {action.message_type}"
+    if isinstance(action, WaitForEvent):
+        return f"wait for event {action.message_type}"
+    if action.callable is not None:
+        return f"execute {action.callable}()"
+    return "execute " + " ".join(action.command)
+
+
+@attrs.frozen
+class TransitionSpec:
+    """One transition of a workflow's machine, described as data (for diagrams)."""
+
+    trigger: str
+    source: str
+    dest: str
+    label: str
+    conditions: tuple[Callable[[EventData], bool], ...] = ()
+    before: tuple[Callable[[EventData], None], ...] = ()
+
+
+def machine_spec(workflow: Workflow) -> tuple[list[State], list[TransitionSpec]]:
+    """Return the states and transitions of a workflow's machine.
+
+    ``advance`` moves from each step to the next once the step is finished
+    (all answers in, event seen, command ended, or deadline passed); a step
+    whose ``on_error`` is ``stop`` goes to ``end`` as soon as it has an error.
+    ``stop`` and ``replace`` go from any state but ``end`` to ``end``.
+    """
+    steps = workflow.steps
+    states = [State(START)]
+    transitions = [TransitionSpec("advance", START, steps[0].name, "start")]
+    for index, step in enumerate(steps):
+        states.append(State(step.name, on_enter=[_enterer(step, index)], on_exit=[_leave_step]))
+        if step.on_error is OnError.STOP:
+            transitions.append(
+                TransitionSpec(
+                    "advance", step.name, END, "error: stop",
+                    conditions=(_has_error,), before=(_ender(Outcome.FAILED),),
+                )
+            )
+        last = index == len(steps) - 1
+        transitions.append(
+            TransitionSpec(
+                "advance", step.name, END if last else steps[index + 1].name,
+                "done" if step.on_error is OnError.STOP else "done or error: continue",
+                conditions=(_is_finished,),
+                before=(_ender(Outcome.DONE),) if last else (),
+            )
+        )
+    states.append(State(END))
+    for trigger, outcome in (("stop", Outcome.STOPPED), ("replace", Outcome.REPLACED)):
+        for state in [START, *(step.name for step in steps)]:
+            transitions.append(
+                TransitionSpec(trigger, state, END, trigger, before=(_ender(outcome),))
+            )
+    return states, transitions
+
+
+def describe_state(step: Step) -> str:
+    """Describe a step's state for views: its action and timeout."""
+    return f"{_describe_action(step)}, timeout {step.timeout:g}s, on error {step.on_error.value}"
+
+
+class WorkflowMachine:
+    """The machine of one workflow, shared by all of its tasks."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+        states, transitions = machine_spec(workflow)
+        self._machine = Machine(
+            model=None,
+            states=states,
+            transitions=[
+                {
+                    "trigger": t.trigger, "source": t.source, "dest": t.dest,
+                    "conditions": list(t.conditions), "before": list(t.before),
+                }
+                for t in transitions
+            ],
+            initial=START,
+            auto_transitions=False,
+            send_event=True,
+            model_override=True,
+        )
+        events: Mapping[str, Any] = self._machine.events
+        self._advance = events["advance"]
+        self._stop = events["stop"]
+        self._replace = events["replace"]
+
+    def new_task(self, task_id: str, *, now: float) -> Task:
+        """Return a task of this workflow in the ``start`` state."""
+        return Task(task_id, self.workflow, created_at=now)
+
+    def advance(self, task: Task, *, now: float) -> bool:
+        """Move the task on if its step is done; return whether it moved."""
+        if task.state == END:
+            return False
+        moved: bool = self._advance.trigger(task, now=now)
+        return moved
+
+    def stop(self, task: Task, *, now: float, replaced: bool = False, reason: str | None = None) -> bool:
+        """End the task as ``stopped`` (or ``replaced``); return whether it was running."""
+        if task.state == END:
+            return False
+        event = self._replace if replaced else self._stop
+        moved: bool = event.trigger(task, now=now, reason=reason)
+        return moved
