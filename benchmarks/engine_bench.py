@@ -3,7 +3,10 @@
 Run ``python benchmarks/engine_bench.py`` (``--quick`` for a shorter run). The
 last line is machine-readable::
 
-    RESULT us_per_step=... baseline_us_per_step=... step_ratio=... start_10k_s=... kib_per_task=... growth_1k_to_10k=...
+    RESULT us_per_step=... baseline_us_per_step=... step_ratio=... start_10k_s=...
+    kib_per_task=... growth_1k_to_10k=...
+
+(on one line).
 
 * ``us_per_step``: wall time per step of ``collect_and_cleanup`` run after
   run with one in-process listener answering every action at once.
@@ -32,8 +35,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import Action, Step, Workflow, open_engine  # noqa: E402
-from machines import COLLECT_AND_CLEANUP  # noqa: E402
+from engine import Action, Step, Workflow, open_engine
+from machines import COLLECT_AND_CLEANUP
 
 STEP_TYPES = [step.message_type for step in COLLECT_AND_CLEANUP.steps]
 
@@ -77,8 +80,16 @@ async def baseline_per_step(runs: int) -> float:
 
     async def one_run(task_id: int) -> None:
         for step in STEP_TYPES:
-            to_listener.send_nowait({"kind": "action", "message_type": step, "data": {"task": task_id, "step": step}})
-            to_events.send_nowait({"kind": "event", "message_type": "progress", "data": {"task": task_id, "step": step}})
+            to_listener.send_nowait(
+                {"kind": "action", "message_type": step, "data": {"task": task_id, "step": step}}
+            )
+            to_events.send_nowait(
+                {
+                    "kind": "event",
+                    "message_type": "progress",
+                    "data": {"task": task_id, "step": step},
+                }
+            )
             answer = await driver_inbox.receive()
             assert answer["data"]["step"] == step  # type: ignore[index]
 

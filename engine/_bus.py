@@ -81,10 +81,15 @@ class Subscription:
     def __attrs_post_init__(self) -> None:
         problems = []
         if not isinstance(self.message_type, str) or not self.message_type:
-            problems.append(Problem("message_type", f"must be a non-empty string, got {self.message_type!r}"))
+            problems.append(
+                Problem("message_type", f"must be a non-empty string, got {self.message_type!r}")
+            )
         if not isinstance(self.wait_for_completion, bool):
             problems.append(
-                Problem("wait_for_completion", f"must be true or false, got {self.wait_for_completion!r}")
+                Problem(
+                    "wait_for_completion",
+                    f"must be true or false, got {self.wait_for_completion!r}",
+                )
             )
         try:
             _check_timeout(self.timeout)
@@ -105,15 +110,15 @@ class Subscriber:
         """Return the wire form."""
         return {
             "id": self.id,
-            "subscriptions": {
-                mt: attrs.asdict(s) for mt, s in sorted(self.subscriptions.items())
-            },
+            "subscriptions": {mt: attrs.asdict(s) for mt, s in sorted(self.subscriptions.items())},
         }
 
 
 def _check_subscriber_id(subscriber_id: object) -> None:
     if not isinstance(subscriber_id, str) or not subscriber_id:
-        raise InvalidInputError([Problem("subscriber_id", f"must be a non-empty string, got {subscriber_id!r}")])
+        raise InvalidInputError(
+            [Problem("subscriber_id", f"must be a non-empty string, got {subscriber_id!r}")]
+        )
 
 
 class SubscriberRegistry:
@@ -150,7 +155,11 @@ class SubscriberRegistry:
         return {sid: s for sid, s in subs.items() if s.wait_for_completion}
 
     def add(
-        self, subscriber_id: str, message_type: str, *, wait_for_completion: bool = True,
+        self,
+        subscriber_id: str,
+        message_type: str,
+        *,
+        wait_for_completion: bool = True,
         timeout: float = 60.0,
     ) -> Subscriber:
         """Add or update one subscription (idempotent); return the subscriber."""
@@ -175,7 +184,9 @@ class SubscriberRegistry:
         by_type = {}
         for index, subscription in enumerate(subscriptions):
             if not isinstance(subscription, Subscription):
-                raise InvalidInputError([Problem(f"[{index}]", f"must be a Subscription, got {subscription!r}")])
+                raise InvalidInputError(
+                    [Problem(f"[{index}]", f"must be a Subscription, got {subscription!r}")]
+                )
             by_type[subscription.message_type] = subscription
         return self._set(subscriber_id, by_type)
 
@@ -229,8 +240,14 @@ class Listener:
     """
 
     def __init__(
-        self, bus: Bus, *, subscriber_id: str | None, message_types: frozenset[str] | None,
-        kinds: frozenset[Kind] | None, buffer: int, publish: Callable[[Message], None],
+        self,
+        bus: Bus,
+        *,
+        subscriber_id: str | None,
+        message_types: frozenset[str] | None,
+        kinds: frozenset[Kind] | None,
+        buffer: int,
+        publish: Callable[[Message], None],
     ) -> None:
         self.id = subscriber_id or f"listener-{next(_listener_ids)}"
         self.subscriber_id = subscriber_id
@@ -243,7 +260,8 @@ class Listener:
         self.dropped: str | None = None
 
     def __repr__(self) -> str:
-        return f"<Listener {self.id} types={sorted(self.message_types) if self.message_types else 'all'}>"
+        types = "all" if self.message_types is None else sorted(self.message_types)
+        return f"<Listener {self.id} types={types}>"
 
     def wants(self, message: Message) -> bool:
         """Tell whether this listener receives ``message``."""
@@ -274,14 +292,18 @@ class Listener:
         try:
             return await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise ListenerDropped(f"listener {self.id!r} was dropped: {self.dropped or 'closed'}") from None
+            raise ListenerDropped(
+                f"listener {self.id!r} was dropped: {self.dropped or 'closed'}"
+            ) from None
 
     def receive_nowait(self) -> Message:
         """Receive a buffered message, or raise :class:`trio.WouldBlock`."""
         try:
             return self._receive.receive_nowait()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise ListenerDropped(f"listener {self.id!r} was dropped: {self.dropped or 'closed'}") from None
+            raise ListenerDropped(
+                f"listener {self.id!r} was dropped: {self.dropped or 'closed'}"
+            ) from None
 
     def __aiter__(self) -> Listener:
         return self
@@ -298,7 +320,9 @@ class Listener:
 
     def _answer(self, action: Action, kind: type[Answer], **fields: Any) -> None:
         if self.subscriber_id is None:
-            raise ListenerError(f"listener {self.id!r} has no subscriber id and cannot answer actions")
+            raise ListenerError(
+                f"listener {self.id!r} has no subscriber id and cannot answer actions"
+            )
         if not isinstance(action, Action):
             raise TypeError(f"can only answer an Action, got {action!r}")
         self._publish(answer_for(action, kind, self.subscriber_id, **fields))
@@ -352,9 +376,9 @@ class Bus:
             if listener.subscriber_id in self._by_subscriber:
                 raise ListenerError(f"subscriber {listener.subscriber_id!r} already has a listener")
             self._by_subscriber[listener.subscriber_id] = listener
+        self.publish(Event(LISTENER_CONNECTED, self._describe(listener)))
         self._index(listener)
         self.listeners.add(listener)
-        self.publish(Event(LISTENER_CONNECTED, self._describe(listener)))
 
     def detach(self, listener: Listener, reason: str = "closed") -> None:
         """Disconnect a listener (idempotent) and publish ``message-listener-disconnected``."""
@@ -373,7 +397,9 @@ class Bus:
         if listener is not None:
             self._unindex(listener)
             subscriber = self._registry.get(subscriber_id)
-            listener.message_types = frozenset(subscriber.subscriptions) if subscriber else frozenset()
+            listener.message_types = (
+                frozenset(subscriber.subscriptions) if subscriber else frozenset()
+            )
             self._index(listener)
 
     def publish(self, message: Message) -> None:
@@ -382,17 +408,22 @@ class Bus:
         slow = None
         if targets:
             for listener in targets:
-                if (listener.kinds is None or message.kind in listener.kinds) and not listener._deliver(message):
+                if (
+                    listener.kinds is None or message.kind in listener.kinds
+                ) and not listener._deliver(message):
                     slow = [*(slow or ()), listener]
         if self._all:
             for listener in self._all:
-                if (listener.kinds is None or message.kind in listener.kinds) and not listener._deliver(message):
+                if (
+                    listener.kinds is None or message.kind in listener.kinds
+                ) and not listener._deliver(message):
                     slow = [*(slow or ()), listener]
         if slow:
             for listener in slow:
                 self.dropped_count += 1
                 logger.warning(
-                    "dropping listener %s: its buffer of unread messages is full (too slow)", listener.id
+                    "dropping listener %s: its buffer of unread messages is full (too slow)",
+                    listener.id,
                 )
                 self.detach(listener, "too slow")
 

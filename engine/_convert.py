@@ -104,7 +104,7 @@ def _enum_hook(enum_type: type[OnError] | type[Surpass]) -> Callable[[object, ty
 
     def structure(value: object, _: type) -> Any:
         try:
-            return enum_type(value)
+            return enum_type(value)  # type: ignore[arg-type]
         except ValueError:
             raise ValueError(f"must be one of {choices}, got {_describe(value)}") from None
 
@@ -164,7 +164,9 @@ def problems_from(error: BaseException, path: str = "") -> list[Problem]:
             problems.extend(problems_from(sub, sub_path))
         return problems
     if isinstance(error, ForbiddenExtraKeysError):
-        return [Problem(join_path(path, key), "unknown field") for key in sorted(error.extra_fields)]
+        return [
+            Problem(join_path(path, key), "unknown field") for key in sorted(error.extra_fields)
+        ]
     if isinstance(error, KeyError):
         return [Problem(path, "required field missing")]
     return [Problem(path, str(error))]
@@ -173,7 +175,13 @@ def problems_from(error: BaseException, path: str = "") -> list[Problem]:
 def _structure_checked(data: object, type_: type[T], error_type: type[InvalidInputError]) -> T:
     try:
         return _converter.structure(data, type_)
-    except (cattrs.BaseValidationError, InvalidInputError, KeyError, TypeError, ValueError) as error:
+    except (
+        cattrs.BaseValidationError,
+        InvalidInputError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as error:
         raise error_type(problems_from(error)) from None
 
 
@@ -189,7 +197,9 @@ def _tagged(value: object, tag: str, choices: Mapping[str, type[T]], what: str) 
     cls = choices.get(name) if isinstance(name, str) else None
     if cls is None:
         expected = ", ".join(repr(c) for c in choices)
-        raise DeclarationError([Problem(tag, f"unknown {what} {_describe(name)}, expected one of {expected}")])
+        raise DeclarationError(
+            [Problem(tag, f"unknown {what} {_describe(name)}, expected one of {expected}")]
+        )
     rest = {key: item for key, item in value.items() if key != tag}
     return _converter.structure(rest, cls)
 
@@ -229,7 +239,7 @@ def _cross_checks(data: Mapping[str, Any], type_: type) -> list[Problem]:
     if type_ is Workflow:
         return duplicate_problems(_raw_names(data.get("steps"), "name"), "steps", "name")
     if type_ is Declarations:
-        problems = []
+        problems: list[Problem] = []
         for key in ("workflows", "jobs"):
             for index, workflow in enumerate(data.get(key) or ()):
                 if isinstance(workflow, Mapping):
@@ -248,10 +258,18 @@ def structure_declaration(data: object, type_: type[T], *, source: str | None = 
         DeclarationError: listing every problem with its path.
     """
     if not isinstance(data, Mapping):
-        raise DeclarationError([Problem("", f"must be a table, got {_describe(data)}")], source=source)
+        raise DeclarationError(
+            [Problem("", f"must be a table, got {_describe(data)}")], source=source
+        )
     try:
         return _converter.structure(data, type_)
-    except (cattrs.BaseValidationError, InvalidInputError, KeyError, TypeError, ValueError) as error:
+    except (
+        cattrs.BaseValidationError,
+        InvalidInputError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as error:
         problems = problems_from(error)
         seen = set(problems)
         problems.extend(p for p in _cross_checks(data, type_) if p not in seen)
@@ -306,23 +324,35 @@ def structure_message(value: object) -> Message:
         MessageError: naming each field that is missing, unknown or of the wrong type.
     """
     if not isinstance(value, Mapping):
-        raise MessageError([Problem("", f"a message must be a JSON object, got {_describe(value)}")])
-    problems = [Problem(key, "unknown field") for key in value if key not in ("kind", "message_type", "data")]
+        raise MessageError(
+            [Problem("", f"a message must be a JSON object, got {_describe(value)}")]
+        )
+    problems = [
+        Problem(key, "unknown field")
+        for key in value
+        if key not in ("kind", "message_type", "data")
+    ]
     kind = value.get("kind")
     if kind is None:
         problems.append(Problem("kind", "required field missing"))
     elif kind not in Kind.__members__.values():
-        problems.append(Problem("kind", f"unknown kind {_describe(kind)}, expected one of {_KINDS}"))
+        problems.append(
+            Problem("kind", f"unknown kind {_describe(kind)}, expected one of {_KINDS}")
+        )
     message_type = value.get("message_type")
     if message_type is None:
         problems.append(Problem("message_type", "required field missing"))
     elif not isinstance(message_type, str) or not message_type:
-        problems.append(Problem("message_type", f"must be a non-empty string, got {_describe(message_type)}"))
+        problems.append(
+            Problem("message_type", f"must be a non-empty string, got {_describe(message_type)}")
+        )
     data = value.get("data", {})
     if not isinstance(data, Mapping):
         problems.append(Problem("data", f"must be a JSON object, got {_describe(data)}"))
     if problems:
         raise MessageError(problems)
+    assert isinstance(kind, str)
+    assert isinstance(message_type, str)
     cls = MESSAGE_CLASSES[Kind(kind)]
     if cls is Event:
         return Event(message_type, data)
@@ -337,7 +367,13 @@ def structure_message(value: object) -> Message:
         fields["error"] = "n/a"
     try:
         return _converter.structure(fields, cls)
-    except (cattrs.BaseValidationError, InvalidInputError, KeyError, TypeError, ValueError) as error:
+    except (
+        cattrs.BaseValidationError,
+        InvalidInputError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as error:
         raise MessageError(
             [Problem(join_path("data", p.path), p.message) for p in problems_from(error)]
         ) from None

@@ -81,7 +81,9 @@ def _check_mapping(problems: list[Problem], path: str, value: object) -> None:
         problems.append(Problem(path, "keys must be strings"))
 
 
-def _check_enum(problems: list[Problem], path: str, value: object, enum_type: type[enum.Enum]) -> None:
+def _check_enum(
+    problems: list[Problem], path: str, value: object, enum_type: type[enum.Enum]
+) -> None:
     if not isinstance(value, enum_type):
         choices = ", ".join(repr(m.value) for m in enum_type)
         problems.append(Problem(path, f"must be one of {choices}, got {value!r}"))
@@ -109,14 +111,18 @@ def _frozen_mapping(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
-def _to_enum(enum_type: type[enum.Enum]) -> Any:
-    def convert(value: Any) -> Any:
-        try:
-            return enum_type(value)
-        except ValueError:
-            return value  # reported by the check in __attrs_post_init__
+def _to_on_error(value: Any) -> Any:
+    try:
+        return OnError(value)
+    except ValueError:
+        return value  # reported by the check in __attrs_post_init__
 
-    return convert
+
+def _to_surpass(value: Any) -> Any:
+    try:
+        return Surpass(value)
+    except ValueError:
+        return value  # reported by the check in __attrs_post_init__
 
 
 def _tuple(value: Any) -> Any:
@@ -269,14 +275,16 @@ class Step:
     name: str
     action: StepAction = attrs.field(default=attrs.Factory(_default_action, takes_self=True))
     timeout: float = 10.0
-    on_error: OnError = attrs.field(default=OnError.CONTINUE, converter=_to_enum(OnError))
+    on_error: OnError = attrs.field(default=OnError.CONTINUE, converter=_to_on_error)
     phase: str | None = None
 
     def __attrs_post_init__(self) -> None:
         problems: list[Problem] = []
         _check_name(problems, "name", self.name, "a step name")
         if self.name in RESERVED_STATES:
-            problems.append(Problem("name", f"{self.name!r} is reserved for the machine's own state"))
+            problems.append(
+                Problem("name", f"{self.name!r} is reserved for the machine's own state")
+            )
         if not isinstance(self.action, StepAction):
             problems.append(Problem("action", f"must be a step action, got {self.action!r}"))
         _check_timeout(problems, "timeout", self.timeout)
@@ -396,7 +404,7 @@ class Workflow:
     steps: tuple[Step, ...] = attrs.field(converter=_tuple)
     name: str = attrs.field(default=attrs.Factory(lambda self: self.id, takes_self=True))
     triggers: tuple[Trigger, ...] = attrs.field(default=(), converter=_tuple)
-    surpass: Surpass = attrs.field(default=Surpass.WAIT, converter=_to_enum(Surpass))
+    surpass: Surpass = attrs.field(default=Surpass.WAIT, converter=_to_surpass)
     description: str = ""
 
     def __attrs_post_init__(self) -> None:
@@ -454,7 +462,7 @@ class Job:
     wait_for: WaitForEvent | None = None
     wait_timeout: float = 60.0
     timeout: float = 60.0
-    surpass: Surpass = attrs.field(default=Surpass.WAIT, converter=_to_enum(Surpass))
+    surpass: Surpass = attrs.field(default=Surpass.WAIT, converter=_to_surpass)
     description: str = ""
 
     def __attrs_post_init__(self) -> None:
@@ -476,13 +484,22 @@ class Job:
         """Return the workflow that runs this job."""
         steps = []
         if self.wait_for is not None:
-            steps.append(Step("wait", self.wait_for, timeout=self.wait_timeout, on_error=OnError.STOP))
+            steps.append(
+                Step("wait", self.wait_for, timeout=self.wait_timeout, on_error=OnError.STOP)
+            )
         steps.append(
-            Step("run", ExecuteCommand(self.command, self.callable), timeout=self.timeout,
-                 on_error=OnError.STOP)
+            Step(
+                "run",
+                ExecuteCommand(self.command, self.callable),
+                timeout=self.timeout,
+                on_error=OnError.STOP,
+            )
         )
         return Workflow(
-            id=self.id, steps=tuple(steps), triggers=self.triggers, surpass=self.surpass,
+            id=self.id,
+            steps=tuple(steps),
+            triggers=self.triggers,
+            surpass=self.surpass,
             description=self.description,
         )
 
@@ -512,7 +529,8 @@ class Declarations:
         for index, ident in enumerate(ids):
             if ident in seen:
                 where = (
-                    f"workflows[{index}]" if index < len(self.workflows)
+                    f"workflows[{index}]"
+                    if index < len(self.workflows)
                     else f"jobs[{index - len(self.workflows)}]"
                 )
                 problems.append(Problem(join_path(where, "id"), f"duplicate id {ident!r}"))
@@ -551,7 +569,9 @@ class Declarations:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
-            raise DeclarationError([Problem("", f"cannot read the file: {error}")], source=source) from None
+            raise DeclarationError(
+                [Problem("", f"cannot read the file: {error}")], source=source
+            ) from None
         if path.suffix == ".toml":
             return cls.from_toml(text, source=source)
         if path.suffix == ".json":
@@ -559,4 +579,3 @@ class Declarations:
         raise DeclarationError(
             [Problem("", f"unknown file type {path.suffix!r}: use .toml or .json")], source=source
         )
-

@@ -235,8 +235,14 @@ class Engine:
     """A running engine. Make one with :func:`open_engine`."""
 
     def __init__(
-        self, nursery: trio.Nursery, *, clock: Clock, commands: Mapping[str, Command],
-        progress_interval: float, listener_buffer: int, keep_results: int,
+        self,
+        nursery: trio.Nursery,
+        *,
+        clock: Clock,
+        commands: Mapping[str, Command],
+        progress_interval: float,
+        listener_buffer: int,
+        keep_results: int,
     ) -> None:
         self._nursery = nursery
         self.clock = clock
@@ -295,13 +301,21 @@ class Engine:
             raise TypeError(f"expected a Workflow, got {workflow!r}")
         problems = []
         if workflow.id in self._workflows and not replace:
-            problems.append(Problem("id", f"a workflow or job {workflow.id!r} is already registered"))
+            problems.append(
+                Problem("id", f"a workflow or job {workflow.id!r} is already registered")
+            )
         for index, step in enumerate(workflow.steps):
             action = step.action
-            if isinstance(action, ExecuteCommand) and action.callable is not None \
-                    and action.callable not in self._commands:
+            if (
+                isinstance(action, ExecuteCommand)
+                and action.callable is not None
+                and action.callable not in self._commands
+            ):
                 problems.append(
-                    Problem(f"steps[{index}].action.callable", f"no command is registered as {action.callable!r}")
+                    Problem(
+                        f"steps[{index}].action.callable",
+                        f"no command is registered as {action.callable!r}",
+                    )
                 )
         if problems:
             raise DeclarationError(problems, source=workflow.id)
@@ -356,12 +370,18 @@ class Engine:
             moment = trigger.next_after(max(self.clock.now(), last))
             await self.clock.sleep_until(moment)
             last = moment
-            self.start_workflow(registered.workflow.id, reason=f"schedule {trigger.cron} {trigger.timezone}")
+            self.start_workflow(
+                registered.workflow.id, reason=f"schedule {trigger.cron} {trigger.timezone}"
+            )
 
     # ------------------------------------------------------------ subscribers
 
     def subscribe(
-        self, subscriber_id: str, message_type: str, *, wait_for_completion: bool = True,
+        self,
+        subscriber_id: str,
+        message_type: str,
+        *,
+        wait_for_completion: bool = True,
         timeout: float = 60.0,
     ) -> Subscriber:
         """Add or update a subscription (idempotent); return the subscriber."""
@@ -373,7 +393,9 @@ class Engine:
         """Remove one subscription; steps stop waiting for it. Return the subscriber."""
         return self.subscribers.remove(subscriber_id, message_type)
 
-    def set_subscriptions(self, subscriber_id: str, subscriptions: Iterable[Subscription]) -> Subscriber:
+    def set_subscriptions(
+        self, subscriber_id: str, subscriptions: Iterable[Subscription]
+    ) -> Subscriber:
         """Replace all of a subscriber's subscriptions."""
         return self.subscribers.replace(subscriber_id, subscriptions)
 
@@ -387,15 +409,21 @@ class Engine:
             return
         for run in self._running.values():
             step = run.task.step
-            if step is not None and step.step.message_type in removed \
-                    and isinstance(step.step.action, PerformAction) \
-                    and step.forget_subscriber(subscriber_id):
+            if (
+                step is not None
+                and step.step.message_type in removed
+                and isinstance(step.step.action, PerformAction)
+                and step.forget_subscriber(subscriber_id)
+            ):
                 run.wake()
 
     # ------------------------------------------------------------ listeners
 
     def connect(
-        self, *, subscriber_id: str | None = None, message_types: Iterable[str] | None = None,
+        self,
+        *,
+        subscriber_id: str | None = None,
+        message_types: Iterable[str] | None = None,
         buffer: int | None = None,
     ) -> Listener:
         """Connect a listener to the bus and return it; :meth:`disconnect` it when done.
@@ -409,6 +437,7 @@ class Engine:
         Raises:
             ListenerError: the subscriber already has a listener.
         """
+        types: frozenset[str] | None
         if subscriber_id is not None:
             subscriber = self.subscribers.get(subscriber_id)
             types = frozenset(subscriber.subscriptions) if subscriber else frozenset()
@@ -417,8 +446,12 @@ class Engine:
             types = None if message_types is None else frozenset(message_types)
             kinds = None
         listener = Listener(
-            self._bus, subscriber_id=subscriber_id, message_types=types, kinds=kinds,
-            buffer=self._listener_buffer if buffer is None else buffer, publish=self.publish,
+            self._bus,
+            subscriber_id=subscriber_id,
+            message_types=types,
+            kinds=kinds,
+            buffer=self._listener_buffer if buffer is None else buffer,
+            publish=self.publish,
         )
         self._bus.attach(listener)
         if subscriber_id is not None:
@@ -434,19 +467,28 @@ class Engine:
 
     @asynccontextmanager
     async def open_listener(
-        self, *, subscriber_id: str | None = None, message_types: Iterable[str] | None = None,
+        self,
+        *,
+        subscriber_id: str | None = None,
+        message_types: Iterable[str] | None = None,
         buffer: int | None = None,
     ) -> AsyncIterator[Listener]:
         """Connect a listener for the duration of the block (see :meth:`connect`)."""
-        listener = self.connect(subscriber_id=subscriber_id, message_types=message_types, buffer=buffer)
+        listener = self.connect(
+            subscriber_id=subscriber_id, message_types=message_types, buffer=buffer
+        )
         try:
             yield listener
         finally:
             self.disconnect(listener)
 
     async def serve_listener(
-        self, handler: Handler, *, subscriber_id: str | None = None,
-        message_types: Iterable[str] | None = None, buffer: int | None = None,
+        self,
+        handler: Handler,
+        *,
+        subscriber_id: str | None = None,
+        message_types: Iterable[str] | None = None,
+        buffer: int | None = None,
         task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Call ``handler`` with each message, one at a time, until cancelled.
@@ -467,8 +509,12 @@ class Engine:
                 logger.warning("listener %s stopped: %s", listener.id, listener.dropped)
 
     async def start_listener(
-        self, handler: Handler, *, subscriber_id: str | None = None,
-        message_types: Iterable[str] | None = None, buffer: int | None = None,
+        self,
+        handler: Handler,
+        *,
+        subscriber_id: str | None = None,
+        message_types: Iterable[str] | None = None,
+        buffer: int | None = None,
     ) -> Listener:
         """Run :meth:`serve_listener` in the engine's nursery; return the listener.
 
@@ -476,8 +522,11 @@ class Engine:
         """
         listener: Listener = await self._nursery.start(
             functools.partial(
-                self.serve_listener, handler, subscriber_id=subscriber_id,
-                message_types=message_types, buffer=buffer,
+                self.serve_listener,
+                handler,
+                subscriber_id=subscriber_id,
+                message_types=message_types,
+                buffer=buffer,
             )
         )
         return listener
@@ -489,7 +538,9 @@ class Engine:
             if isinstance(message, Action) and listener.subscriber_id is not None:
                 listener.error(message, f"{type(error).__name__}: {error}")
             else:
-                logger.exception("listener %s failed to handle %s", listener.id, message.message_type)
+                logger.exception(
+                    "listener %s failed to handle %s", listener.id, message.message_type
+                )
             return
         if isinstance(message, Action) and listener.subscriber_id is not None:
             listener.done(message)
@@ -549,8 +600,11 @@ class Engine:
         if waiters:
             for run in list(waiters):
                 step = run.task.step
-                if step is not None and isinstance(step.step.action, WaitForEvent) \
-                        and step.step.action.matches(message_type, event.data):
+                if (
+                    step is not None
+                    and isinstance(step.step.action, WaitForEvent)
+                    and step.step.action.matches(message_type, event.data)
+                ):
                     step.record_finished()
                     run.wake()
         workflow_id = self._start_events.get(message_type)
@@ -565,7 +619,9 @@ class Engine:
         step = run.task.step if run is not None else None
         subscriber_id = answer.subscriber_id
         if run is None or step is None or step.step.name != answer.step or subscriber_id is None:
-            logger.debug("ignoring %s for %s/%s: not awaited", answer.kind.value, answer.task, answer.step)
+            logger.debug(
+                "ignoring %s for %s/%s: not awaited", answer.kind.value, answer.task, answer.step
+            )
             return
         if isinstance(answer, ActionDone):
             if step.record_answer(subscriber_id, Answer.DONE):
@@ -582,7 +638,9 @@ class Engine:
 
     def _emit_error(self, run: _Run, message: str) -> None:
         if self._wanted(ERROR):
-            self._emit(ERROR, {"workflow": run.task.workflow.name, "task": run.task.id, "message": message})
+            self._emit(
+                ERROR, {"workflow": run.task.workflow.name, "task": run.task.id, "message": message}
+            )
 
     # ------------------------------------------------------------ starting and stopping
 
@@ -594,15 +652,21 @@ class Engine:
         """
         registered = self._registered(workflow_id)
         surpass = registered.workflow.surpass
-        active = [] if surpass is Surpass.PARALLEL else \
-            [run for run in registered.active if run.stop_request is None]
+        active = (
+            []
+            if surpass is Surpass.PARALLEL
+            else [run for run in registered.active if run.stop_request is None]
+        )
         if active:
             if surpass is Surpass.SKIP:
-                return StartResult(workflow_id, StartDecision.SKIPPED, reason="a run is active (surpass skip)")
+                return StartResult(
+                    workflow_id, StartDecision.SKIPPED, reason="a run is active (surpass skip)"
+                )
             if surpass is Surpass.WAIT:
                 if registered.queued is not None:
                     return StartResult(
-                        workflow_id, StartDecision.SKIPPED,
+                        workflow_id,
+                        StartDecision.SKIPPED,
                         reason="a run is active and another is already queued (surpass wait)",
                     )
                 registered.queued = _new_id()
@@ -616,9 +680,14 @@ class Engine:
                     self._request_stop(run, replaced=True, reason=f"replaced by task {task_id}")
                 self._start(registered, task_id, reason)
                 return StartResult(
-                    workflow_id, StartDecision.STARTED, task_id, replaced=tuple(r.task.id for r in active)
+                    workflow_id,
+                    StartDecision.STARTED,
+                    task_id,
+                    replaced=tuple(r.task.id for r in active),
                 )
-        return StartResult(workflow_id, StartDecision.STARTED, self._start(registered, _new_id(), reason))
+        return StartResult(
+            workflow_id, StartDecision.STARTED, self._start(registered, _new_id(), reason)
+        )
 
     def _start(self, registered: _Registered, task_id: str, reason: str) -> str:
         task = registered.machine.new_task(task_id, now=trio.current_time())
@@ -647,8 +716,18 @@ class Engine:
         registered = self._queued.pop(task_id, None)
         if registered is not None:
             now = self.clock.now()
-            self._record(TaskResult(task_id, registered.workflow.id, Outcome.STOPPED, reason or "stopped",
-                                    (), now, now, ()))
+            self._record(
+                TaskResult(
+                    task_id,
+                    registered.workflow.id,
+                    Outcome.STOPPED,
+                    reason or "stopped",
+                    (),
+                    now,
+                    now,
+                    (),
+                )
+            )
             assert registered.queued_event is not None
             registered.queued_event.set()
             registered.queued = registered.queued_event = None
@@ -731,8 +810,12 @@ class Engine:
                 errors=tuple(step.errors),
             )
         return TaskInfo(
-            task.id, task.workflow.id, task.workflow.name, task.state,
-            self.clock.to_wall(task.created_at), step_info,
+            task.id,
+            task.workflow.id,
+            task.workflow.name,
+            task.state,
+            self.clock.to_wall(task.created_at),
+            step_info,
         )
 
     # ------------------------------------------------------------ driving a task
@@ -742,10 +825,15 @@ class Engine:
         machine = run.registered.machine
         try:
             if self._wanted(TASK_STARTED):
-                self._emit(TASK_STARTED, {
-                    "task": task.workflow.name, "task_id": task.id, "workflow": task.workflow.id,
-                    "started_at": self.clock.to_wall(task.created_at).isoformat(),
-                })
+                self._emit(
+                    TASK_STARTED,
+                    {
+                        "task": task.workflow.name,
+                        "task_id": task.id,
+                        "workflow": task.workflow.id,
+                        "started_at": self.clock.to_wall(task.created_at).isoformat(),
+                    },
+                )
             while True:
                 if run.stop_request is not None:
                     self._stop_now(run)
@@ -755,8 +843,9 @@ class Engine:
                 if step is not None and not step.began:
                     self._begin_step(run, step)
                 previous = task.step
-                if (previous is None or previous.settled()) \
-                        and machine.advance(task, now=trio.current_time()):
+                if (previous is None or previous.settled()) and machine.advance(
+                    task, now=trio.current_time()
+                ):
                     if previous is not None:
                         self._step_ended(run, previous)
                     if task.state != END:
@@ -777,7 +866,9 @@ class Engine:
             self._bus.publish(self._action(run))
         elif isinstance(action, EmitEvent):
             step.begin(deadline=now + step.step.timeout)
-            self._emit(action.message_type, {**action.data, "workflow": task.workflow.id, "task": task.id})
+            self._emit(
+                action.message_type, {**action.data, "workflow": task.workflow.id, "task": task.id}
+            )
         elif isinstance(action, WaitForEvent):
             step.begin(deadline=now + step.step.timeout)
             self._event_waiters.setdefault(action.message_type, set()).add(run)
@@ -794,7 +885,8 @@ class Engine:
 
     async def _sleep(self, run: _Run) -> None:
         step = run.task.step
-        assert step is not None and step.deadline is not None
+        assert step is not None
+        assert step.deadline is not None
         wake_at = step.deadline
         if run.progress_due is not None:
             wake_at = min(wake_at, run.progress_due)
@@ -829,21 +921,31 @@ class Engine:
 
     def _abort(self, run: _Run, step: StepRun) -> None:
         task = run.task
-        abort = ActionAbort(step.step.message_type, task.id, step.step.name, extra=run.registered.routing)
+        abort = ActionAbort(
+            step.step.message_type, task.id, step.step.name, extra=run.registered.routing
+        )
         for subscriber_id in sorted(step.waiting_for):
             listener = self._bus.listener_for(subscriber_id)
             if listener is not None and not listener._deliver(abort):
                 self._bus.detach(listener, "too slow")
         for listener in list(self._bus.listeners):
-            if listener.subscriber_id is None and listener.wants(abort) and not listener._deliver(abort):
+            if (
+                listener.subscriber_id is None
+                and listener.wants(abort)
+                and not listener._deliver(abort)
+            ):
                 self._bus.detach(listener, "too slow")
 
     def _stop_now(self, run: _Run) -> None:
         assert run.stop_request is not None
         replaced, reason = run.stop_request
         step = run.task.step
-        if run.registered.machine.stop(run.task, now=trio.current_time(), replaced=replaced, reason=reason) \
-                and step is not None:
+        if (
+            run.registered.machine.stop(
+                run.task, now=trio.current_time(), replaced=replaced, reason=reason
+            )
+            and step is not None
+        ):
             self._step_ended(run, step)
 
     async def _run_command(self, run: _Run, step: StepRun) -> None:
@@ -855,14 +957,18 @@ class Engine:
             try:
                 if action.callable is not None:
                     command = self._commands[action.callable]
-                    await command(CommandContext(self, run.task.id, run.task.workflow.id, step.step.name))
+                    await command(
+                        CommandContext(self, run.task.id, run.task.workflow.id, step.step.name)
+                    )
                 else:
                     result = await trio.run_process(
                         list(action.command), capture_stdout=True, capture_stderr=True, check=False
                     )
                     if result.returncode != 0:
                         stderr = result.stderr.decode("utf-8", "replace").strip()[-400:]
-                        error = f"command {action.command[0]!r} exited with status {result.returncode}"
+                        error = (
+                            f"command {action.command[0]!r} exited with status {result.returncode}"
+                        )
                         if stderr:
                             error += f": {stderr}"
             except Exception as exc:
@@ -892,13 +998,18 @@ class Engine:
             return
         task = run.task
         step = task.step
-        self._emit(PROGRESS, {
-            "workflow": task.workflow.name,
-            "task": task.id,
-            "message": self.progress_of(task).to_json(),
-            "step": task.state if task.state == END or step is None else step.step.name,
-            "waiting_for": sorted(step.waiting_for) if step is not None and task.state != END else [],
-        })
+        self._emit(
+            PROGRESS,
+            {
+                "workflow": task.workflow.name,
+                "task": task.id,
+                "message": self.progress_of(task).to_json(),
+                "step": task.state if task.state == END or step is None else step.step.name,
+                "waiting_for": sorted(step.waiting_for)
+                if step is not None and task.state != END
+                else [],
+            },
+        )
 
     @staticmethod
     def progress_of(task: Task) -> ProgressTree:
@@ -907,7 +1018,12 @@ class Engine:
         parts: list[Progress] = []
         for index, step in enumerate(task.workflow.steps):
             done = index < current or task.state == END
-            if index == current and task.state != END and task.step is not None and task.step.progress:
+            if (
+                index == current
+                and task.state != END
+                and task.step is not None
+                and task.step.progress
+            ):
                 parts.append(ProgressTree(step.name, tuple(task.step.progress.values())))
             else:
                 parts.append(ProgressLeaf(step.name, 1 if done else 0, 1))
@@ -926,15 +1042,25 @@ class Engine:
         if task.state != END:
             return  # cancelled: the engine is closing
         started = self.clock.to_wall(task.created_at)
-        ended = self.clock.to_wall(task.ended_at if task.ended_at is not None else trio.current_time())
+        ended = self.clock.to_wall(
+            task.ended_at if task.ended_at is not None else trio.current_time()
+        )
         result = TaskResult(
-            task.id, task.workflow.id, task.outcome or Outcome.FAILED, task.error, tuple(task.errors),
-            started, ended,
+            task.id,
+            task.workflow.id,
+            task.outcome or Outcome.FAILED,
+            task.error,
+            tuple(task.errors),
+            started,
+            ended,
             tuple(
                 StepResult(
-                    s.step.name, self.clock.to_wall(s.entered_at),
+                    s.step.name,
+                    self.clock.to_wall(s.entered_at),
                     self.clock.to_wall(s.ended_at if s.ended_at is not None else s.entered_at),
-                    {sid: a.value for sid, a in s.answers.items()}, tuple(s.errors), s.timed_out,
+                    {sid: a.value for sid, a in s.answers.items()},
+                    tuple(s.errors),
+                    s.timed_out,
                 )
                 for s in task.history
             ),
@@ -942,14 +1068,20 @@ class Engine:
         self._record(result)
         if self._wanted(TASK_END):
             data: dict[str, Any] = {
-                "task_id": task.id, "descriptor_id": task.workflow.id, "workflow": task.workflow.name,
-                "outcome": result.outcome.value, "duration": result.duration,
+                "task_id": task.id,
+                "descriptor_id": task.workflow.id,
+                "workflow": task.workflow.name,
+                "outcome": result.outcome.value,
+                "duration": result.duration,
             }
             if result.error is not None:
                 data["error"] = result.error
             self._emit(TASK_END, data)
-        if registered.queued is not None and not registered.active and \
-                self._workflows.get(task.workflow.id) is registered:
+        if (
+            registered.queued is not None
+            and not registered.active
+            and self._workflows.get(task.workflow.id) is registered
+        ):
             task_id, event = registered.queued, registered.queued_event
             registered.queued = registered.queued_event = None
             del self._queued[task_id]
@@ -975,9 +1107,13 @@ class Engine:
 
 @asynccontextmanager
 async def open_engine(
-    *, workflows: Iterable[Workflow] = (), jobs: Iterable[Job] = (),
-    commands: Mapping[str, Command] | None = None, start_time: datetime | None = None,
-    progress_interval: float = 1.0, listener_buffer: int = DEFAULT_BUFFER,
+    *,
+    workflows: Iterable[Workflow] = (),
+    jobs: Iterable[Job] = (),
+    commands: Mapping[str, Command] | None = None,
+    start_time: datetime | None = None,
+    progress_interval: float = 1.0,
+    listener_buffer: int = DEFAULT_BUFFER,
     keep_results: int = 10_000,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the ``async with`` block.
@@ -1002,8 +1138,11 @@ async def open_engine(
         raise ValueError(f"listener_buffer must be >= 1, got {listener_buffer!r}")
     async with trio.open_nursery() as nursery:
         engine = Engine(
-            nursery, clock=Clock(start_time), commands=commands or {},
-            progress_interval=progress_interval, listener_buffer=listener_buffer,
+            nursery,
+            clock=Clock(start_time),
+            commands=commands or {},
+            progress_interval=progress_interval,
+            listener_buffer=listener_buffer,
             keep_results=keep_results,
         )
         for workflow in workflows:

@@ -179,6 +179,12 @@ class Task:
 # ---------------------------------------------------------------- callbacks
 
 
+def _task(event: EventData) -> Task:
+    task = event.model
+    assert isinstance(task, Task)
+    return task
+
+
 def _now(event: EventData) -> float:
     now: float = event.kwargs["now"]
     return now
@@ -186,7 +192,7 @@ def _now(event: EventData) -> float:
 
 def _enterer(step: Step, index: int) -> Callable[[EventData], None]:
     def enter(event: EventData) -> None:
-        task: Task = event.model
+        task = _task(event)
         task.step = StepRun(step, index, entered_at=_now(event))
         task.history.append(task.step)
 
@@ -194,14 +200,14 @@ def _enterer(step: Step, index: int) -> Callable[[EventData], None]:
 
 
 def _leave_step(event: EventData) -> None:
-    task: Task = event.model
+    task = _task(event)
     if task.step is not None and task.step.ended_at is None:
         task.step.ended_at = _now(event)
 
 
 def _ender(outcome: Outcome) -> Callable[[EventData], None]:
     def end(event: EventData) -> None:
-        task: Task = event.model
+        task = _task(event)
         task.outcome = outcome
         task.ended_at = _now(event)
         if outcome is Outcome.FAILED and task.step is not None:
@@ -213,12 +219,12 @@ def _ender(outcome: Outcome) -> Callable[[EventData], None]:
 
 
 def _is_finished(event: EventData) -> bool:
-    step: StepRun | None = event.model.step
+    step = _task(event).step
     return step is not None and step.is_finished()
 
 
 def _has_error(event: EventData) -> bool:
-    step: StepRun | None = event.model.step
+    step = _task(event).step
     return step is not None and step.has_error()
 
 
@@ -263,14 +269,20 @@ def machine_spec(workflow: Workflow) -> tuple[list[State], list[TransitionSpec]]
         if step.on_error is OnError.STOP:
             transitions.append(
                 TransitionSpec(
-                    "advance", step.name, END, "error: stop",
-                    conditions=(_has_error,), before=(_ender(Outcome.FAILED),),
+                    "advance",
+                    step.name,
+                    END,
+                    "error: stop",
+                    conditions=(_has_error,),
+                    before=(_ender(Outcome.FAILED),),
                 )
             )
         last = index == len(steps) - 1
         transitions.append(
             TransitionSpec(
-                "advance", step.name, END if last else steps[index + 1].name,
+                "advance",
+                step.name,
+                END if last else steps[index + 1].name,
                 "done" if step.on_error is OnError.STOP else "done or error: continue",
                 conditions=(_is_finished,),
                 before=(_ender(Outcome.DONE),) if last else (),
@@ -301,8 +313,11 @@ class WorkflowMachine:
             states=states,
             transitions=[
                 {
-                    "trigger": t.trigger, "source": t.source, "dest": t.dest,
-                    "conditions": list(t.conditions), "before": list(t.before),
+                    "trigger": t.trigger,
+                    "source": t.source,
+                    "dest": t.dest,
+                    "conditions": list(t.conditions),
+                    "before": list(t.before),
                 }
                 for t in transitions
             ],
@@ -327,7 +342,9 @@ class WorkflowMachine:
         moved: bool = self._advance.trigger(task, now=now)
         return moved
 
-    def stop(self, task: Task, *, now: float, replaced: bool = False, reason: str | None = None) -> bool:
+    def stop(
+        self, task: Task, *, now: float, replaced: bool = False, reason: str | None = None
+    ) -> bool:
         """End the task as ``stopped`` (or ``replaced``); return whether it was running."""
         if task.state == END:
             return False

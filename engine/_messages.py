@@ -52,7 +52,9 @@ class ProgressLeaf:
             problems.append(Problem("total", f"must be > 0, got {self.total}"))
         if not 0 <= self.current <= self.total:
             problems.append(
-                Problem("current", f"must be between 0 and total ({self.total}), got {self.current}")
+                Problem(
+                    "current", f"must be between 0 and total ({self.total}), got {self.current}"
+                )
             )
         if problems:
             raise MessageError(problems)
@@ -65,7 +67,10 @@ class ProgressLeaf:
     def to_json(self) -> dict[str, Any]:
         """Return the wire form."""
         out: dict[str, Any] = {
-            "kind": "progress", "name": self.name, "current": self.current, "total": self.total,
+            "kind": "progress",
+            "name": self.name,
+            "current": self.current,
+            "total": self.total,
         }
         if self.path:
             out["path"] = list(self.path)
@@ -90,7 +95,9 @@ class ProgressTree:
     def to_json(self) -> dict[str, Any]:
         """Return the wire form."""
         out: dict[str, Any] = {
-            "kind": "tree", "name": self.name, "parts": [part.to_json() for part in self.parts],
+            "kind": "tree",
+            "name": self.name,
+            "parts": [part.to_json() for part in self.parts],
         }
         if self.path:
             out["path"] = list(self.path)
@@ -110,7 +117,7 @@ def _mapping(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
-_EXTRA = attrs.field(factory=dict, converter=_mapping, kw_only=True, hash=False)
+_EXTRA: Any = attrs.field(factory=dict, converter=_mapping, kw_only=True, hash=False)
 
 
 @attrs.frozen
@@ -221,7 +228,9 @@ class ActionProgress(_Answer):
 
 
 Answer: TypeAlias = ActionDone | ActionError | ActionInfo | ActionProgress
-Message: TypeAlias = Event | Action | ActionAbort | ActionDone | ActionError | ActionInfo | ActionProgress
+Message: TypeAlias = (
+    Event | Action | ActionAbort | ActionDone | ActionError | ActionInfo | ActionProgress
+)
 
 #: Message classes by their ``kind``.
 MESSAGE_CLASSES: dict[Kind, type[Message]] = {
@@ -238,8 +247,12 @@ MESSAGE_CLASSES: dict[Kind, type[Message]] = {
 def answer_for(action: Action, kind: type[Answer], subscriber_id: str, **fields: Any) -> Answer:
     """Build an answer to ``action`` from ``subscriber_id``, echoing the action's data."""
     return kind(
-        action.message_type, action.task, action.step, extra=action.extra,
-        subscriber_id=subscriber_id, **fields,
+        action.message_type,
+        action.task,
+        action.step,
+        extra=action.extra,
+        subscriber_id=subscriber_id,
+        **fields,
     )
 
 

@@ -1,0 +1,56 @@
+"""The README's examples run and say what they show."""
+
+from __future__ import annotations
+
+import re
+from contextlib import redirect_stdout
+from io import StringIO
+from pathlib import Path
+
+import pytest
+
+from engine import DeclarationError, Declarations, Job
+
+README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+
+
+def test_the_python_and_toml_declarations_are_the_same_workflow() -> None:
+    namespace: dict[str, object] = {}
+    exec(blocks("python")[0], namespace)
+    declared = Declarations.from_toml(blocks("toml")[0])
+    assert declared.workflows == (namespace["nightly"],)
+
+
+def test_the_job_example_loads() -> None:
+    (job,) = Declarations.from_toml(blocks("toml")[1]).jobs
+    assert isinstance(job, Job)
+    assert job.command == ("logger", "phasebus: collect finished")
+
+
+def test_the_error_example_is_what_a_bad_file_gives(tmp_path: Path) -> None:
+    example = re.search(r"An invalid file raises.*?```\n(.*?)```", README, flags=re.DOTALL)
+    assert example is not None
+    shown = example.group(1).strip()
+    path = tmp_path / "flows.toml"
+    path.write_text(
+        blocks("toml")[0]
+        .replace("timeout = 300", "timeout = -1")
+        .replace('cron = "30 2 * * *"', 'cron = "61 * * * *"')
+    )
+    with pytest.raises(DeclarationError) as raised:
+        Declarations.from_file(path)
+    assert str(raised.value).replace(str(path), "flows.toml") == shown
+
+
+def test_the_trio_program_prints_what_the_readme_says() -> None:
+    program = blocks("python")[1]
+    expected = re.search(r"prints `(.*?)`", README)
+    assert expected is not None
+    out = StringIO()
+    with redirect_stdout(out):
+        exec(program, {"__name__": "readme"})
+    assert out.getvalue().strip() == expected.group(1)
