@@ -46,6 +46,12 @@ DEFAULT_BUFFER = 4096
 #: The kinds a subscriber's own listener receives.
 SUBSCRIBER_KINDS = frozenset({Kind.EVENT, Kind.ACTION, Kind.ACTION_ABORT})
 
+#: Reasons a listener stops: closed by its owner or the engine (iteration just
+#: ends), or dropped for being too slow (iteration raises ListenerDropped).
+CLOSED = "closed"
+ENGINE_CLOSED = "the engine closed"
+TOO_SLOW = "too slow"
+
 LISTENER_CONNECTED = "message-listener-connected"
 LISTENER_DISCONNECTED = "message-listener-disconnected"
 
@@ -312,7 +318,7 @@ class Listener:
         try:
             return await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            if self.dropped not in (None, "closed"):
+            if self.dropped not in (None, CLOSED, ENGINE_CLOSED):
                 raise ListenerDropped(f"listener {self.id!r} was dropped: {self.dropped}") from None
             raise StopAsyncIteration from None
 
@@ -380,7 +386,7 @@ class Bus:
         self._index(listener)
         self.listeners.add(listener)
 
-    def detach(self, listener: Listener, reason: str = "closed") -> None:
+    def detach(self, listener: Listener, reason: str = CLOSED) -> None:
         """Disconnect a listener (idempotent) and publish ``message-listener-disconnected``."""
         if listener not in self.listeners:
             return
@@ -425,7 +431,7 @@ class Bus:
                     "dropping listener %s: its buffer of unread messages is full (too slow)",
                     listener.id,
                 )
-                self.detach(listener, "too slow")
+                self.detach(listener, TOO_SLOW)
 
     def _describe(self, listener: Listener) -> dict[str, Any]:
         channels = sorted(listener.message_types) if listener.message_types is not None else None

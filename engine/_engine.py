@@ -28,7 +28,9 @@ from trio.lowlevel import ParkingLot
 
 from ._bus import (
     DEFAULT_BUFFER,
+    ENGINE_CLOSED,
     SUBSCRIBER_KINDS,
+    TOO_SLOW,
     Bus,
     Listener,
     ListenerDropped,
@@ -457,7 +459,7 @@ class Engine:
         if subscriber_id is not None:
             for action in self.owed_actions(subscriber_id):
                 if not listener._deliver(action):
-                    self._bus.detach(listener, "too slow")
+                    self._bus.detach(listener, TOO_SLOW)
                     break
         return listener
 
@@ -927,14 +929,14 @@ class Engine:
         for subscriber_id in sorted(step.waiting_for):
             listener = self._bus.listener_for(subscriber_id)
             if listener is not None and not listener._deliver(abort):
-                self._bus.detach(listener, "too slow")
+                self._bus.detach(listener, TOO_SLOW)
         for listener in list(self._bus.listeners):
             if (
                 listener.subscriber_id is None
                 and listener.wants(abort)
                 and not listener._deliver(abort)
             ):
-                self._bus.detach(listener, "too slow")
+                self._bus.detach(listener, TOO_SLOW)
 
     def _stop_now(self, run: _Run) -> None:
         assert run.stop_request is not None
@@ -1102,7 +1104,7 @@ class Engine:
             if registered.queued_event is not None:
                 registered.queued_event.set()
         for listener in list(self._bus.listeners):
-            self._bus.detach(listener, "the engine closed")
+            self._bus.detach(listener, ENGINE_CLOSED)
 
 
 @asynccontextmanager
