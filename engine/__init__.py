@@ -13,6 +13,12 @@ from ._bus import Subscriber as Subscriber
 from ._bus import SubscriberRegistry as SubscriberRegistry
 from ._bus import Subscription as Subscription
 from ._clock import Clock as Clock
+from ._config import CONFIG_DELETED as CONFIG_DELETED
+from ._config import CONFIG_UPDATED as CONFIG_UPDATED
+from ._config import CORE_CONFIG as CORE_CONFIG
+from ._config import Config as Config
+from ._config import ConfigConflict as ConfigConflict
+from ._config import ConfigService as ConfigService
 from ._convert import unstructure_declaration as unstructure_declaration
 from ._definitions import CronTrigger as CronTrigger
 from ._definitions import Declarations as Declarations

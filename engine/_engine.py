@@ -39,6 +39,7 @@ from ._bus import (
     Subscription,
 )
 from ._clock import Clock
+from ._config import CORE_CONFIG, ConfigService, schedule_problems
 from ._definitions import (
     CronTrigger,
     EmitEvent,
@@ -226,6 +227,9 @@ class _Registered:
         self.routing = MappingProxyType({"workflow": self.workflow.id})
 
 
+_DECLARED = object()
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -262,6 +266,11 @@ class Engine:
         self._running: dict[str, _Run] = {}
         self._queued: dict[str, _Registered] = {}
         self._results: OrderedDict[str, TaskResult] = OrderedDict()
+        self._schedule_overrides: dict[str, CronTrigger | None] = {}
+        #: The config service; ``phasebus.core`` holds the workflow schedules.
+        self.configs = ConfigService(
+            self._emit, check=self._check_config, changed=self._config_changed
+        )
         self._timers = Timers()
         nursery.start_soon(self._timers.serve)
         self._closed = False
@@ -329,9 +338,7 @@ class Engine:
         for trigger in workflow.triggers:
             if isinstance(trigger, EventTrigger):
                 self._event_triggers.setdefault(trigger.event, []).append((trigger, workflow.id))
-        crons = [t for t in workflow.triggers if isinstance(t, CronTrigger)]
-        if crons:
-            self._nursery.start_soon(self._run_schedules, registered, crons)
+        self._reschedule(registered)
 
     def remove_workflow(self, workflow_id: str) -> None:
         """Unregister a workflow or job; its running tasks go on to their end."""
@@ -347,12 +354,48 @@ class Engine:
             else:
                 del self._event_triggers[event_type]
 
+    def schedules(self, workflow_id: str) -> list[CronTrigger]:
+        """Return the cron triggers in force for a workflow.
+
+        They are the declared ones unless the config ``phasebus.core`` sets
+        the workflow's schedule.
+        """
+        registered = self._registered(workflow_id)
+        override = self._schedule_overrides.get(workflow_id, _DECLARED)
+        if override is _DECLARED:
+            return [t for t in registered.workflow.triggers if isinstance(t, CronTrigger)]
+        return [] if override is None else [override]  # type: ignore[list-item]
+
     def next_run(self, workflow_id: str) -> datetime | None:
-        """Return when a cron trigger next starts the workflow, or None."""
-        workflow = self._registered(workflow_id).workflow
+        """Return when a schedule next starts the workflow, or None."""
         now = self.clock.now()
-        times = [t.next_after(now) for t in workflow.triggers if isinstance(t, CronTrigger)]
+        times = [t.next_after(now) for t in self.schedules(workflow_id)]
         return min(times) if times else None
+
+    def _reschedule(self, registered: _Registered) -> None:
+        registered.scope.cancel()
+        registered.scope = trio.CancelScope()
+        triggers = self.schedules(registered.workflow.id)
+        if triggers:
+            self._nursery.start_soon(self._run_schedules, registered, registered.scope, triggers)
+
+    def _check_config(self, config_id: str, data: Mapping[str, Any]) -> list[Problem]:
+        if config_id != CORE_CONFIG:
+            return []
+        return schedule_problems(data, frozenset(self._workflows))
+
+    def _config_changed(self, config_id: str, data: Mapping[str, Any] | None) -> None:
+        if config_id != CORE_CONFIG:
+            return
+        overrides: dict[str, CronTrigger | None] = {}
+        for workflow_id, entry in ((data or {}).get("workflows") or {}).items():
+            schedule = entry.get("schedule")
+            overrides[workflow_id] = (
+                None if schedule is None else CronTrigger(schedule, entry.get("timezone", "UTC"))
+            )
+        self._schedule_overrides = overrides
+        for registered in self._workflows.values():
+            self._reschedule(registered)
 
     def _registered(self, workflow_id: str) -> _Registered:
         try:
@@ -360,8 +403,10 @@ class Engine:
         except KeyError:
             raise UnknownWorkflowError(workflow_id) from None
 
-    async def _run_schedules(self, registered: _Registered, triggers: list[CronTrigger]) -> None:
-        with registered.scope:
+    async def _run_schedules(
+        self, registered: _Registered, scope: trio.CancelScope, triggers: list[CronTrigger]
+    ) -> None:
+        with scope:
             async with trio.open_nursery() as nursery:
                 for trigger in triggers:
                     nursery.start_soon(self._run_schedule, registered, trigger)

@@ -1,0 +1,196 @@
+"""The config service: JSON documents with revisions, announced on the bus.
+
+Every write publishes ``config-updated`` (``id``, ``revision``) and every
+delete ``config-deleted`` (``id``). A write or delete may name the revision
+it expects (``if_match``); when the stored revision differs it fails with
+:class:`ConfigConflict` and changes nothing, so concurrent editors never lose
+an update.
+
+The config ``phasebus.core`` is the engine's own: under ``workflows`` it
+holds per-workflow schedules, e.g.
+``{"workflows": {"collect_and_cleanup": {"schedule": "0 * * * *", "timezone": "UTC"}}}``.
+A schedule replaces the workflow's declared cron triggers (``null`` turns
+them off); the engine applies every change at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from ._definitions import CronTrigger
+from ._errors import InvalidInputError, PhasebusError, Problem
+
+CONFIG_UPDATED = "config-updated"
+CONFIG_DELETED = "config-deleted"
+
+#: The engine's own config.
+CORE_CONFIG = "phasebus.core"
+
+_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
+
+
+class ConfigConflict(PhasebusError):
+    """A config changed since the revision the writer expected."""
+
+    def __init__(self, config_id: str, expected: str, actual: str | None) -> None:
+        self.config_id = config_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"config {config_id!r} is at revision {actual!r}, not {expected!r}"
+            if actual is not None
+            else f"config {config_id!r} does not exist (expected revision {expected!r})"
+        )
+
+
+@attrs.frozen
+class Config:
+    """A stored config: its id, its JSON document and its revision."""
+
+    id: str
+    data: Mapping[str, Any] = attrs.field(hash=False)
+    revision: str
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """Apply a JSON merge patch (RFC 7386): objects merge, ``null`` removes a key."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def schedule_problems(data: Mapping[str, Any], workflow_ids: frozenset[str]) -> list[Problem]:
+    """Check the document of ``phasebus.core``."""
+    problems: list[Problem] = []
+    workflows = data.get("workflows", {})
+    if not isinstance(workflows, Mapping):
+        return [Problem("workflows", f"must be an object, got {workflows!r}")]
+    for workflow_id, entry in workflows.items():
+        path = f"workflows.{workflow_id}"
+        if workflow_id not in workflow_ids:
+            problems.append(Problem(path, f"unknown workflow {workflow_id!r}"))
+            continue
+        if not isinstance(entry, Mapping):
+            problems.append(Problem(path, f"must be an object, got {entry!r}"))
+            continue
+        for key in entry:
+            if key not in ("schedule", "timezone"):
+                problems.append(Problem(f"{path}.{key}", "unknown field"))
+        schedule = entry.get("schedule")
+        if schedule is None:
+            continue
+        try:
+            CronTrigger(schedule, entry.get("timezone", "UTC"))
+        except InvalidInputError as error:
+            for problem in error.problems:
+                key = "schedule" if problem.path == "cron" else problem.path
+                problems.append(Problem(f"{path}.{key}", problem.message))
+    return problems
+
+
+class ConfigService:
+    """Configs in memory, with revisions and change events.
+
+    Args:
+        emit: publishes an event (message type, data) on the bus.
+        check: returns the problems of a document about to be stored under an
+            id (empty when it is fine).
+        changed: called with the id and the new document (None when deleted)
+            after every change.
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[str, dict[str, Any]], None],
+        *,
+        check: Callable[[str, Mapping[str, Any]], list[Problem]] | None = None,
+        changed: Callable[[str, Mapping[str, Any] | None], None] | None = None,
+    ) -> None:
+        self._configs: dict[str, Config] = {}
+        self._emit = emit
+        self._check = check
+        self._changed = changed
+        self._revisions = itertools.count(1)
+
+    def ids(self) -> list[str]:
+        """Return the ids of all configs, sorted."""
+        return sorted(self._configs)
+
+    def get(self, config_id: str) -> Config | None:
+        """Return a config, or None."""
+        return self._configs.get(config_id)
+
+    def put(
+        self, config_id: str, data: Mapping[str, Any], *, if_match: str | None = None
+    ) -> Config:
+        """Create or replace a config.
+
+        Raises:
+            InvalidInputError: a bad id, a document that is not an object, or
+                a document the engine rejects (``phasebus.core``).
+            ConfigConflict: ``if_match`` differs from the stored revision.
+        """
+        self._check_id(config_id)
+        if not isinstance(data, Mapping):
+            raise InvalidInputError([Problem("", f"a config must be a JSON object, got {data!r}")])
+        self._check_revision(config_id, if_match)
+        document = copy.deepcopy(dict(data))
+        if self._check is not None and (problems := self._check(config_id, document)):
+            raise InvalidInputError(problems)
+        config = Config(config_id, document, f"r{next(self._revisions)}")
+        self._configs[config_id] = config
+        self._emit(CONFIG_UPDATED, {"id": config_id, "revision": config.revision})
+        if self._changed is not None:
+            self._changed(config_id, document)
+        return config
+
+    def patch(
+        self, config_id: str, patch: Mapping[str, Any], *, if_match: str | None = None
+    ) -> Config:
+        """Merge ``patch`` into a config (RFC 7386), creating it if needed."""
+        if not isinstance(patch, Mapping):
+            raise InvalidInputError([Problem("", f"a patch must be a JSON object, got {patch!r}")])
+        current = self._configs.get(config_id)
+        merged = merge_patch(current.data if current else {}, patch)
+        return self.put(config_id, merged, if_match=if_match)
+
+    def delete(self, config_id: str, *, if_match: str | None = None) -> bool:
+        """Delete a config; return whether it existed."""
+        self._check_revision(config_id, if_match)
+        if self._configs.pop(config_id, None) is None:
+            return False
+        self._emit(CONFIG_DELETED, {"id": config_id})
+        if self._changed is not None:
+            self._changed(config_id, None)
+        return True
+
+    def _check_id(self, config_id: object) -> None:
+        if not isinstance(config_id, str) or not _ID.match(config_id):
+            raise InvalidInputError(
+                [
+                    Problem(
+                        "id",
+                        f"must be 1-200 letters, digits, '_', '.', ':' or '-', got {config_id!r}",
+                    )
+                ]
+            )
+
+    def _check_revision(self, config_id: str, if_match: str | None) -> None:
+        if if_match is None:
+            return
+        current = self._configs.get(config_id)
+        actual = current.revision if current else None
+        if actual != if_match:
+            raise ConfigConflict(config_id, if_match, actual)
