@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -367,10 +367,12 @@ class Bus:
         self.listeners: set[Listener] = set()
         #: How many listeners were dropped for being too slow.
         self.dropped_count = 0
+        #: Callables that see every published message first (metrics, storage).
+        self.observers: list[Callable[[Message], None]] = []
 
     def has_listeners(self, message_type: str) -> bool:
         """Tell whether any listener may receive messages of ``message_type``."""
-        return bool(self._all) or bool(self._by_type.get(message_type))
+        return bool(self._all or self.observers or self._by_type.get(message_type))
 
     def listener_for(self, subscriber_id: str) -> Listener | None:
         """Return the connected listener of a subscriber, or None."""
@@ -408,21 +410,28 @@ class Bus:
             )
             self._index(listener)
 
-    def publish(self, message: Message) -> None:
-        """Deliver a message to every listener that wants it; drop those that are full."""
-        targets = self._by_type.get(message.message_type)
+    def publish(self, message: Message, *, subscribers: Collection[str] | None = None) -> None:
+        """Deliver a message to every listener that wants it; drop those that are full.
+
+        With ``subscribers``, the listeners of subscribers receive it only if
+        their subscriber is one of those (other listeners as usual).
+        """
+        for observer in self.observers:
+            observer(message)
         slow = None
-        if targets:
-            for listener in targets:
+        for group in (self._by_type.get(message.message_type), self._all):
+            if not group:
+                continue
+            for listener in group:
                 if (
-                    listener.kinds is None or message.kind in listener.kinds
-                ) and not listener._deliver(message):
-                    slow = [*(slow or ()), listener]
-        if self._all:
-            for listener in self._all:
-                if (
-                    listener.kinds is None or message.kind in listener.kinds
-                ) and not listener._deliver(message):
+                    (listener.kinds is None or message.kind in listener.kinds)
+                    and (
+                        subscribers is None
+                        or listener.subscriber_id is None
+                        or listener.subscriber_id in subscribers
+                    )
+                    and not listener._deliver(message)
+                ):
                     slow = [*(slow or ()), listener]
         if slow:
             for listener in slow:

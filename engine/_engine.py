@@ -605,6 +605,15 @@ class Engine:
         """The connected listeners."""
         return sorted(self._bus.listeners, key=lambda listener: listener.id)
 
+    def add_observer(self, observer: Callable[[Message], None]) -> Callable[[], None]:
+        """Call ``observer`` with every message published, before any listener gets it.
+
+        An observer must be quick and must not raise. Returns a function that
+        removes it.
+        """
+        self._bus.observers.append(observer)
+        return lambda: self._bus.observers.remove(observer)
+
     @property
     def dropped_listeners(self) -> int:
         """How many listeners were dropped for being too slow."""
@@ -971,17 +980,7 @@ class Engine:
         abort = ActionAbort(
             step.step.message_type, task.id, step.step.name, extra=run.registered.routing
         )
-        for subscriber_id in sorted(step.waiting_for):
-            listener = self._bus.listener_for(subscriber_id)
-            if listener is not None and not listener._deliver(abort):
-                self._bus.detach(listener, TOO_SLOW)
-        for listener in list(self._bus.listeners):
-            if (
-                listener.subscriber_id is None
-                and listener.wants(abort)
-                and not listener._deliver(abort)
-            ):
-                self._bus.detach(listener, TOO_SLOW)
+        self._bus.publish(abort, subscribers=step.waiting_for)
 
     def _stop_now(self, run: _Run) -> None:
         assert run.stop_request is not None

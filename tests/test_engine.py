@@ -868,3 +868,13 @@ async def test_messages_from_other_subscribers_cannot_answer_for_a_listener() ->
             ListenerError, match=r"^listener '.*' has no subscriber id and cannot answer actions$"
         ):
             anonymous.done(Action("work", "t", "work"))
+
+
+async def test_observers_see_every_message_first(autojump_clock: trio.abc.Clock) -> None:
+    seen: list[str] = []
+    async with engine_with(one_step()) as engine:
+        remove = engine.add_observer(lambda message: seen.append(message.message_type))
+        await engine.run_workflow("wf")
+        remove()
+        await engine.run_workflow("wf")
+    assert seen == ["task_started", "work", "progress", "progress", "task_end"]
