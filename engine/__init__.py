@@ -20,6 +20,7 @@ from ._config import Config as Config
 from ._config import ConfigConflict as ConfigConflict
 from ._config import ConfigService as ConfigService
 from ._convert import unstructure_declaration as unstructure_declaration
+from ._definitions import CatchUp as CatchUp
 from ._definitions import CronTrigger as CronTrigger
 from ._definitions import Declarations as Declarations
 from ._definitions import EmitEvent as EmitEvent
@@ -37,11 +38,13 @@ from ._definitions import Workflow as Workflow
 from ._definitions import action_kind as action_kind
 from ._engine import ERROR as ERROR
 from ._engine import PROGRESS as PROGRESS
+from ._engine import SCHEDULE_FIRED as SCHEDULE_FIRED
 from ._engine import TASK_END as TASK_END
 from ._engine import TASK_STARTED as TASK_STARTED
 from ._engine import CommandContext as CommandContext
 from ._engine import Engine as Engine
 from ._engine import EngineClosed as EngineClosed
+from ._engine import ScheduleFiring as ScheduleFiring
 from ._engine import StartDecision as StartDecision
 from ._engine import StartResult as StartResult
 from ._engine import StepInfo as StepInfo

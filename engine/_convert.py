@@ -24,6 +24,7 @@ from cattrs.errors import (
 
 from ._definitions import (
     ACTION_KINDS,
+    CatchUp,
     CronTrigger,
     Declarations,
     EventTrigger,
@@ -99,7 +100,9 @@ _converter.register_structure_hook(bool, _structure_bool)
 _converter.register_structure_hook_func(lambda t: t == Mapping[str, Any], _structure_any_mapping)
 
 
-def _enum_hook(enum_type: type[OnError] | type[Surpass]) -> Callable[[object, type], Any]:
+def _enum_hook(
+    enum_type: type[OnError] | type[Surpass] | type[CatchUp],
+) -> Callable[[object, type], Any]:
     choices = ", ".join(repr(member.value) for member in enum_type)
 
     def structure(value: object, _: type) -> Any:
@@ -112,6 +115,7 @@ def _enum_hook(enum_type: type[OnError] | type[Surpass]) -> Callable[[object, ty
 
 
 _converter.register_structure_hook(OnError, _enum_hook(OnError))
+_converter.register_structure_hook(CatchUp, _enum_hook(CatchUp))
 _converter.register_structure_hook(Surpass, _enum_hook(Surpass))
 
 

@@ -38,6 +38,17 @@ class OnError(enum.StrEnum):
     STOP = "stop"
 
 
+class CatchUp(enum.StrEnum):
+    """What a schedule does with the times it missed (the engine was down or blocked)."""
+
+    #: Run none of them: each is recorded as missed.
+    SKIP = "skip"
+    #: Run once, for the latest missed time; the others are recorded as missed.
+    LATEST = "latest"
+    #: Run once for each missed time, at most ``catch_up_limit`` of them (the latest).
+    ALL = "all"
+
+
 class Surpass(enum.StrEnum):
     """What a trigger does while a run of the same workflow is active."""
 
@@ -114,6 +125,13 @@ def _frozen_mapping(value: Any) -> Any:
 def _to_on_error(value: Any) -> Any:
     try:
         return OnError(value)
+    except ValueError:
+        return value  # reported by the check in __attrs_post_init__
+
+
+def _to_catch_up(value: Any) -> Any:
+    try:
+        return CatchUp(value)
     except ValueError:
         return value  # reported by the check in __attrs_post_init__
 
@@ -333,10 +351,15 @@ class CronTrigger:
     At daylight-saving changes the schedule follows Debian cron: a fixed time
     of day that does not exist runs once at the next valid instant, a time that
     occurs twice runs once; hourly and finer schedules run in absolute time.
+
+    Times missed while the engine was down or blocked are handled by
+    ``catch_up`` (see :class:`CatchUp`); ``catch_up_limit`` bounds ``all``.
     """
 
     cron: str
     timezone: str = "UTC"
+    catch_up: CatchUp = attrs.field(default=CatchUp.LATEST, converter=_to_catch_up)
+    catch_up_limit: int = 10
 
     def __attrs_post_init__(self) -> None:
         problems: list[Problem] = []
@@ -345,7 +368,32 @@ class CronTrigger:
             problems.append(Problem("timezone", f"must be a string, got {self.timezone!r}"))
         elif _zone(self.timezone) is None:
             problems.append(Problem("timezone", f"unknown time zone {self.timezone!r}"))
+        _check_enum(problems, "catch_up", self.catch_up, CatchUp)
+        if (
+            isinstance(self.catch_up_limit, bool)
+            or not isinstance(self.catch_up_limit, int)
+            or not 1 <= self.catch_up_limit <= 1000
+        ):
+            problems.append(
+                Problem(
+                    "catch_up_limit",
+                    f"must be an integer from 1 to 1000, got {self.catch_up_limit!r}",
+                )
+            )
         _raise_if(problems)
+
+    def fire_times(self, after: datetime, until: datetime, *, limit: int) -> list[datetime]:
+        """Return the fire times in (``after``, ``until``], in UTC, the last ``limit`` of them."""
+        times: list[datetime] = []
+        iterator = CronSim(self.cron, after.astimezone(self.zone))
+        for moment in iterator:
+            moment_utc = moment.astimezone(UTC)
+            if moment_utc > until:
+                break
+            times.append(moment_utc)
+            if len(times) > limit:
+                del times[0]
+        return times
 
     @property
     def zone(self) -> ZoneInfo:

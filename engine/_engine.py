@@ -15,7 +15,7 @@ import enum
 import functools
 import logging
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -41,6 +41,7 @@ from ._bus import (
 from ._clock import Clock
 from ._config import CORE_CONFIG, ConfigService, schedule_problems
 from ._definitions import (
+    CatchUp,
     CronTrigger,
     EmitEvent,
     EventTrigger,
@@ -87,6 +88,16 @@ TASK_STARTED = "task_started"
 PROGRESS = "progress"
 TASK_END = "task_end"
 ERROR = "error"
+
+
+SCHEDULE_FIRED = "schedule_fired"
+
+#: Seconds a scheduled time may be late and still count as on time.
+SCHEDULE_GRACE = 60.0
+#: Missed times looked at, at most, after a gap (the latest ones).
+MISSED_RECORD_LIMIT = 1000
+#: Schedule firings kept per workflow.
+LEDGER_LENGTH = 100
 
 
 class EngineClosed(PhasebusError):
@@ -183,6 +194,36 @@ class StartResult:
 
 
 @attrs.frozen
+class ScheduleFiring:
+    """One time a schedule fired, and what came of it.
+
+    ``outcome`` is ``started``, ``skipped_overlap`` (surpass skipped it),
+    ``queued`` (surpass wait queued it), ``caught_up`` (a missed time run
+    late) or ``missed`` (a missed time not run, by the catch-up policy).
+    """
+
+    workflow: str
+    cron: str
+    timezone: str
+    planned: datetime
+    actual: datetime
+    outcome: str
+    task_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the data of the ``schedule_fired`` event."""
+        return {
+            "workflow": self.workflow,
+            "cron": self.cron,
+            "timezone": self.timezone,
+            "planned": self.planned.isoformat(),
+            "actual": self.actual.isoformat(),
+            "outcome": self.outcome,
+            "task_id": self.task_id,
+        }
+
+
+@attrs.frozen
 class CommandContext:
     """What a registered command is told about the step that runs it."""
 
@@ -267,6 +308,8 @@ class Engine:
         self._queued: dict[str, _Registered] = {}
         self._results: OrderedDict[str, TaskResult] = OrderedDict()
         self._schedule_overrides: dict[str, CronTrigger | None] = {}
+        self._schedule_marks: dict[tuple[str, str, str], datetime] = {}
+        self._ledger: dict[str, deque[ScheduleFiring]] = {}
         #: The config service; ``phasebus.core`` holds the workflow schedules.
         self.configs = ConfigService(
             self._emit, check=self._check_config, changed=self._config_changed
@@ -412,14 +455,73 @@ class Engine:
                     nursery.start_soon(self._run_schedule, registered, trigger)
 
     async def _run_schedule(self, registered: _Registered, trigger: CronTrigger) -> None:
-        last = self.clock.now()
+        workflow_id = registered.workflow.id
+        key = (workflow_id, trigger.cron, trigger.timezone)
+        last = self._schedule_marks.get(key) or self.clock.now()
         while True:
-            moment = trigger.next_after(max(self.clock.now(), last))
-            await self.clock.sleep_until(moment)
-            last = moment
-            self.start_workflow(
-                registered.workflow.id, reason=f"schedule {trigger.cron} {trigger.timezone}"
-            )
+            await self.clock.sleep_until(trigger.next_after(last))
+            now = self.clock.now()
+            due = trigger.fire_times(last, now, limit=MISSED_RECORD_LIMIT)
+            if not due:  # woke a hair early (clock rounding): sleep again
+                continue
+            if len(due) == 1 and (now - due[0]).total_seconds() <= SCHEDULE_GRACE:
+                self._fire(workflow_id, trigger, due[0], now, catching_up=False)
+            else:
+                if trigger.catch_up is CatchUp.SKIP:
+                    run: list[datetime] = []
+                elif trigger.catch_up is CatchUp.LATEST:
+                    run = due[-1:]
+                else:
+                    run = due[-trigger.catch_up_limit :]
+                for planned in due[: len(due) - len(run)]:
+                    self._record_firing(workflow_id, trigger, planned, now, "missed", None)
+                for planned in run:
+                    self._fire(workflow_id, trigger, planned, now, catching_up=True)
+            last = due[-1]
+            self._schedule_marks[key] = last
+
+    def _fire(
+        self,
+        workflow_id: str,
+        trigger: CronTrigger,
+        planned: datetime,
+        now: datetime,
+        *,
+        catching_up: bool,
+    ) -> None:
+        started = self.start_workflow(
+            workflow_id, reason=f"schedule {trigger.cron} ({trigger.timezone}) for {planned}"
+        )
+        if started.decision is StartDecision.SKIPPED:
+            outcome = "skipped_overlap"
+        elif started.decision is StartDecision.QUEUED:
+            outcome = "queued"
+        else:
+            outcome = "caught_up" if catching_up else "started"
+        self._record_firing(workflow_id, trigger, planned, now, outcome, started.task_id)
+
+    def _record_firing(
+        self,
+        workflow_id: str,
+        trigger: CronTrigger,
+        planned: datetime,
+        actual: datetime,
+        outcome: str,
+        task_id: str | None,
+    ) -> None:
+        firing = ScheduleFiring(
+            workflow_id, trigger.cron, trigger.timezone, planned, actual, outcome, task_id
+        )
+        self._ledger.setdefault(workflow_id, deque(maxlen=LEDGER_LENGTH)).append(firing)
+        if outcome == "missed":
+            logger.warning("schedule %s of %s missed %s", trigger.cron, workflow_id, planned)
+        if self._wanted(SCHEDULE_FIRED):
+            self._emit(SCHEDULE_FIRED, firing.to_json())
+
+    def schedule_ledger(self, workflow_id: str) -> list[ScheduleFiring]:
+        """Return the most recent schedule firings of a workflow, oldest first."""
+        self._registered(workflow_id)
+        return list(self._ledger.get(workflow_id, ()))
 
     # ------------------------------------------------------------ subscribers
 
