@@ -318,6 +318,11 @@ class Engine:
         nursery.start_soon(self._timers.serve)
         self._closed = False
 
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The engine's nursery: what runs in it is cancelled when the engine closes."""
+        return self._nursery
+
     # ------------------------------------------------------------ declarations
 
     @property

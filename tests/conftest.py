@@ -4,6 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 #: Wall-clock time at the start of every engine in the tests (a Monday).
 START = datetime(2026, 3, 2, 0, 0, 30, tzinfo=UTC)
 

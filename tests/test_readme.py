@@ -54,3 +54,10 @@ def test_the_trio_program_prints_what_the_readme_says() -> None:
     with redirect_stdout(out):
         exec(program, {"__name__": "readme"})
     assert out.getvalue().strip() == expected.group(1)
+
+
+def test_the_testing_kit_example_passes_in_a_project_of_its_own(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml("[tool.pytest.ini_options]\ntrio_mode = true\n")
+    pytester.makepyfile(test_nightly=blocks("python")[2])
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
