@@ -120,6 +120,8 @@ class StepInfo:
     answered: Mapping[str, str] = attrs.field(hash=False)
     progress: Mapping[str, Progress] = attrs.field(hash=False)
     errors: tuple[str, ...]
+    last_heard: Mapping[str, datetime] = attrs.field(factory=dict, hash=False)
+    stalled: bool = False
 
 
 @attrs.frozen
@@ -247,6 +249,7 @@ class _Run:
     last_progress: float = float("-inf")
     progress_due: float | None = None
     timer: list[Any] | None = None
+    stall_timer: list[Any] | None = None
 
     def wake(self) -> None:
         self.lot.unpark_all()
@@ -290,11 +293,13 @@ class Engine:
         progress_interval: float,
         listener_buffer: int,
         keep_results: int,
+        stall_fraction: float | None = None,
     ) -> None:
         self._nursery = nursery
         self.clock = clock
         self._commands: dict[str, Command] = dict(commands)
         self._progress_interval = progress_interval
+        self._stall_fraction = stall_fraction
         self._listener_buffer = listener_buffer
         self._keep_results = keep_results
         #: The subscriber registry (read it here; change it through the engine's methods).
@@ -786,6 +791,7 @@ class Engine:
                 "ignoring %s for %s/%s: not awaited", answer.kind.value, answer.task, answer.step
             )
             return
+        step.record_heard(subscriber_id, trio.current_time())
         if isinstance(answer, ActionDone):
             if step.record_answer(subscriber_id, Answer.DONE):
                 run.wake()
@@ -971,6 +977,8 @@ class Engine:
                 answered={sid: answer.value for sid, answer in step.answers.items()},
                 progress=dict(step.progress),
                 errors=tuple(step.errors),
+                last_heard={sid: self.clock.to_wall(t) for sid, t in step.heard.items()},
+                stalled=step.stalled,
             )
         return TaskInfo(
             task.id,
@@ -1027,6 +1035,8 @@ class Engine:
             timeout = max([step.step.timeout, *(s.timeout for s in subscriptions.values())])
             step.begin(deadline=now + timeout, waiting_for=frozenset(subscriptions))
             self._bus.publish(self._action(run))
+            if self._stall_fraction is not None and subscriptions:
+                self._watch_stall(run, step, now + self._stall_fraction * timeout)
         elif isinstance(action, EmitEvent):
             step.begin(deadline=now + step.step.timeout)
             self._emit(
@@ -1039,6 +1049,33 @@ class Engine:
             step.begin(deadline=now + step.step.timeout)
             self._nursery.start_soon(self._run_command, run, step)
         self._publish_progress(run)
+
+    def _watch_stall(self, run: _Run, step: StepRun, when: float) -> None:
+        run.stall_timer = self._timers.schedule(when, lambda: self._check_stall(run, step))
+
+    def _check_stall(self, run: _Run, step: StepRun) -> None:
+        run.stall_timer = None
+        if run.task.step is not step or step.ended_at is not None or not step.waiting_for:
+            return
+        assert self._stall_fraction is not None
+        assert step.deadline is not None
+        window = self._stall_fraction * (step.deadline - step.entered_at)
+        quiet_since = step.last_sign_of_life()
+        now = trio.current_time()
+        if now - quiet_since < window:
+            self._watch_stall(run, step, quiet_since + window)
+            return
+        step.stalled = True
+        silent = ", ".join(sorted(step.waiting_for))
+        logger.warning(
+            "task %s: step %s stalled, waiting for %s", run.task.id, step.step.name, silent
+        )
+        quiet = now - quiet_since
+        self._emit_error(
+            run,
+            f"step {step.step.name!r} stalled: nothing heard from {silent} for {quiet:g}s"
+            f" (deadline in {step.deadline - now:g}s)",
+        )
 
     def _action(self, run: _Run) -> Action:
         task = run.task
@@ -1078,6 +1115,9 @@ class Engine:
         elif isinstance(action, ExecuteCommand) and run.command_scope is not None:
             run.command_scope.cancel()
         run.progress_due = None
+        if run.stall_timer is not None:
+            self._timers.cancel(run.stall_timer)
+            run.stall_timer = None
         if run.task.state != END:
             return
         self._publish_progress(run)
@@ -1187,8 +1227,9 @@ class Engine:
     def _finish(self, run: _Run) -> None:
         task = run.task
         registered = run.registered
-        if run.timer is not None:
-            self._timers.cancel(run.timer)
+        for timer in (run.timer, run.stall_timer):
+            if timer is not None:
+                self._timers.cancel(timer)
         del self._running[task.id]
         del registered.active[run]
         run.ended.set()
@@ -1268,6 +1309,7 @@ async def open_engine(
     progress_interval: float = 1.0,
     listener_buffer: int = DEFAULT_BUFFER,
     keep_results: int = 10_000,
+    stall_fraction: float | None = 0.5,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the ``async with`` block.
 
@@ -1281,6 +1323,10 @@ async def open_engine(
             task caused by listener progress (state changes always publish).
         listener_buffer: messages a listener may leave unread before it is dropped.
         keep_results: how many finished tasks' results are kept for :meth:`Engine.task`.
+        stall_fraction: a perform-action step whose listeners have all been
+            silent (no answer, progress or info) for this fraction of its
+            timeout is reported stalled, with an ``error`` event naming them;
+            None turns this off.
 
     Leaving the block cancels everything the engine runs: running tasks stop
     where they are, without ``task_end``, and listeners are disconnected.
@@ -1289,6 +1335,8 @@ async def open_engine(
         raise ValueError(f"progress_interval must be >= 0, got {progress_interval!r}")
     if listener_buffer < 1:
         raise ValueError(f"listener_buffer must be >= 1, got {listener_buffer!r}")
+    if stall_fraction is not None and not 0 < stall_fraction < 1:
+        raise ValueError(f"stall_fraction must be between 0 and 1, got {stall_fraction!r}")
     async with trio.open_nursery() as nursery:
         engine = Engine(
             nursery,
@@ -1297,6 +1345,7 @@ async def open_engine(
             progress_interval=progress_interval,
             listener_buffer=listener_buffer,
             keep_results=keep_results,
+            stall_fraction=stall_fraction,
         )
         for workflow in workflows:
             engine.add_workflow(workflow)

@@ -73,6 +73,10 @@ class StepRun:
     finished: bool = False
     timed_out: bool = False
     ended_at: float | None = None
+    #: When each owed subscriber was last heard from (an answer, progress or info).
+    heard: dict[str, float] = attrs.Factory(dict)
+    #: Whether the step was reported stalled (nobody heard from for too long).
+    stalled: bool = False
 
     def begin(self, *, deadline: float, waiting_for: frozenset[str] = frozenset()) -> None:
         """Record that the step's action went out and whom it waits for."""
@@ -99,6 +103,15 @@ class StepRun:
             return False
         self.progress[subscriber_id] = progress
         return True
+
+    def record_heard(self, subscriber_id: str, at: float) -> None:
+        """Record a sign of life from a subscriber the step waited for."""
+        if self.ended_at is None and subscriber_id in self.owed_at_start:
+            self.heard[subscriber_id] = at
+
+    def last_sign_of_life(self) -> float:
+        """Return when anyone the step waits for was last heard from (or when it began)."""
+        return max(self.heard.values(), default=self.entered_at)
 
     def forget_subscriber(self, subscriber_id: str) -> bool:
         """Stop waiting for a subscriber that went away; return whether it was owed."""

@@ -211,11 +211,14 @@ async def test_deadline_under_continue_moves_on_and_publishes_an_error(
     assert result.outcome is Outcome.DONE
     assert [s.name for s in result.steps] == ["a", "b"]
     assert result.duration == pytest.approx(5.0)
-    assert events(seen, "error")[0].data == {
-        "workflow": "wf",
-        "task": result.id,
-        "message": "step 'a' timed out waiting for silent",
-    }
+    assert [e.data for e in events(seen, "error")] == [
+        {
+            "workflow": "wf",
+            "task": result.id,
+            "message": "step 'a' stalled: nothing heard from silent for 2.5s (deadline in 2.5s)",
+        },
+        {"workflow": "wf", "task": result.id, "message": "step 'a' timed out waiting for silent"},
+    ]
 
 
 async def test_deadline_under_stop_fails_the_task(autojump_clock: trio.abc.Clock) -> None:
@@ -878,3 +881,36 @@ async def test_observers_see_every_message_first(autojump_clock: trio.abc.Clock)
         remove()
         await engine.run_workflow("wf")
     assert seen == ["task_started", "work", "progress", "progress", "task_end"]
+
+
+async def test_a_step_whose_listeners_stay_silent_is_reported_stalled(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with engine_with(one_step(Step("work", timeout=100)), stall_fraction=0.3) as engine:
+        engine.subscribe("talkative", "work", timeout=100)
+        engine.subscribe("mute", "work", timeout=100)
+        async with (
+            engine.open_listener(message_types=["error"]) as errors,
+            engine.open_listener(subscriber_id="talkative") as talkative,
+        ):
+            task_id = engine.start_workflow("wf").task_id
+            action = await talkative.receive()
+            assert isinstance(action, Action)
+            await trio.sleep(20)
+            talkative.progress(action, ProgressLeaf("region", 1, 5))
+            await trio.sleep(20)  # 40 s in: someone was heard 20 s ago, not stalled
+            info = engine.tasks()[0].step
+            assert info is not None
+            assert not info.stalled
+            assert info.last_heard == {"talkative": START + timedelta(seconds=20)}
+            assert drain(errors) == []
+            await trio.sleep(15)  # 30 s of silence
+            info = engine.tasks()[0].step
+            assert info is not None
+            assert info.stalled
+            (error,) = events(drain(errors))
+            assert error.data["message"] == (
+                "step 'work' stalled: nothing heard from mute, talkative for 30s (deadline in 50s)"
+            )
+            assert task_id is not None
+            engine.stop_task(task_id)
