@@ -28,7 +28,9 @@ from ._definitions import (
     CronTrigger,
     Declarations,
     EventTrigger,
+    Job,
     OnError,
+    Step,
     StepAction,
     Surpass,
     Trigger,
@@ -49,7 +51,12 @@ from ._messages import (
 
 T = TypeVar("T")
 
-_converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+_converter = cattrs.Converter(
+    forbid_extra_keys=True,
+    detailed_validation=True,
+    # plain JSON data out: lists, not tuples
+    unstruct_collection_overrides={tuple: list},
+)
 
 
 # ---------------------------------------------------------------- strict scalars
@@ -114,6 +121,8 @@ def _enum_hook(
     return structure
 
 
+for _enum_type in (OnError, Surpass, CatchUp):
+    _converter.register_unstructure_hook(_enum_type, lambda member: member.value)
 _converter.register_structure_hook(OnError, _enum_hook(OnError))
 _converter.register_structure_hook(CatchUp, _enum_hook(CatchUp))
 _converter.register_structure_hook(Surpass, _enum_hook(Surpass))
@@ -222,14 +231,104 @@ def _structure_trigger(value: object, _: type) -> Trigger:
 
 
 def _unstructure_action(action: StepAction) -> dict[str, Any]:
-    return {"kind": action_kind(action), **attrs.asdict(action, recurse=False)}
+    fields = _converter.unstructure(action, unstructure_as=type(action))
+    return {"kind": action_kind(action), **fields}
 
 
 _converter.register_structure_hook(StepAction, _structure_action)
 _converter.register_structure_hook(Trigger, _structure_trigger)
 _converter.register_unstructure_hook(StepAction, _unstructure_action)
-for _cls in ACTION_KINDS.values():
-    _converter.register_unstructure_hook(_cls, _unstructure_action)
+_converter.register_unstructure_hook(
+    Trigger, lambda trigger: _converter.unstructure(trigger, unstructure_as=type(trigger))
+)
+
+
+# When a table fails to structure, its class is never built, so its own checks
+# (a negative timeout beside an unknown field, say) would go unreported. The
+# hook below then builds the object without __init__, from the fields that
+# did structure, and runs the checks; problems about fields that failed (or
+# about the whole table) are left to the structuring errors.
+
+_DECLARATION_CLASSES = frozenset(
+    {*ACTION_KINDS.values(), Step, CronTrigger, EventTrigger, Workflow, Job, Declarations}
+)
+
+
+class _Failed:
+    def __repr__(self) -> str:
+        return "<failed>"
+
+
+_FAILED = _Failed()
+
+
+def _failed_fields(error: BaseException) -> set[str]:
+    names = set()
+    for sub in getattr(error, "exceptions", ()):
+        for note in getattr(sub, "__notes__", ()):
+            if isinstance(note, AttributeValidationNote):
+                names.add(note.name)
+    return names
+
+
+def _hidden_problems(cls: type, value: Mapping[str, Any], error: BaseException) -> list[Problem]:
+    failed = _failed_fields(error)
+    instance: Any = object.__new__(cls)
+    for field in attrs.fields(cls):
+        if field.name in failed:
+            item: Any = _FAILED
+        elif field.name in value:
+            try:
+                item = _converter.structure(value[field.name], field.type)
+            except Exception:  # reported by the structuring errors
+                item = _FAILED
+                failed.add(field.name)
+        elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            factory = field.default.factory
+            item = factory(instance) if field.default.takes_self else factory()
+            if item is _FAILED:  # derived from a field that failed
+                failed.add(field.name)
+        elif field.default is not attrs.NOTHING:
+            item = field.default
+        else:
+            item = _FAILED
+            failed.add(field.name)
+        if field.converter is not None and item is not _FAILED:
+            item = field.converter(item)
+        object.__setattr__(instance, field.name, item)
+    try:
+        instance.__attrs_post_init__()
+    except DeclarationError as checks:
+        return [
+            p
+            for p in checks.problems
+            if p.path and p.path.split(".")[0].split("[")[0] not in failed
+        ]
+    except Exception:  # a check tripped over a failed field: nothing more to say
+        return []
+    return []
+
+
+def _declaration_hook_factory(cls: type) -> Callable[[object, type], Any]:
+    base: Any = cattrs.gen.make_dict_structure_fn(cls, _converter)
+
+    def structure(value: object, _: type) -> Any:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"must be a table, got {_describe(value)}")
+        try:
+            return base(value, cls)
+        except cattrs.ClassValidationError as error:
+            problems = problems_from(error)
+            known = set(problems)
+            problems.extend(p for p in _hidden_problems(cls, value, error) if p not in known)
+            raise DeclarationError(problems) from None
+
+    return structure
+
+
+_converter.register_structure_hook_factory(
+    lambda type_: type_ in _DECLARATION_CLASSES, _declaration_hook_factory
+)
 
 
 def _raw_names(value: object, field: str) -> list[object]:
@@ -243,7 +342,19 @@ def _cross_checks(data: Mapping[str, Any], type_: type) -> list[Problem]:
     if type_ is Workflow:
         return duplicate_problems(_raw_names(data.get("steps"), "name"), "steps", "name")
     if type_ is Declarations:
+        ids = [
+            (f"{key}[{index}].id", item.get("id"))
+            for key in ("workflows", "jobs")
+            if isinstance(data.get(key), list)
+            for index, item in enumerate(data[key])
+            if isinstance(item, Mapping)
+        ]
+        seen: set[object] = set()
         problems: list[Problem] = []
+        for path, ident in ids:
+            if isinstance(ident, str) and ident in seen:
+                problems.append(Problem(path, f"duplicate id {ident!r}"))
+            seen.add(ident)
         for key in ("workflows", "jobs"):
             for index, workflow in enumerate(data.get(key) or ()):
                 if isinstance(workflow, Mapping):

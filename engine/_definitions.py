@@ -8,9 +8,8 @@ registered with the engine under a name; a data file can only use the name.
 from __future__ import annotations
 
 import enum
-import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -78,11 +77,17 @@ def _check_name(problems: list[Problem], path: str, value: object, what: str) ->
         )
 
 
+#: The longest timeout a step may have, in seconds (about 31 years).
+MAX_TIMEOUT = 10**9
+
+
 def _check_timeout(problems: list[Problem], path: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         problems.append(Problem(path, f"must be a number of seconds, got {value!r}"))
-    elif not math.isfinite(value) or value <= 0:
+    elif value != value or value <= 0:  # NaN compares unequal to itself
         problems.append(Problem(path, f"must be > 0, got {value!r}"))
+    elif value > MAX_TIMEOUT:
+        problems.append(Problem(path, f"must be at most {MAX_TIMEOUT} seconds, got {value!r}"))
 
 
 def _check_mapping(problems: list[Problem], path: str, value: object) -> None:
@@ -261,8 +266,8 @@ def data_matches(pattern: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
         if isinstance(expected, Mapping):
             if not isinstance(actual, Mapping) or not data_matches(expected, actual):
                 return False
-        elif actual != expected:
-            return False
+        elif actual != expected or isinstance(actual, bool) != isinstance(expected, bool):
+            return False  # JSON's true is not 1
     return True
 
 
@@ -382,15 +387,22 @@ class CronTrigger:
             )
         _raise_if(problems)
 
+    def _times_after(self, moment: datetime) -> Iterator[datetime]:
+        # cronsim reads local wall time and ignores ``fold``: in the repeated
+        # hour of a fall-back day it starts from the first occurrence, so it can
+        # yield times before ``moment``. Those are skipped here.
+        for fire in CronSim(self.cron, moment.astimezone(self.zone)):
+            fire_utc = fire.astimezone(UTC)
+            if fire_utc > moment:
+                yield fire_utc
+
     def fire_times(self, after: datetime, until: datetime, *, limit: int) -> list[datetime]:
         """Return the fire times in (``after``, ``until``], in UTC, the last ``limit`` of them."""
         times: list[datetime] = []
-        iterator = CronSim(self.cron, after.astimezone(self.zone))
-        for moment in iterator:
-            moment_utc = moment.astimezone(UTC)
-            if moment_utc > until:
+        for moment in self._times_after(after):
+            if moment > until:
                 break
-            times.append(moment_utc)
+            times.append(moment)
             if len(times) > limit:
                 del times[0]
         return times
@@ -404,8 +416,7 @@ class CronTrigger:
 
     def next_after(self, moment: datetime) -> datetime:
         """Return the first fire time strictly after ``moment``, in UTC."""
-        local = moment.astimezone(self.zone)
-        return next(CronSim(self.cron, local)).astimezone(UTC)
+        return next(self._times_after(moment))
 
 
 @attrs.frozen
@@ -460,7 +471,9 @@ class Workflow:
         _check_name(problems, "id", self.id, "an id")
         if not isinstance(self.name, str) or not self.name:
             problems.append(Problem("name", f"must be a non-empty string, got {self.name!r}"))
-        if not isinstance(self.steps, tuple) or not self.steps:
+        if not isinstance(self.steps, tuple):
+            problems.append(Problem("steps", f"must be a list of steps, got {self.steps!r}"))
+        elif not self.steps:
             problems.append(Problem("steps", "a workflow needs at least one step"))
         else:
             for index, step in enumerate(self.steps):
@@ -571,8 +584,19 @@ class Declarations:
     jobs: tuple[Job, ...] = attrs.field(default=(), converter=_tuple)
 
     def __attrs_post_init__(self) -> None:
-        ids = [w.id for w in self.workflows] + [j.id for j in self.jobs]
         problems = []
+        for field, cls in (("workflows", Workflow), ("jobs", Job)):
+            items = getattr(self, field)
+            if not isinstance(items, tuple):
+                problems.append(Problem(field, f"must be a list, got {items!r}"))
+            else:
+                problems.extend(
+                    Problem(f"{field}[{index}]", f"must be a {cls.__name__}, got {item!r}")
+                    for index, item in enumerate(items)
+                    if not isinstance(item, cls)
+                )
+        _raise_if(problems)
+        ids = [w.id for w in self.workflows] + [j.id for j in self.jobs]
         seen: set[str] = set()
         for index, ident in enumerate(ids):
             if ident in seen:

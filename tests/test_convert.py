@@ -758,3 +758,30 @@ def test_problems_are_values_with_a_path_and_a_message() -> None:
 
     assert caught.value.problems == (Problem("steps[0].timeout", "must be > 0, got -1"),)
     assert caught.value.source is None
+
+
+def test_unstructured_declarations_are_plain_json_data() -> None:
+    from engine import CronTrigger, EmitEvent, Step, Workflow, unstructure_declaration
+
+    workflow = Workflow("w", [Step("a", EmitEvent("x"))], triggers=[CronTrigger("0 * * * *")])
+    data = unstructure_declaration(workflow)
+    assert data == {
+        "id": "w",
+        "steps": [
+            {
+                "name": "a",
+                "action": {"kind": "emit_event", "message_type": "x", "data": {}},
+                "timeout": 10.0,
+                "on_error": "continue",
+                "phase": None,
+            }
+        ],
+        "name": "w",
+        "triggers": [
+            {"cron": "0 * * * *", "timezone": "UTC", "catch_up": "latest", "catch_up_limit": 10}
+        ],
+        "surpass": "wait",
+        "description": "",
+    }
+    assert type(data["surpass"]) is str
+    assert Workflow.from_dict(data) == workflow
