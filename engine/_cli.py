@@ -1,0 +1,655 @@
+"""The ``phasebus`` command line.
+
+Subcommands: ``run``, ``workflows``, ``validate`` and ``diagram``. The
+built-in workflows (``machines``) are always known; ``--workflows DIR`` adds
+the workflows and jobs declared in the ``.toml`` and ``.json`` files of DIR.
+
+Exit status: 0 on success; 1 when a run does not end ``done``, ``validate``
+finds a problem or ``diagram --check`` finds a stale diagram; 2 for a usage
+error (a bad option, an unknown workflow, an unreadable or invalid
+``--workflows`` file, SVG without Graphviz); 130 when interrupted. Errors are
+one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import attrs
+import trio
+from rich.console import Console
+from rich.text import Text
+
+from machines import BUILTIN_WORKFLOWS
+
+from ._bus import Listener
+from ._definitions import (
+    CronTrigger,
+    Declarations,
+    EventTrigger,
+    ExecuteCommand,
+    Job,
+    Trigger,
+    WaitForEvent,
+    Workflow,
+    action_kind,
+)
+from ._demo import serve_demo
+from ._diagrams import SUFFIXES, DiagramError, Format, diagram, mermaid_diagram
+from ._engine import TASK_END, Engine, TaskResult, open_engine
+from ._errors import DeclarationError, PhasebusError, Problem
+from ._machine import Outcome
+from ._messages import Event
+from ._view import LiveView
+
+logger = logging.getLogger(__name__)
+
+PROG = "phasebus"
+
+#: Where ``diagram --check`` and ``diagram --out`` look by default.
+DEFAULT_DIAGRAMS = Path("diagrams")
+
+#: Messages the event stream of ``run --json`` may hold unread.
+STREAM_BUFFER = 1 << 16
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(PhasebusError):
+    """The command line cannot be carried out: a bad option, an unknown name, a bad file."""
+
+
+# ---------------------------------------------------------------- the catalog
+
+
+BUILTIN = "built-in"
+
+
+@attrs.frozen
+class Catalog:
+    """The workflows and jobs a command can name: the built-in ones and those of ``--workflows``."""
+
+    workflows: dict[str, Workflow]
+    jobs: dict[str, Job]
+    #: Where each id was declared: ``built-in`` or a file name.
+    sources: dict[str, str]
+
+    def get(self, workflow_id: str) -> Workflow:
+        """Return the workflow (a job as its workflow) called ``workflow_id``.
+
+        Raises:
+            UsageError: nothing has that id.
+        """
+        if workflow_id in self.workflows:
+            return self.workflows[workflow_id]
+        if workflow_id in self.jobs:
+            return self.jobs[workflow_id].as_workflow()
+        known = ", ".join(sorted([*self.workflows, *self.jobs]))
+        raise UsageError(f"unknown workflow {workflow_id!r} (known: {known})")
+
+
+def declaration_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand directories to the ``.toml`` and ``.json`` files in them, sorted by name."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(
+                sorted(p for p in path.iterdir() if p.suffix in (".toml", ".json") and p.is_file())
+            )
+        else:
+            files.append(path)
+    return files
+
+
+def _one_line(error: DeclarationError) -> str:
+    first = error.problems[0] if error.problems else Problem("", "invalid")
+    line = f"{error.source}: {first}" if error.source else str(first)
+    more = len(error.problems) - 1
+    if more:
+        line += f" (and {_plural(more, 'more problem')}; see 'phasebus validate {error.source}')"
+    return line
+
+
+def load_catalog(directory: Path | None) -> Catalog:
+    """Return the built-in workflows and those declared in ``directory``.
+
+    Raises:
+        UsageError: the directory cannot be read, a file in it is invalid, or an
+            id is declared twice; the message is one line.
+    """
+    workflows = dict(BUILTIN_WORKFLOWS)
+    jobs: dict[str, Job] = {}
+    sources = dict.fromkeys(workflows, BUILTIN)
+    if directory is None:
+        return Catalog(workflows, jobs, sources)
+    if not directory.is_dir():
+        raise UsageError(f"--workflows: {str(directory)!r} is not a directory")
+    for path in declaration_files([directory]):
+        try:
+            declarations = Declarations.from_file(path)
+        except DeclarationError as error:
+            raise UsageError(_one_line(error)) from None
+        for problem in _clashes(declarations, sources):
+            raise UsageError(f"{path}: {problem}")
+        for workflow in declarations.workflows:
+            workflows[workflow.id] = workflow
+            sources[workflow.id] = str(path)
+        for job in declarations.jobs:
+            jobs[job.id] = job
+            sources[job.id] = str(path)
+    return Catalog(workflows, jobs, sources)
+
+
+def _clashes(declarations: Declarations, sources: dict[str, str]) -> list[Problem]:
+    problems = []
+    ids = (
+        ("workflows", [w.id for w in declarations.workflows]),
+        ("jobs", [j.id for j in declarations.jobs]),
+    )
+    for key, items in ids:
+        for index, ident in enumerate(items):
+            if ident in sources:
+                problems.append(
+                    Problem(
+                        f"{key}[{index}].id",
+                        f"duplicate id {ident!r} (also declared in {sources[ident]})",
+                    )
+                )
+    return problems
+
+
+# ---------------------------------------------------------------- arguments
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Run, list, check and draw phasebus workflows.",
+        epilog="Try: phasebus run collect_and_cleanup --demo",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more (-v: info, -vv: debug) on stderr",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def workflows_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--workflows",
+            metavar="DIR",
+            type=Path,
+            help="also load the workflows and jobs declared in DIR/*.toml and DIR/*.json",
+        )
+
+    run = commands.add_parser(
+        "run",
+        help="run one task of a workflow and show it",
+        description="Run one task of a workflow in-process; exit 0 when it ends done.",
+    )
+    run.add_argument("workflow", metavar="WORKFLOW", help="the workflow or job to run")
+    run.add_argument(
+        "--demo",
+        action="store_true",
+        help="attach simulated listeners (collector, metrics exporter, ...) that answer every step",
+    )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the event stream as JSON lines (the default when output is not a terminal)",
+    )
+    workflows_option(run)
+
+    listing = commands.add_parser(
+        "workflows",
+        help="list every workflow and job",
+        description="List every workflow and job: its steps, triggers and next scheduled time.",
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    workflows_option(listing)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check workflow declaration files",
+        description="Load workflow declarations (.toml, .json, or directories of them) and print "
+        "every problem with its path; exit 1 if there is any.",
+    )
+    validate.add_argument("files", metavar="FILE", nargs="+", type=Path)
+
+    draw = commands.add_parser(
+        "diagram",
+        help="draw the state diagrams of workflows",
+        description="Draw workflows' state diagrams (all built-in ones, and those of --workflows, "
+        "unless named). Without --out, print them.",
+    )
+    draw.add_argument("workflows_named", metavar="WORKFLOW", nargs="*")
+    draw.add_argument(
+        "--format", choices=list(SUFFIXES), default="mermaid", help="default: mermaid"
+    )
+    draw.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        help="write DIR/<workflow>.<suffix> (with --check: compare with them; default ./diagrams)",
+    )
+    draw.add_argument(
+        "--check",
+        action="store_true",
+        help="fail unless the Mermaid files in --out DIR are what the workflows draw now",
+    )
+    workflows_option(draw)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------- run
+
+
+async def run_workflow(
+    catalog: Catalog,
+    workflow_id: str,
+    *,
+    demo: bool,
+    stdout: TextIO,
+    console: Console | None,
+) -> TaskResult:
+    """Run one task of a workflow; stream JSON lines to ``stdout``, or show it on ``console``.
+
+    Raises:
+        UsageError: unknown workflow, or one the engine refuses to register.
+    """
+    workflow = catalog.get(workflow_id)
+    async with open_engine() as engine:
+        try:
+            if workflow_id in catalog.jobs:
+                engine.add_job(catalog.jobs[workflow_id])
+            else:
+                engine.add_workflow(workflow)
+        except DeclarationError as error:
+            raise UsageError(_one_line(error)) from None
+        async with (
+            trio.open_nursery() as nursery,
+            engine.open_listener(buffer=STREAM_BUFFER) as monitor,
+        ):
+            demo_ids: list[str] = []
+            if demo:
+                demo_ids = await nursery.start(serve_demo, engine, workflow)
+            task_id = _start(engine, workflow.id)
+            if console is not None:
+                console.print(
+                    Text.assemble("Running ", (workflow.id, "bold blue"), f", task {task_id}")
+                )
+                if demo_ids:
+                    console.print(f"Simulated listeners: {', '.join(demo_ids)}", soft_wrap=True)
+            if console is None:
+                await _stream(monitor, task_id, stdout)
+                result = await engine.wait_task(task_id)
+            else:
+                result = await LiveView(console, engine, workflow, task_id).follow(monitor)
+            nursery.cancel_scope.cancel()
+    return result
+
+
+def _start(engine: Engine, workflow_id: str) -> str:
+    started = engine.start_workflow(workflow_id, reason="phasebus run")
+    if started.task_id is None:  # cannot happen in a fresh engine; said clearly if it does
+        raise UsageError(f"workflow {workflow_id!r} was not started: {started.reason}")
+    return started.task_id
+
+
+async def _stream(monitor: Listener, task_id: str, stdout: TextIO) -> None:
+    async for message in monitor:
+        stdout.write(json.dumps(message.to_json(), separators=(",", ":"), default=str) + "\n")
+        if (
+            isinstance(message, Event)
+            and message.message_type == TASK_END
+            and message.data.get("task_id") == task_id
+        ):
+            break
+    stdout.flush()
+
+
+# ---------------------------------------------------------------- workflows
+
+
+def _trigger_text(trigger: Trigger) -> str:
+    if isinstance(trigger, CronTrigger):
+        return f"cron {trigger.cron} ({trigger.timezone})"
+    assert isinstance(trigger, EventTrigger)
+    text = f"event {trigger.event}"
+    if trigger.filter:
+        text += " " + json.dumps(dict(trigger.filter), sort_keys=True)
+    return text
+
+
+def _trigger_json(trigger: Trigger) -> dict[str, Any]:
+    if isinstance(trigger, CronTrigger):
+        return {"cron": trigger.cron, "timezone": trigger.timezone}
+    assert isinstance(trigger, EventTrigger)
+    return {"event": trigger.event, "filter": dict(trigger.filter)}
+
+
+def next_run(workflow: Workflow, now: datetime) -> datetime | None:
+    """Return when the workflow's cron triggers next start it, or None."""
+    times = [t.next_after(now) for t in workflow.triggers if isinstance(t, CronTrigger)]
+    return min(times) if times else None
+
+
+def _step_json(workflow: Workflow) -> list[dict[str, Any]]:
+    steps = []
+    for step in workflow.steps:
+        action = step.action
+        entry: dict[str, Any] = {
+            "name": step.name,
+            "phase": step.phase,
+            "action": action_kind(action),
+            "message_type": step.message_type,
+            "timeout": step.timeout,
+            "on_error": step.on_error.value,
+        }
+        if isinstance(action, ExecuteCommand):
+            entry["command"] = list(action.command) if action.command else None
+            entry["callable"] = action.callable
+        if isinstance(action, WaitForEvent) and action.filter:
+            entry["filter"] = dict(action.filter)
+        steps.append(entry)
+    return steps
+
+
+def _entries(catalog: Catalog) -> list[tuple[str, Workflow]]:
+    return [("workflow", w) for w in catalog.workflows.values()] + [
+        ("job", j.as_workflow()) for j in catalog.jobs.values()
+    ]
+
+
+def list_workflows(catalog: Catalog, *, as_json: bool, stdout: TextIO, console: Console) -> None:
+    """Print every workflow and job, its steps, triggers and next scheduled time."""
+    now = datetime.now(UTC)
+    entries = _entries(catalog)
+    if as_json:
+        out = []
+        for kind, workflow in entries:
+            upcoming = next_run(workflow, now)
+            out.append(
+                {
+                    "id": workflow.id,
+                    "kind": kind,
+                    "name": workflow.name,
+                    "source": catalog.sources[workflow.id],
+                    "description": workflow.description,
+                    "surpass": workflow.surpass.value,
+                    "triggers": [_trigger_json(t) for t in workflow.triggers],
+                    "start_event": workflow.start_event,
+                    "next_run": upcoming.isoformat() if upcoming else None,
+                    "steps": _step_json(workflow),
+                }
+            )
+        stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    for index, (kind, workflow) in enumerate(entries):
+        if index:
+            console.print()
+        console.print(_workflow_block(kind, workflow, catalog.sources[workflow.id], now))
+
+
+def _workflow_block(kind: str, workflow: Workflow, source: str, now: datetime) -> Text:
+    text = Text.assemble((workflow.id, "bold blue"), f"  {kind}, {source}\n")
+    if workflow.description:
+        text.append(f"  {workflow.description}\n", style="italic")
+    upcoming = next_run(workflow, now)
+    rows = [
+        (
+            "triggers",
+            [_trigger_text(t) for t in workflow.triggers] + [f"event {workflow.start_event}"],
+        ),
+        ("next run", [upcoming.isoformat() if upcoming else "not scheduled"]),
+        ("surpass", [workflow.surpass.value]),
+        (
+            "steps",
+            [
+                f"{number:>2}. {f'[{step.phase}] ' if step.phase else ''}{step.name}"
+                f"  ({action_kind(step.action)}, {step.timeout:g}s, on error {step.on_error.value})"
+                for number, step in enumerate(workflow.steps, 1)
+            ],
+        ),
+    ]
+    for label, values in rows:
+        for index, value in enumerate(values):
+            text.append(f"  {label if index == 0 else '':<10}", style="cyan")
+            text.append(value + "\n")
+    text.rstrip()
+    return text
+
+
+# ---------------------------------------------------------------- validate
+
+
+def validate(paths: Sequence[Path], *, stdout: TextIO) -> int:
+    """Check declaration files, printing each problem as ``file: path: message``.
+
+    Returns:
+        The exit status: 1 if there was any problem.
+    """
+    files = declaration_files(paths)
+    sources = dict.fromkeys(BUILTIN_WORKFLOWS, BUILTIN)
+    count = 0
+    for path in files:
+        try:
+            declarations = Declarations.from_file(path)
+        except DeclarationError as error:
+            for problem in error.problems:
+                stdout.write(f"{path}: {problem}\n")
+            count += len(error.problems)
+            continue
+        clashes = _clashes(declarations, sources)
+        for problem in clashes:
+            stdout.write(f"{path}: {problem}\n")
+        count += len(clashes)
+        for ident in [w.id for w in declarations.workflows] + [j.id for j in declarations.jobs]:
+            sources.setdefault(ident, str(path))
+        if not clashes:
+            stdout.write(
+                f"{path}: ok ({_plural(len(declarations.workflows), 'workflow')}, "
+                f"{_plural(len(declarations.jobs), 'job')})\n"
+            )
+    if not files:
+        raise UsageError("no .toml or .json files to validate")
+    if count:
+        stdout.write(f"{_plural(count, 'problem')} in {_plural(len(files), 'file')}\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+# ---------------------------------------------------------------- diagram
+
+
+def draw(
+    catalog: Catalog,
+    names: Sequence[str],
+    *,
+    format: Format,
+    out: Path | None,
+    check: bool,
+    stdout: TextIO,
+    stderr: TextIO,
+) -> int:
+    """Print, write or check diagrams; return the exit status."""
+    selected = (
+        [catalog.get(name) for name in names]
+        if names
+        else [*catalog.workflows.values(), *(job.as_workflow() for job in catalog.jobs.values())]
+    )
+    if check:
+        if format != "mermaid":
+            raise UsageError("--check compares Mermaid files only (use --format mermaid)")
+        return _check(
+            selected, out or DEFAULT_DIAGRAMS, every=not names, stdout=stdout, stderr=stderr
+        )
+    texts = [(workflow, diagram(workflow, format)) for workflow in selected]
+    if out is None:
+        stdout.write("\n".join(text for _, text in texts))
+        return EXIT_OK
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for workflow, text in texts:
+            path = out / f"{workflow.id}{SUFFIXES[format]}"
+            path.write_text(text, encoding="utf-8")
+            stdout.write(f"wrote {path}\n")
+    except OSError as error:
+        raise UsageError(
+            f"cannot write diagrams to {str(out)!r}: {error.strerror or error}"
+        ) from None
+    return EXIT_OK
+
+
+def _check(
+    workflows: Sequence[Workflow], directory: Path, *, every: bool, stdout: TextIO, stderr: TextIO
+) -> int:
+    if not directory.is_dir():
+        raise UsageError(f"--check: {str(directory)!r} is not a directory (use --out DIR)")
+    stale = []
+    for workflow in workflows:
+        path = directory / f"{workflow.id}.mmd"
+        try:
+            current = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            stale.append(f"{path}: missing")
+            continue
+        except (OSError, UnicodeDecodeError) as error:
+            stale.append(f"{path}: cannot read it: {error}")
+            continue
+        if current != mermaid_diagram(workflow):
+            stale.append(f"{path}: out of date")
+    if every:
+        known = {w.id for w in workflows}
+        for path in sorted(directory.glob("*.mmd")):
+            if path.stem not in known:
+                stale.append(f"{path}: no workflow {path.stem!r} any more")
+    for line in stale:
+        stdout.write(line + "\n")
+    if stale:
+        stderr.write(
+            f"{PROG}: {_plural(len(stale), 'diagram')} to regenerate:"
+            f" run 'phasebus diagram --out {directory}'\n"
+        )
+        return EXIT_FAILED
+    stdout.write(f"{_plural(len(workflows), 'diagram')} up to date in {directory}\n")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- main
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
+
+
+async def main_async(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    console: Console | None = None,
+) -> int:
+    """Run the command line inside trio; return the exit status.
+
+    ``console`` is where ``run`` draws its live view; without it, ``run``
+    draws on ``stdout`` when that is a terminal and streams JSON lines otherwise.
+    """
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    try:
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as done:  # --help and --version print and exit
+            return done.code if isinstance(done.code, int) else EXIT_OK
+        _configure_logging(args.verbose)
+        return await _dispatch(args, stdout=stdout, stderr=stderr, console=console)
+    except Exception as raised:
+        error = _expected(raised)
+        if error is None:
+            raise
+    if isinstance(error, BrokenPipeError):
+        return EXIT_FAILED
+    stderr.write(f"{PROG}: error: {str(error).splitlines()[0]}\n")
+    return EXIT_USAGE if isinstance(error, UsageError | DiagramError) else EXIT_FAILED
+
+
+def _expected(error: BaseException) -> PhasebusError | BrokenPipeError | None:
+    """Return the error to report, out of the groups of trio's nurseries; None for a bug."""
+    if isinstance(error, BaseExceptionGroup):
+        leaves = [_expected(sub) for sub in error.exceptions]
+        return leaves[0] if leaves and all(leaf is not None for leaf in leaves) else None
+    return error if isinstance(error, PhasebusError | BrokenPipeError) else None
+
+
+async def _dispatch(
+    args: argparse.Namespace, *, stdout: TextIO, stderr: TextIO, console: Console | None
+) -> int:
+    if args.command == "validate":
+        return validate(args.files, stdout=stdout)
+    catalog = load_catalog(args.workflows)
+    if args.command == "workflows":
+        text_console = Console(file=stdout, highlight=False, soft_wrap=True)
+        list_workflows(catalog, as_json=args.json, stdout=stdout, console=text_console)
+        return EXIT_OK
+    if args.command == "diagram":
+        return draw(
+            catalog,
+            args.workflows_named,
+            format=args.format,
+            out=args.out,
+            check=args.check,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    assert args.command == "run"
+    if console is None and not args.json and stdout.isatty():
+        console = Console(file=stdout)
+    result = await run_workflow(
+        catalog,
+        args.workflow,
+        demo=args.demo,
+        stdout=stdout,
+        console=None if args.json else console,
+    )
+    return EXIT_OK if result.outcome is Outcome.DONE else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``phasebus`` command line; return the exit status."""
+    try:
+        return trio.run(main_async, argv)
+    except (KeyboardInterrupt, BaseExceptionGroup) as error:
+        if isinstance(error, BaseExceptionGroup) and error.split(KeyboardInterrupt)[1] is not None:
+            raise
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
