@@ -76,5 +76,10 @@ from ._messages import Progress as Progress
 from ._messages import ProgressLeaf as ProgressLeaf
 from ._messages import ProgressTree as ProgressTree
 from ._messages import message_from_json as message_from_json
+from ._store import DEFAULT_RETENTION as DEFAULT_RETENTION
+from ._store import SQLiteStore as SQLiteStore
+from ._store import Store as Store
+from ._store import StoreError as StoreError
+from ._store import open_store as open_store
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -109,6 +109,8 @@ class ConfigService:
             id (empty when it is fine).
         changed: called with the id and the new document (None when deleted)
             after every change.
+        persist: called with the id and the new config (None when deleted)
+            before the change is announced; if it raises, nothing changes.
     """
 
     def __init__(
@@ -117,12 +119,20 @@ class ConfigService:
         *,
         check: Callable[[str, Mapping[str, Any]], list[Problem]] | None = None,
         changed: Callable[[str, Mapping[str, Any] | None], None] | None = None,
+        persist: Callable[[str, Config | None], None] | None = None,
     ) -> None:
         self._configs: dict[str, Config] = {}
         self._emit = emit
         self._check = check
         self._changed = changed
+        self._persist = persist
         self._revisions = itertools.count(1)
+
+    def restore(self, configs: Iterable[Config], last_revision: int) -> None:
+        """Load stored configs without announcing them; new revisions follow ``last_revision``."""
+        for config in configs:
+            self._configs[config.id] = config
+        self._revisions = itertools.count(last_revision + 1)
 
     def ids(self) -> list[str]:
         """Return the ids of all configs, sorted."""
@@ -150,6 +160,8 @@ class ConfigService:
         if self._check is not None and (problems := self._check(config_id, document)):
             raise InvalidInputError(problems)
         config = Config(config_id, document, f"r{next(self._revisions)}")
+        if self._persist is not None:
+            self._persist(config_id, config)
         self._configs[config_id] = config
         self._emit(CONFIG_UPDATED, {"id": config_id, "revision": config.revision})
         if self._changed is not None:
@@ -169,8 +181,11 @@ class ConfigService:
     def delete(self, config_id: str, *, if_match: str | None = None) -> bool:
         """Delete a config; return whether it existed."""
         self._check_revision(config_id, if_match)
-        if self._configs.pop(config_id, None) is None:
+        if config_id not in self._configs:
             return False
+        if self._persist is not None:
+            self._persist(config_id, None)
+        del self._configs[config_id]
         self._emit(CONFIG_DELETED, {"id": config_id})
         if self._changed is not None:
             self._changed(config_id, None)

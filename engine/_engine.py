@@ -39,7 +39,7 @@ from ._bus import (
     Subscription,
 )
 from ._clock import Clock
-from ._config import CORE_CONFIG, ConfigService, schedule_problems
+from ._config import CORE_CONFIG, Config, ConfigService, schedule_problems
 from ._definitions import (
     CatchUp,
     CronTrigger,
@@ -74,6 +74,10 @@ from ._messages import (
     ProgressLeaf,
     ProgressTree,
 )
+from ._records import RestoreError, restore_task, task_record
+from ._records import StepResult as StepResult  # re-exported: views import it from here
+from ._records import TaskResult as TaskResult
+from ._store import Store, StoredState, subscriptions_json
 from ._timers import Timers
 
 logger = logging.getLogger(__name__)
@@ -134,42 +138,6 @@ class TaskInfo:
     state: str
     started_at: datetime
     step: StepInfo | None
-
-
-@attrs.frozen
-class StepResult:
-    """How one step of a finished task went."""
-
-    name: str
-    started_at: datetime
-    ended_at: datetime
-    answered: Mapping[str, str] = attrs.field(hash=False)
-    errors: tuple[str, ...]
-    timed_out: bool
-
-    @property
-    def duration(self) -> float:
-        """Seconds the step took."""
-        return (self.ended_at - self.started_at).total_seconds()
-
-
-@attrs.frozen
-class TaskResult:
-    """A finished task: its outcome and what its steps did."""
-
-    id: str
-    workflow: str
-    outcome: Outcome
-    error: str | None
-    errors: tuple[str, ...]
-    started_at: datetime
-    ended_at: datetime
-    steps: tuple[StepResult, ...]
-
-    @property
-    def duration(self) -> float:
-        """Seconds the task took."""
-        return (self.ended_at - self.started_at).total_seconds()
 
 
 class StartDecision(enum.StrEnum):
@@ -250,6 +218,8 @@ class _Run:
     progress_due: float | None = None
     timer: list[Any] | None = None
     stall_timer: list[Any] | None = None
+    #: Restored after a restart: the current step's side effects are done again.
+    replay: bool = False
 
     def wake(self) -> None:
         self.lot.unpark_all()
@@ -294,8 +264,10 @@ class Engine:
         listener_buffer: int,
         keep_results: int,
         stall_fraction: float | None = None,
+        store: Store | None = None,
     ) -> None:
         self._nursery = nursery
+        self._store = store
         self.clock = clock
         self._commands: dict[str, Command] = dict(commands)
         self._progress_interval = progress_interval
@@ -303,6 +275,7 @@ class Engine:
         self._listener_buffer = listener_buffer
         self._keep_results = keep_results
         #: The subscriber registry (read it here; change it through the engine's methods).
+        self._restoring = False
         self.subscribers = SubscriberRegistry(self._subscriptions_changed)
         self._bus = Bus(self.subscribers)
         self._workflows: dict[str, _Registered] = {}
@@ -317,7 +290,10 @@ class Engine:
         self._ledger: dict[str, deque[ScheduleFiring]] = {}
         #: The config service; ``phasebus.core`` holds the workflow schedules.
         self.configs = ConfigService(
-            self._emit, check=self._check_config, changed=self._config_changed
+            self._emit,
+            check=self._check_config,
+            changed=self._config_changed,
+            persist=self._persist_config if store is not None else None,
         )
         self._timers = Timers()
         nursery.start_soon(self._timers.serve)
@@ -489,6 +465,8 @@ class Engine:
                     self._fire(workflow_id, trigger, planned, now, catching_up=True)
             last = due[-1]
             self._schedule_marks[key] = last
+            if self._store is not None:
+                self._store.save_schedule_mark(key, last)
 
     def _fire(
         self,
@@ -563,6 +541,14 @@ class Engine:
         return self.subscribers.remove_subscriber(subscriber_id)
 
     def _subscriptions_changed(self, subscriber_id: str, removed: frozenset[str]) -> None:
+        if self._store is not None and not self._restoring:
+            subscriber = self.subscribers.get(subscriber_id)
+            if subscriber is None:
+                self._store.delete_subscriber(subscriber_id)
+            else:
+                self._store.save_subscriber(
+                    subscriber_id, subscriptions_json(subscriber.subscriptions.values())
+                )
         self._bus.refresh(subscriber_id)
         if not removed:
             return
@@ -774,6 +760,7 @@ class Engine:
                     and step.step.action.matches(message_type, event.data)
                 ):
                     step.record_finished()
+                    self._save(run)
                     run.wake()
         workflow_id = self._start_events.get(message_type)
         if workflow_id is not None:
@@ -794,9 +781,11 @@ class Engine:
         step.record_heard(subscriber_id, trio.current_time())
         if isinstance(answer, ActionDone):
             if step.record_answer(subscriber_id, Answer.DONE):
+                self._save(run)
                 run.wake()
         elif isinstance(answer, ActionError):
             if step.record_answer(subscriber_id, Answer.ERROR, answer.error):
+                self._save(run)
                 self._emit_error(run, f"{subscriber_id}: {answer.error}")
                 run.wake()
         elif isinstance(answer, ActionInfo):
@@ -901,7 +890,7 @@ class Engine:
             registered.queued_event.set()
             registered.queued = registered.queued_event = None
             return True
-        if task_id in self._results:
+        if self._finished(task_id) is not None:
             return False
         raise UnknownTaskError(task_id)
 
@@ -917,8 +906,9 @@ class Engine:
             EngineClosed: the engine closed first.
         """
         while True:
-            if task_id in self._results:
-                return self._results[task_id]
+            result = self._finished(task_id)
+            if result is not None:
+                return result
             run = self._running.get(task_id)
             if run is not None:
                 await run.ended.wait()
@@ -958,9 +948,19 @@ class Engine:
         run = self._running.get(task_id)
         if run is not None:
             return self._info(run)
+        result = self._finished(task_id)
+        if result is None:
+            raise UnknownTaskError(task_id)
+        return result
+
+    def _finished(self, task_id: str) -> TaskResult | None:
         if task_id in self._results:
             return self._results[task_id]
-        raise UnknownTaskError(task_id)
+        if self._store is not None:
+            record = self._store.finished_task(task_id)
+            if record is not None:
+                return TaskResult.from_record(record)
+        return None
 
     def _info(self, run: _Run) -> TaskInfo:
         task = run.task
@@ -995,7 +995,7 @@ class Engine:
         task = run.task
         machine = run.registered.machine
         try:
-            if self._wanted(TASK_STARTED):
+            if not run.replay and self._wanted(TASK_STARTED):
                 self._emit(
                     TASK_STARTED,
                     {
@@ -1012,7 +1012,12 @@ class Engine:
                     break
                 step = task.step
                 if step is not None and not step.began:
-                    self._begin_step(run, step)
+                    self._prepare_step(run, step)
+                    self._save(run)  # durable before its side effects are published
+                    self._act(run, step)
+                elif step is not None and run.replay:
+                    self._act(run, step)
+                run.replay = False
                 previous = task.step
                 if (previous is None or previous.settled()) and machine.advance(
                     task, now=trio.current_time()
@@ -1026,29 +1031,41 @@ class Engine:
         finally:
             self._finish(run)
 
-    def _begin_step(self, run: _Run, step: StepRun) -> None:
-        task = run.task
+    def _prepare_step(self, run: _Run, step: StepRun) -> None:
+        """Decide whom the step waits for and its deadline (no side effects)."""
         action = step.step.action
         now = trio.current_time()
         if isinstance(action, PerformAction):
             subscriptions = self.subscribers.waiting_for(action.message_type)
             timeout = max([step.step.timeout, *(s.timeout for s in subscriptions.values())])
             step.begin(deadline=now + timeout, waiting_for=frozenset(subscriptions))
-            self._bus.publish(self._action(run))
-            if self._stall_fraction is not None and subscriptions:
-                self._watch_stall(run, step, now + self._stall_fraction * timeout)
-        elif isinstance(action, EmitEvent):
+        else:
             step.begin(deadline=now + step.step.timeout)
+
+    def _act(self, run: _Run, step: StepRun) -> None:
+        """Publish the step's action or event, start its command, watch for its event."""
+        task = run.task
+        action = step.step.action
+        if isinstance(action, PerformAction):
+            self._bus.publish(self._action(run))
+            if self._stall_fraction is not None and step.waiting_for:
+                assert step.deadline is not None
+                window = self._stall_fraction * (step.deadline - step.entered_at)
+                self._watch_stall(run, step, max(trio.current_time(), step.entered_at + window))
+        elif isinstance(action, EmitEvent):
             self._emit(
                 action.message_type, {**action.data, "workflow": task.workflow.id, "task": task.id}
             )
         elif isinstance(action, WaitForEvent):
-            step.begin(deadline=now + step.step.timeout)
-            self._event_waiters.setdefault(action.message_type, set()).add(run)
-        else:
-            step.begin(deadline=now + step.step.timeout)
+            if not step.finished:
+                self._event_waiters.setdefault(action.message_type, set()).add(run)
+        elif not step.finished:
             self._nursery.start_soon(self._run_command, run, step)
         self._publish_progress(run)
+
+    def _save(self, run: _Run) -> None:
+        if self._store is not None:
+            self._store.save_task(task_record(run.task, self.clock))
 
     def _watch_stall(self, run: _Run, step: StepRun, when: float) -> None:
         run.stall_timer = self._timers.schedule(when, lambda: self._check_stall(run, step))
@@ -1170,6 +1187,7 @@ class Engine:
         if scope.cancelled_caught or step.ended_at is not None:
             return
         step.record_finished(error)
+        self._save(run)
         if error is not None:
             self._emit_error(run, f"step {step.step.name!r}: {error}")
         run.wake()
@@ -1235,30 +1253,7 @@ class Engine:
         run.ended.set()
         if task.state != END:
             return  # cancelled: the engine is closing
-        started = self.clock.to_wall(task.created_at)
-        ended = self.clock.to_wall(
-            task.ended_at if task.ended_at is not None else trio.current_time()
-        )
-        result = TaskResult(
-            task.id,
-            task.workflow.id,
-            task.outcome or Outcome.FAILED,
-            task.error,
-            tuple(task.errors),
-            started,
-            ended,
-            tuple(
-                StepResult(
-                    s.step.name,
-                    self.clock.to_wall(s.entered_at),
-                    self.clock.to_wall(s.ended_at if s.ended_at is not None else s.entered_at),
-                    {sid: a.value for sid, a in s.answers.items()},
-                    tuple(s.errors),
-                    s.timed_out,
-                )
-                for s in task.history
-            ),
-        )
+        result = TaskResult.of(task, self.clock)
         self._record(result)
         if self._wanted(TASK_END):
             data: dict[str, Any] = {
@@ -1284,9 +1279,119 @@ class Engine:
             event.set()
 
     def _record(self, result: TaskResult) -> None:
+        if self._store is not None:
+            self._store.finish_task(result.id, result.to_record())
         self._results[result.id] = result
         while len(self._results) > self._keep_results:
             self._results.popitem(last=False)
+
+    # ------------------------------------------------------------ durable state
+
+    def _persist_config(self, config_id: str, config: Config | None) -> None:
+        assert self._store is not None
+        if config is None:
+            self._store.delete_config(config_id)
+        else:
+            self._store.save_config(config)
+
+    def _restore(self, state: StoredState) -> None:
+        """Load what the store kept and resume the interrupted tasks."""
+        self._restoring = True
+        try:
+            self.configs.restore(state.configs, state.revision_counter)
+            for subscriber_id, subscriptions in state.subscribers.items():
+                self.subscribers.replace(
+                    subscriber_id, [Subscription(**entry) for entry in subscriptions]
+                )
+            self._schedule_marks.update(state.schedule_marks)
+        finally:
+            self._restoring = False
+        core = self.configs.get(CORE_CONFIG)
+        if core is not None:
+            problems = self._check_config(CORE_CONFIG, core.data)
+            if problems:
+                logger.error(
+                    "ignoring the stored %s: %s", CORE_CONFIG, "; ".join(map(str, problems))
+                )
+            else:
+                self._config_changed(CORE_CONFIG, core.data)
+        for record in state.tasks:
+            self._resume(record)
+
+    def _resume(self, record: Mapping[str, Any]) -> None:
+        registered = self._workflows.get(record["workflow"])
+        try:
+            if registered is None:
+                raise RestoreError(f"workflow {record['workflow']!r} is no longer registered")
+            task = restore_task(record, registered.workflow, self.clock)
+        except RestoreError as error:
+            logger.error("task %s cannot resume: %s", record["id"], error)
+            now = self.clock.now()
+            started = datetime.fromtimestamp(record["created_at"], now.tzinfo)
+            self._record(
+                TaskResult(
+                    record["id"],
+                    record["workflow"],
+                    Outcome.FAILED,
+                    f"cannot resume after a restart: {error}",
+                    (str(error),),
+                    started,
+                    now,
+                    (),
+                )
+            )
+            return
+        step = task.step
+        if step is not None and step.began and isinstance(step.step.action, PerformAction):
+            subscribed = self.subscribers.waiting_for(step.step.action.message_type)
+            for subscriber_id in list(step.waiting_for):
+                if subscriber_id not in subscribed:
+                    step.forget_subscriber(subscriber_id)
+        logger.info("resuming task %s of %s in state %s", task.id, task.workflow.id, task.state)
+        run = _Run(task, registered, replay=True)
+        registered.active[run] = None
+        self._running[task.id] = run
+        self._nursery.start_soon(self._drive, run)
+
+    def history(
+        self,
+        *,
+        workflow: str | None = None,
+        outcome: Outcome | str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[TaskResult]:
+        """Return finished tasks, newest first, filtered as asked.
+
+        With a store, the history holds every task finished within the
+        retention period; without one, the last ``keep_results`` tasks.
+        """
+        wanted = None if outcome is None else Outcome(outcome)
+        if self._store is not None:
+            return [
+                TaskResult.from_record(record)
+                for record in self._store.history(
+                    workflow=workflow,
+                    outcome=None if wanted is None else wanted.value,
+                    since=since,
+                    limit=limit,
+                )
+            ]
+        results = [
+            r
+            for r in reversed(self._results.values())
+            if (workflow is None or r.workflow == workflow)
+            and (wanted is None or r.outcome is wanted)
+            and (since is None or r.ended_at >= since)
+        ]
+        return results[:limit]
+
+    async def _prune_history(self, store: Store) -> None:
+        while True:
+            pruned = store.prune(self.clock.now() - store.retention)
+            if pruned:
+                logger.info("removed %d finished tasks older than %s", pruned, store.retention)
+            await trio.sleep(3600)
 
     def _close(self) -> None:
         self._closed = True
@@ -1310,6 +1415,7 @@ async def open_engine(
     listener_buffer: int = DEFAULT_BUFFER,
     keep_results: int = 10_000,
     stall_fraction: float | None = 0.5,
+    store: Store | None = None,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the ``async with`` block.
 
@@ -1327,6 +1433,9 @@ async def open_engine(
             silent (no answer, progress or info) for this fraction of its
             timeout is reported stalled, with an ``error`` event naming them;
             None turns this off.
+        store: where state is kept across restarts (see :class:`SQLiteStore`);
+            on open, configs, subscribers and schedule marks are loaded and
+            interrupted tasks resume where they were. None keeps nothing.
 
     Leaving the block cancels everything the engine runs: running tasks stop
     where they are, without ``task_end``, and listeners are disconnected.
@@ -1346,11 +1455,15 @@ async def open_engine(
             listener_buffer=listener_buffer,
             keep_results=keep_results,
             stall_fraction=stall_fraction,
+            store=store,
         )
         for workflow in workflows:
             engine.add_workflow(workflow)
         for job in jobs:
             engine.add_job(job)
+        if store is not None:
+            engine._restore(store.load())
+            nursery.start_soon(engine._prune_history, store)
         try:
             yield engine
         finally:

@@ -1,0 +1,202 @@
+"""Finished tasks' results, and the records that store running and finished tasks.
+
+Records are plain JSON data; times in them are seconds since the epoch (UTC),
+so that a task survives a restart whatever trio's clock reads then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+from ._clock import Clock
+from ._definitions import Workflow
+from ._machine import Answer, Outcome, StepRun, Task
+
+
+@attrs.frozen
+class StepResult:
+    """How one step of a finished task went."""
+
+    name: str
+    started_at: datetime
+    ended_at: datetime
+    answered: Mapping[str, str] = attrs.field(hash=False)
+    errors: tuple[str, ...]
+    timed_out: bool
+
+    @property
+    def duration(self) -> float:
+        """Seconds the step took."""
+        return (self.ended_at - self.started_at).total_seconds()
+
+
+@attrs.frozen
+class TaskResult:
+    """A finished task: its outcome and what its steps did."""
+
+    id: str
+    workflow: str
+    outcome: Outcome
+    error: str | None
+    errors: tuple[str, ...]
+    started_at: datetime
+    ended_at: datetime
+    steps: tuple[StepResult, ...]
+
+    @property
+    def duration(self) -> float:
+        """Seconds the task took."""
+        return (self.ended_at - self.started_at).total_seconds()
+
+    def to_record(self) -> dict[str, Any]:
+        """Return the result as plain JSON data."""
+        return {
+            "id": self.id,
+            "workflow": self.workflow,
+            "outcome": self.outcome.value,
+            "error": self.error,
+            "errors": list(self.errors),
+            "started_at": self.started_at.timestamp(),
+            "ended_at": self.ended_at.timestamp(),
+            "steps": [
+                {
+                    "name": s.name,
+                    "started_at": s.started_at.timestamp(),
+                    "ended_at": s.ended_at.timestamp(),
+                    "answered": dict(s.answered),
+                    "errors": list(s.errors),
+                    "timed_out": s.timed_out,
+                }
+                for s in self.steps
+            ],
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TaskResult:
+        """Read a result written by :meth:`to_record`."""
+        return cls(
+            record["id"],
+            record["workflow"],
+            Outcome(record["outcome"]),
+            record["error"],
+            tuple(record["errors"]),
+            _wall(record["started_at"]),
+            _wall(record["ended_at"]),
+            tuple(
+                StepResult(
+                    s["name"],
+                    _wall(s["started_at"]),
+                    _wall(s["ended_at"]),
+                    s["answered"],
+                    tuple(s["errors"]),
+                    s["timed_out"],
+                )
+                for s in record["steps"]
+            ),
+        )
+
+    @classmethod
+    def of(cls, task: Task, clock: Clock) -> TaskResult:
+        """Return the result of an ended task."""
+        assert task.ended_at is not None
+        return cls(
+            task.id,
+            task.workflow.id,
+            task.outcome or Outcome.FAILED,
+            task.error,
+            tuple(task.errors),
+            clock.to_wall(task.created_at),
+            clock.to_wall(task.ended_at),
+            tuple(
+                StepResult(
+                    s.step.name,
+                    clock.to_wall(s.entered_at),
+                    clock.to_wall(s.ended_at if s.ended_at is not None else s.entered_at),
+                    {sid: a.value for sid, a in s.answers.items()},
+                    tuple(s.errors),
+                    s.timed_out,
+                )
+                for s in task.history
+            ),
+        )
+
+
+def _wall(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def task_record(task: Task, clock: Clock) -> dict[str, Any]:
+    """Return a running task's state as plain JSON data."""
+
+    def seconds(moment: float | None) -> float | None:
+        return None if moment is None else clock.to_wall(moment).timestamp()
+
+    return {
+        "id": task.id,
+        "workflow": task.workflow.id,
+        "created_at": seconds(task.created_at),
+        "state": task.state,
+        "steps": [
+            {
+                "name": run.step.name,
+                "index": run.index,
+                "entered_at": seconds(run.entered_at),
+                "began": run.began,
+                "deadline": seconds(run.deadline),
+                "waiting_for": sorted(run.waiting_for),
+                "owed_at_start": sorted(run.owed_at_start),
+                "answers": {sid: answer.value for sid, answer in run.answers.items()},
+                "errors": list(run.errors),
+                "finished": run.finished,
+                "timed_out": run.timed_out,
+                "ended_at": seconds(run.ended_at),
+            }
+            for run in task.history
+        ],
+    }
+
+
+class RestoreError(Exception):
+    """A stored task does not fit its workflow's current declaration."""
+
+
+def restore_task(record: Mapping[str, Any], workflow: Workflow, clock: Clock) -> Task:
+    """Rebuild a running task from :func:`task_record` data.
+
+    Raises:
+        RestoreError: the workflow no longer has the task's steps.
+    """
+
+    def trio_time(seconds: float | None) -> float | None:
+        return None if seconds is None else clock.to_trio(_wall(seconds))
+
+    task = Task(record["id"], workflow, created_at=clock.to_trio(_wall(record["created_at"])))
+    for entry in record["steps"]:
+        try:
+            step = workflow.step(entry["name"])
+        except KeyError:
+            raise RestoreError(
+                f"workflow {workflow.id!r} no longer has the step {entry['name']!r}"
+            ) from None
+        run = StepRun(step, entry["index"], entered_at=clock.to_trio(_wall(entry["entered_at"])))
+        run.began = entry["began"]
+        run.deadline = trio_time(entry["deadline"])
+        run.waiting_for = set(entry["waiting_for"])
+        run.owed_at_start = frozenset(entry["owed_at_start"])
+        run.answers = {sid: Answer(answer) for sid, answer in entry["answers"].items()}
+        run.errors = list(entry["errors"])
+        run.finished = entry["finished"]
+        run.timed_out = entry["timed_out"]
+        run.ended_at = trio_time(entry["ended_at"])
+        task.history.append(run)
+    state = record["state"]
+    if state not in ("start", *(s.name for s in workflow.steps)):
+        raise RestoreError(f"workflow {workflow.id!r} no longer has the step {state!r}")
+    task.state = state
+    if task.history and task.history[-1].step.name == state:
+        task.step = task.history[-1]
+    return task

@@ -1,0 +1,364 @@
+"""Durable state: the Store protocol and its embedded SQLite implementation.
+
+The engine writes through a store everything it must not forget: configs,
+subscribers, running tasks (state, the current step's waits, answers and
+deadline, the steps done so far), schedule marks and the history of finished
+tasks. A task's new state is written, and committed, before the side effects
+of that state (an action, an event) are published.
+
+The SQLite store uses WAL with ``synchronous=NORMAL``: every commit survives
+the process being killed at any point (it may not survive the machine losing
+power). Its calls run on the trio thread; each is one short transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from ._config import Config
+from ._errors import PhasebusError
+
+logger = logging.getLogger(__name__)
+
+#: Marks the file as a phasebus store (SQLite's application_id).
+APPLICATION_ID = 0x50484253  # "PHBS"
+#: The schema this code writes; older files are migrated forward on open.
+SCHEMA_VERSION = 2
+
+#: How long finished tasks are kept, unless told otherwise.
+DEFAULT_RETENTION = timedelta(days=60)
+
+
+class StoreError(PhasebusError):
+    """The store cannot be used: it names the file and what is wrong."""
+
+
+@attrs.frozen
+class StoredState:
+    """What a store holds when the engine starts."""
+
+    configs: tuple[Config, ...] = ()
+    subscribers: Mapping[str, list[dict[str, Any]]] = attrs.field(factory=dict, hash=False)
+    tasks: tuple[dict[str, Any], ...] = ()
+    schedule_marks: Mapping[tuple[str, str, str], datetime] = attrs.field(factory=dict, hash=False)
+    revision_counter: int = 0
+
+
+class Store(Protocol):
+    """Where the engine keeps what must survive a restart."""
+
+    #: How long finished tasks are kept.
+    retention: timedelta
+
+    def load(self) -> StoredState:
+        """Return everything stored."""
+
+    def save_config(self, config: Config) -> None:
+        """Store a config (replacing one with the same id)."""
+
+    def delete_config(self, config_id: str) -> None:
+        """Forget a config."""
+
+    def save_subscriber(self, subscriber_id: str, subscriptions: list[dict[str, Any]]) -> None:
+        """Store a subscriber's subscriptions (an empty list keeps the subscriber)."""
+
+    def delete_subscriber(self, subscriber_id: str) -> None:
+        """Forget a subscriber."""
+
+    def save_task(self, task: dict[str, Any]) -> None:
+        """Store a running task's state (replacing its previous state)."""
+
+    def finish_task(self, task_id: str, result: dict[str, Any]) -> None:
+        """Move a task from the running tasks to the history, in one transaction."""
+
+    def save_schedule_mark(self, key: tuple[str, str, str], moment: datetime) -> None:
+        """Store the last time a schedule handled (workflow, cron, time zone)."""
+
+    def history(
+        self,
+        *,
+        workflow: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Return finished tasks, newest first."""
+
+    def finished_task(self, task_id: str) -> dict[str, Any] | None:
+        """Return one finished task, or None."""
+
+    def prune(self, before: datetime) -> int:
+        """Delete finished tasks that ended before ``before``; return how many."""
+
+    def close(self) -> None:
+        """Release the store."""
+
+
+# ---------------------------------------------------------------- SQLite
+
+_SCHEMA_V1 = """
+CREATE TABLE configs (id TEXT PRIMARY KEY, revision TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE subscribers (id TEXT PRIMARY KEY, subscriptions TEXT NOT NULL);
+CREATE TABLE running_tasks (id TEXT PRIMARY KEY, workflow TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE history (
+    id TEXT PRIMARY KEY, workflow TEXT NOT NULL, outcome TEXT NOT NULL,
+    started_at REAL NOT NULL, ended_at REAL NOT NULL, data TEXT NOT NULL
+);
+CREATE INDEX history_ended ON history (ended_at);
+"""
+
+# Version 2 remembers when each schedule last fired, so that times missed
+# while the engine was down are caught up by the schedule's policy.
+_MIGRATIONS: dict[int, str] = {
+    2: """
+    CREATE TABLE schedule_marks (
+        workflow TEXT NOT NULL, cron TEXT NOT NULL, timezone TEXT NOT NULL, moment REAL NOT NULL,
+        PRIMARY KEY (workflow, cron, timezone)
+    );
+    CREATE INDEX history_workflow ON history (workflow, ended_at);
+    """,
+}
+
+
+def _describe_problem(path: str, error: Exception) -> StoreError:
+    return StoreError(f"cannot use {path} as a phasebus store: {error}")
+
+
+class SQLiteStore:
+    """The embedded store: one SQLite file (or ``:memory:``).
+
+    Opening checks that the file is a phasebus store (or empty), migrates an
+    older schema forward, and refuses anything else without touching it.
+
+    Raises:
+        StoreError: the file is unreadable, truncated, not SQLite, another
+            program's database, or from a newer phasebus.
+    """
+
+    def __init__(self, path: str | Path, *, retention: timedelta = DEFAULT_RETENTION) -> None:
+        self.path = str(path)
+        self.retention = retention
+        try:
+            if self.path != ":memory:":
+                self._check_file(Path(self.path))
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._prepare()
+        except sqlite3.Error as error:
+            raise _describe_problem(self.path, error) from None
+
+    @staticmethod
+    def _check_file(path: Path) -> None:
+        if path.is_dir():
+            raise StoreError(f"cannot use {path} as a phasebus store: it is a directory")
+        if path.exists():
+            try:
+                with path.open("rb") as file:
+                    header = file.read(16)
+            except OSError as error:
+                raise StoreError(
+                    f"cannot use {path} as a phasebus store: {error.strerror}"
+                ) from None
+            if header and header != b"SQLite format 3\x00":
+                raise StoreError(
+                    f"cannot use {path} as a phasebus store: it is not an SQLite database"
+                )
+        elif not path.parent.exists():
+            raise StoreError(f"cannot use {path} as a phasebus store: {path.parent} does not exist")
+
+    def _prepare(self) -> None:
+        db = self._db
+        db.execute("PRAGMA busy_timeout = 5000")
+        (application_id,) = db.execute("PRAGMA application_id").fetchone()
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        tables = [
+            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        if application_id != APPLICATION_ID:
+            if tables or application_id:
+                raise StoreError(
+                    f"cannot use {self.path} as a phasebus store: it is another program's database"
+                    f" (tables: {', '.join(sorted(tables)) or 'none'})"
+                )
+            version = 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"cannot use {self.path} as a phasebus store: its schema version {version} is newer"
+                f" than this phasebus supports ({SCHEMA_VERSION})"
+            )
+        # integrity of what is there (a truncated file fails here)
+        (check,) = db.execute("PRAGMA quick_check").fetchone()
+        if check != "ok":
+            raise StoreError(f"cannot use {self.path} as a phasebus store: damaged ({check})")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        if version < SCHEMA_VERSION:
+            with self._transaction():
+                if version == 0:
+                    self._run_script(_SCHEMA_V1)
+                    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    version = 1
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    self._run_script(_MIGRATIONS[target])
+                    logger.info("migrated store %s to schema version %d", self.path, target)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _run_script(self, script: str) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # ------------------------------------------------------------ reading
+
+    def load(self) -> StoredState:
+        db = self._db
+        configs = tuple(
+            Config(row[0], json.loads(row[2]), row[1])
+            for row in db.execute("SELECT id, revision, data FROM configs ORDER BY id")
+        )
+        subscribers = {
+            row[0]: json.loads(row[1])
+            for row in db.execute("SELECT id, subscriptions FROM subscribers")
+        }
+        tasks = tuple(json.loads(row[0]) for row in db.execute("SELECT data FROM running_tasks"))
+        marks = {
+            (row[0], row[1], row[2]): datetime.fromtimestamp(row[3], UTC)
+            for row in db.execute("SELECT workflow, cron, timezone, moment FROM schedule_marks")
+        }
+        counter = max((int(c.revision[1:]) for c in configs if c.revision[1:].isdigit()), default=0)
+        return StoredState(configs, subscribers, tasks, marks, counter)
+
+    def history(
+        self,
+        *,
+        workflow: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        clauses: list[str] = []
+        values: list[object] = []
+        if workflow is not None:
+            clauses.append("workflow = ?")
+            values.append(workflow)
+        if outcome is not None:
+            clauses.append("outcome = ?")
+            values.append(outcome)
+        if since is not None:
+            clauses.append("ended_at >= ?")
+            values.append(since.timestamp())
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT data FROM history {where} ORDER BY ended_at DESC, rowid DESC LIMIT ?",
+            (*values, limit),
+        )
+        return [json.loads(row[0]) for row in rows]
+
+    def finished_task(self, task_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT data FROM history WHERE id = ?", (task_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    # ------------------------------------------------------------ writing
+
+    def save_config(self, config: Config) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO configs (id, revision, data) VALUES (?, ?, ?)",
+                (config.id, config.revision, json.dumps(config.data)),
+            )
+
+    def delete_config(self, config_id: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM configs WHERE id = ?", (config_id,))
+
+    def save_subscriber(self, subscriber_id: str, subscriptions: list[dict[str, Any]]) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO subscribers (id, subscriptions) VALUES (?, ?)",
+                (subscriber_id, json.dumps(subscriptions)),
+            )
+
+    def delete_subscriber(self, subscriber_id: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,))
+
+    def save_task(self, task: dict[str, Any]) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO running_tasks (id, workflow, data) VALUES (?, ?, ?)",
+                (task["id"], task["workflow"], json.dumps(task)),
+            )
+
+    def finish_task(self, task_id: str, result: dict[str, Any]) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM running_tasks WHERE id = ?", (task_id,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO history (id, workflow, outcome, started_at, ended_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    task_id,
+                    result["workflow"],
+                    result["outcome"],
+                    result["started_at"],
+                    result["ended_at"],
+                    json.dumps(result),
+                ),
+            )
+
+    def save_schedule_mark(self, key: tuple[str, str, str], moment: datetime) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO schedule_marks (workflow, cron, timezone, moment)"
+                " VALUES (?, ?, ?, ?)",
+                (*key, moment.timestamp()),
+            )
+
+    def prune(self, before: datetime) -> int:
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM history WHERE ended_at < ?", (before.timestamp(),)
+            )
+        return cursor.rowcount
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def open_store(
+    location: str | Path | None, *, retention: timedelta = DEFAULT_RETENTION
+) -> SQLiteStore | None:
+    """Open the store at ``location``: a file path, ``memory`` (nothing kept), or None."""
+    if location is None or str(location) == "memory":
+        return None
+    return SQLiteStore(location, retention=retention)
+
+
+def default_store_path() -> Path:
+    """Return the default store file: ``phasebus.sqlite3`` in the working directory."""
+    return Path.cwd() / "phasebus.sqlite3"
+
+
+def subscriptions_json(subscriptions: Iterable[Any]) -> list[dict[str, Any]]:
+    """Return subscriptions as plain data for storage."""
+    return [attrs.asdict(s) for s in subscriptions]

@@ -1,0 +1,263 @@
+"""Durable state: the SQLite store, recovery after a crash, history, bad files."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+
+from engine import (
+    Action,
+    CronTrigger,
+    EmitEvent,
+    Message,
+    OnError,
+    Outcome,
+    Step,
+    Workflow,
+    open_engine,
+)
+from engine._store import _SCHEMA_V1, APPLICATION_ID, SQLiteStore, StoreError
+
+from .test_engine import drain, events
+
+T0 = datetime(2026, 3, 2, 0, 0, 30, tzinfo=UTC)
+TWO_STEPS = Workflow(
+    id="wf", steps=[Step("collect", timeout=60), Step("notify", EmitEvent("collected", {"n": 1}))]
+)
+
+
+async def crash_mid_step(path: Path) -> str:
+    """Start a task, let its first step wait for 'w', then stop the engine as a crash would."""
+    async with open_engine(workflows=[TWO_STEPS], start_time=T0, store=SQLiteStore(path)) as engine:
+        engine.subscribe("w", "collect", timeout=60)
+        engine.subscribe("other", "collect", timeout=60)
+        engine.configs.put("app", {"answer": 42})
+        async with engine.open_listener(subscriber_id="other") as other:
+            task_id = engine.start_workflow("wf").task_id
+            action = await other.receive()
+            assert isinstance(action, Action)
+            other.done(action)
+            await trio.sleep(5)
+    assert task_id is not None
+    return task_id
+
+
+async def test_an_interrupted_task_resumes_where_it_was(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    task_id = await crash_mid_step(path)
+    later = T0 + timedelta(seconds=30)
+    async with open_engine(
+        workflows=[TWO_STEPS], start_time=later, store=SQLiteStore(path)
+    ) as engine:
+        config = engine.configs.get("app")
+        assert config is not None
+        assert config.data == {"answer": 42}
+        assert sorted(s.id for s in engine.subscribers) == ["other", "w"]
+        (info,) = engine.tasks()
+        assert info.id == task_id
+        assert info.step is not None
+        assert (info.state, info.step.waiting_for, info.step.answered) == (
+            "collect",
+            ("w",),
+            {"other": "done"},
+        )
+        assert info.step.deadline == T0 + timedelta(seconds=60)  # continues, not restarted
+        async with engine.open_listener(message_types=["collected"]) as watch:
+            async with engine.open_listener(subscriber_id="w") as w:
+                owed = await w.receive()
+                assert isinstance(owed, Action)
+                assert (owed.task, owed.step) == (task_id, "collect")
+                w.done(owed)
+                result = await engine.wait_task(task_id)
+            assert [e.data["task"] for e in events(drain(watch))] == [task_id]
+    assert result.outcome is Outcome.DONE
+    assert result.started_at == T0
+    assert result.steps[0].answered == {"other": "done", "w": "done"}
+
+
+async def test_a_deadline_that_passed_while_down_resolves_at_once(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    stopping = Workflow(id="wf", steps=[Step("collect", timeout=60, on_error=OnError.STOP)])
+    async with open_engine(workflows=[stopping], start_time=T0, store=SQLiteStore(path)) as engine:
+        engine.subscribe("w", "collect", timeout=60)
+        task_id = engine.start_workflow("wf").task_id
+        await trio.sleep(1)
+    assert task_id is not None
+    async with open_engine(
+        workflows=[stopping], start_time=T0 + timedelta(hours=1), store=SQLiteStore(path)
+    ) as engine:
+        result = await engine.wait_task(task_id)
+        assert engine.clock.now() == T0 + timedelta(hours=1)
+    assert result.outcome is Outcome.FAILED
+    assert result.error == "step 'collect' timed out waiting for w"
+
+
+async def test_state_is_written_before_the_action_is_published(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    seen_in_store: list[str] = []
+    reader = sqlite3.connect(path, check_same_thread=False)
+
+    def check(message: Message) -> None:
+        if isinstance(message, Action):
+            rows = reader.execute("SELECT data FROM running_tasks WHERE id = ?", (message.task,))
+            (data,) = rows.fetchone()
+            seen_in_store.append(data)
+
+    async with open_engine(workflows=[TWO_STEPS], start_time=T0, store=SQLiteStore(path)) as engine:
+        engine.add_observer(check)
+        await engine.run_workflow("wf")
+    import json
+
+    (stored,) = (json.loads(d) for d in seen_in_store)
+    assert stored["state"] == "collect"
+    assert stored["steps"][0]["began"] is True
+    reader.close()
+
+
+async def test_a_task_whose_workflow_is_gone_is_failed_not_dropped(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    task_id = await crash_mid_step(path)
+    renamed = Workflow(id="wf", steps=[Step("other_step")])
+    async with open_engine(workflows=[renamed], start_time=T0, store=SQLiteStore(path)) as engine:
+        assert engine.tasks() == []
+        result = engine.task(task_id)
+    assert result.outcome is Outcome.FAILED  # type: ignore[union-attr]
+    assert result.error == (  # type: ignore[union-attr]
+        "cannot resume after a restart: workflow 'wf' no longer has the step 'collect'"
+    )
+
+
+async def test_history_is_kept_filtered_and_pruned(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    failing = Workflow(id="bad", steps=[Step("x", timeout=1, on_error=OnError.STOP)])
+    store = SQLiteStore(path, retention=timedelta(days=2))
+    async with open_engine(workflows=[TWO_STEPS, failing], start_time=T0, store=store) as engine:
+        engine.subscribe("silent", "x")
+        first = await engine.run_workflow("wf")
+        await trio.sleep(86400)
+        await engine.run_workflow("bad")
+        second = await engine.run_workflow("wf")
+        assert [r.id for r in engine.history()] == [second.id, engine.history()[1].id, first.id]
+        assert [r.id for r in engine.history(workflow="wf")] == [second.id, first.id]
+        assert [r.workflow for r in engine.history(outcome="failed")] == ["bad"]
+        assert [r.id for r in engine.history(since=T0 + timedelta(hours=1))][-1] != first.id
+        assert len(engine.history(limit=1)) == 1
+        assert engine.task(first.id) == first
+        await trio.sleep(2 * 86400)  # the hourly pruning removes what is older than 2 days
+        assert first.id not in [r.id for r in engine.history()]
+
+
+async def test_missed_schedules_are_caught_up_after_downtime(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    hourly = Workflow(id="hourly", steps=[Step("work")], triggers=[CronTrigger("0 * * * *")])
+    async with open_engine(workflows=[hourly], start_time=T0, store=SQLiteStore(path)) as engine:
+        await trio.sleep(3600)  # fires at 01:00
+    restart = T0.replace(hour=4, minute=30)
+    async with open_engine(
+        workflows=[hourly], start_time=restart, store=SQLiteStore(path)
+    ) as engine:
+        await trio.sleep(1)
+        ledger = [(f.planned.hour, f.outcome) for f in engine.schedule_ledger("hourly")]
+    assert ledger == [(2, "missed"), (3, "missed"), (4, "caught_up")]
+
+
+# ------------------------------------------------------------------ bad files
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello, this is not a database at all", "it is not an SQLite database"),
+        (b"SQLite format 3\x00" + b"\x10\x00\x01\x01" + b"\x00" * 40, "file is not a database"),
+    ],
+)
+def test_a_file_that_is_not_a_store_is_refused_and_kept(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    path.write_bytes(content)
+    with pytest.raises(StoreError, match=rf"^cannot use {path} as a phasebus store: .*{message}"):
+        SQLiteStore(path)
+    assert path.read_bytes() == content
+
+
+def test_a_truncated_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(path)
+    for index in range(200):
+        store.save_subscriber(f"s{index}", [{"message_type": "x" * 200}])
+    store.close()
+    content = path.read_bytes()[: len(path.read_bytes()) // 2]
+    path.write_bytes(content)
+    with pytest.raises(StoreError, match=rf"^cannot use {path} as a phasebus store: "):
+        SQLiteStore(path).load()
+    assert path.read_bytes() == content
+
+
+def test_another_programs_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE invoices (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(
+        StoreError,
+        match=rf"^cannot use {path} as a phasebus store: it is another program's database"
+        r" \(tables: invoices\)$",
+    ):
+        SQLiteStore(path)
+
+
+def test_a_store_from_a_newer_phasebus_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    SQLiteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(StoreError, match=r"its schema version 99 is newer than this phasebus"):
+        SQLiteStore(path)
+
+
+def test_a_store_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in _SCHEMA_V1.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO configs VALUES ('app', 'r7', '{\"a\": 1}')")
+    db.close()
+    store = SQLiteStore(path)
+    state = store.load()
+    assert [(c.id, c.revision, dict(c.data)) for c in state.configs] == [("app", "r7", {"a": 1})]
+    assert state.revision_counter == 7
+    store.save_schedule_mark(("wf", "0 * * * *", "UTC"), T0)
+    assert store.load().schedule_marks == {("wf", "0 * * * *", "UTC"): T0}
+    store.close()
+    (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
+    assert version == 2
+
+
+def test_a_missing_directory_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "state.sqlite3"
+    with pytest.raises(
+        StoreError, match=rf"^cannot use {path} as a phasebus store: {path.parent} does not exist$"
+    ):
+        SQLiteStore(path)
