@@ -298,16 +298,17 @@ async def run_workflow(
             if demo:
                 demo_ids = await nursery.start(serve_demo, engine, workflow)
             task_id = _start(engine, workflow.id)
-            if console is not None:
-                console.print(
-                    Text.assemble("Running ", (workflow.id, "bold blue"), f", task {task_id}")
-                )
-                if demo_ids:
-                    console.print(f"Simulated listeners: {', '.join(demo_ids)}", soft_wrap=True)
             if console is None:
                 await _stream(monitor, task_id, stdout)
                 result = await engine.wait_task(task_id)
             else:
+                console.print(
+                    Text.assemble("Running ", (workflow.id, "bold blue"), f", task {task_id}")
+                )
+                if demo_ids:
+                    console.print(
+                        Text(f"Simulated listeners: {', '.join(demo_ids)}"), soft_wrap=True
+                    )
                 result = await LiveView(console, engine, workflow, task_id).follow(monitor)
             nursery.cancel_scope.cancel()
     return result
@@ -323,13 +324,13 @@ def _start(engine: Engine, workflow_id: str) -> str:
 async def _stream(monitor: Listener, task_id: str, stdout: TextIO) -> None:
     async for message in monitor:
         stdout.write(json.dumps(message.to_json(), separators=(",", ":"), default=str) + "\n")
+        stdout.flush()  # one event at a time for whoever reads the stream live
         if (
             isinstance(message, Event)
             and message.message_type == TASK_END
             and message.data.get("task_id") == task_id
         ):
             break
-    stdout.flush()
 
 
 # ---------------------------------------------------------------- workflows

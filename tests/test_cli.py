@@ -109,6 +109,15 @@ async def test_run_without_listeners_goes_through_every_step(autojump_clock: obj
     assert not any(m["kind"] == "action_done" for m in stream)
 
 
+def test_run_streams_json_lines_when_stdout_is_not_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "metrics"]) == 0
+    stream = messages(capsys.readouterr().out)
+    assert stream[0]["message_type"] == "task_started"
+    assert stream[-1]["data"]["outcome"] == "done"
+
+
 async def test_run_exits_1_when_the_task_does_not_end_done(
     tmp_path: Path, autojump_clock: object
 ) -> None:
