@@ -4,7 +4,7 @@ Run ``python benchmarks/engine_bench.py`` (``--quick`` for a shorter run). The
 last line is machine-readable::
 
     RESULT us_per_step=... baseline_us_per_step=... step_ratio=... start_10k_s=...
-    kib_per_task=... growth_1k_to_10k=...
+    kib_per_task=... growth_1k_to_10k=... durable_us_per_step=... durable_ratio=...
 
 (on one line).
 
@@ -18,6 +18,9 @@ last line is machine-readable::
 * ``kib_per_task``: memory (traced allocations) per live task at 10,000.
 * ``growth_1k_to_10k``: time per task to start 10,000 over time per task to
   start 1,000 (1.0 means linear).
+* ``durable_us_per_step``: ``us_per_step`` with the SQLite store (a fresh
+  file in a temporary directory); ``durable_ratio`` is its quotient by the
+  in-memory figure of the same run.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import functools
 import gc
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -35,15 +39,19 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import Action, Step, Workflow, open_engine
+from engine import Action, SQLiteStore, Step, Workflow, open_engine
 from machines import COLLECT_AND_CLEANUP
 
 STEP_TYPES = [step.message_type for step in COLLECT_AND_CLEANUP.steps]
 
 
-async def engine_per_step(runs: int) -> float:
-    """Return microseconds per step for ``runs`` sequential collect_and_cleanup tasks."""
-    async with open_engine(workflows=[COLLECT_AND_CLEANUP]) as engine:
+async def engine_per_step(runs: int, store_path: Path | None = None) -> float:
+    """Return microseconds per step for ``runs`` sequential collect_and_cleanup tasks.
+
+    With ``store_path``, state is kept in a SQLite store there (a fresh file).
+    """
+    store = SQLiteStore(store_path) if store_path is not None else None
+    async with open_engine(workflows=[COLLECT_AND_CLEANUP], store=store) as engine:
         for message_type in STEP_TYPES:
             engine.subscribe("worker", message_type)
         async with engine.open_listener(subscriber_id="worker") as listener:
@@ -61,7 +69,15 @@ async def engine_per_step(runs: int) -> float:
                     await engine.run_workflow("collect_and_cleanup")
                 elapsed = time.perf_counter() - start
                 nursery.cancel_scope.cancel()
+    if store is not None:
+        store.close()
     return elapsed / (runs * len(STEP_TYPES)) * 1e6
+
+
+def durable_per_step(runs: int) -> float:
+    """Per-step cost with the SQLite store, in a fresh file."""
+    with tempfile.TemporaryDirectory() as directory:
+        return trio.run(engine_per_step, runs, Path(directory) / "bench.sqlite3")
 
 
 async def baseline_per_step(runs: int) -> float:
@@ -151,10 +167,12 @@ def main(argv: list[str] | None = None) -> int:
 
     engine_us = statistics.median(trio.run(engine_per_step, runs) for _ in range(repeats))
     base_us = statistics.median(trio.run(baseline_per_step, runs) for _ in range(repeats))
+    durable_us = statistics.median(durable_per_step(runs) for _ in range(repeats))
     print(f"collect_and_cleanup ({len(STEP_TYPES)} steps), {runs} runs x {repeats}:")
     print(f"  engine   {engine_us:8.2f} us/step")
     print(f"  baseline {base_us:8.2f} us/step (bare trio memory channels)")
     print(f"  ratio    {engine_us / base_us:8.2f}")
+    print(f"  durable  {durable_us:8.2f} us/step with the SQLite store")
 
     results = {}
     for count in (1_000, 10_000):
@@ -172,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"RESULT us_per_step={engine_us:.2f} baseline_us_per_step={base_us:.2f} "
         f"step_ratio={engine_us / base_us:.2f} start_10k_s={results[10_000][0]:.3f} "
-        f"kib_per_task={results[10_000][2]:.2f} growth_1k_to_10k={growth:.2f}"
+        f"kib_per_task={results[10_000][2]:.2f} growth_1k_to_10k={growth:.2f} "
+        f"durable_us_per_step={durable_us:.2f} durable_ratio={durable_us / engine_us:.2f}"
     )
     return 0
 

@@ -220,6 +220,10 @@ class _Run:
     stall_timer: list[Any] | None = None
     #: Restored after a restart: the current step's side effects are done again.
     replay: bool = False
+    #: Facts recorded since the task was last saved (saved before anything acts on them).
+    dirty: bool = False
+    #: The stored form of the task's ended steps (see task_record).
+    encoded_steps: list[Any] = attrs.Factory(list)
 
     def wake(self) -> None:
         self.lot.unpark_all()
@@ -760,7 +764,7 @@ class Engine:
                     and step.step.action.matches(message_type, event.data)
                 ):
                     step.record_finished()
-                    self._save(run)
+                    run.dirty = True
                     run.wake()
         workflow_id = self._start_events.get(message_type)
         if workflow_id is not None:
@@ -781,11 +785,11 @@ class Engine:
         step.record_heard(subscriber_id, trio.current_time())
         if isinstance(answer, ActionDone):
             if step.record_answer(subscriber_id, Answer.DONE):
-                self._save(run)
+                run.dirty = True
                 run.wake()
         elif isinstance(answer, ActionError):
             if step.record_answer(subscriber_id, Answer.ERROR, answer.error):
-                self._save(run)
+                run.dirty = True
                 self._emit_error(run, f"{subscriber_id}: {answer.error}")
                 run.wake()
         elif isinstance(answer, ActionInfo):
@@ -1023,10 +1027,14 @@ class Engine:
                     task, now=trio.current_time()
                 ):
                     if previous is not None:
+                        if run.dirty and previous.waiting_for:
+                            self._save(run)  # the answers that led to the aborts come first
                         self._step_ended(run, previous)
                     if task.state != END:
                         continue
                     break
+                if run.dirty:
+                    self._save(run)
                 await self._sleep(run)
         finally:
             self._finish(run)
@@ -1064,8 +1072,12 @@ class Engine:
         self._publish_progress(run)
 
     def _save(self, run: _Run) -> None:
+        run.dirty = False
         if self._store is not None:
-            self._store.save_task(task_record(run.task, self.clock))
+            task = run.task
+            self._store.save_task(
+                task.id, task.workflow.id, task_record(task, self.clock, run.encoded_steps)
+            )
 
     def _watch_stall(self, run: _Run, step: StepRun, when: float) -> None:
         run.stall_timer = self._timers.schedule(when, lambda: self._check_stall(run, step))
@@ -1187,7 +1199,7 @@ class Engine:
         if scope.cancelled_caught or step.ended_at is not None:
             return
         step.record_finished(error)
-        self._save(run)
+        run.dirty = True
         if error is not None:
             self._emit_error(run, f"step {step.step.name!r}: {error}")
         run.wake()

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+import orjson
 
 from ._clock import Clock
 from ._definitions import Workflow
@@ -129,35 +130,47 @@ def _wall(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def task_record(task: Task, clock: Clock) -> dict[str, Any]:
-    """Return a running task's state as plain JSON data."""
+def task_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = None) -> bytes:
+    """Return a running task's state as JSON.
+
+    ``ended`` caches the encoded steps that have ended (they never change
+    again), so that writing a task after each step does not re-encode its
+    whole history; pass the same list for every write of one task.
+    """
 
     def seconds(moment: float | None) -> float | None:
-        return None if moment is None else clock.to_wall(moment).timestamp()
+        return None if moment is None else clock.to_epoch(moment)
 
-    return {
-        "id": task.id,
-        "workflow": task.workflow.id,
-        "created_at": seconds(task.created_at),
-        "state": task.state,
-        "steps": [
-            {
-                "name": run.step.name,
-                "index": run.index,
-                "entered_at": seconds(run.entered_at),
-                "began": run.began,
-                "deadline": seconds(run.deadline),
-                "waiting_for": sorted(run.waiting_for),
-                "owed_at_start": sorted(run.owed_at_start),
-                "answers": {sid: answer.value for sid, answer in run.answers.items()},
-                "errors": list(run.errors),
-                "finished": run.finished,
-                "timed_out": run.timed_out,
-                "ended_at": seconds(run.ended_at),
-            }
-            for run in task.history
-        ],
-    }
+    encoded = ended if ended is not None else []
+    steps: list[orjson.Fragment | dict[str, Any]] = list(encoded)
+    for index in range(len(encoded), len(task.history)):
+        run = task.history[index]
+        step = {
+            "name": run.step.name,
+            "index": run.index,
+            "entered_at": seconds(run.entered_at),
+            "began": run.began,
+            "deadline": seconds(run.deadline),
+            "waiting_for": sorted(run.waiting_for),
+            "owed_at_start": sorted(run.owed_at_start),
+            "answers": {sid: answer.value for sid, answer in run.answers.items()},
+            "errors": run.errors,
+            "finished": run.finished,
+            "timed_out": run.timed_out,
+            "ended_at": seconds(run.ended_at),
+        }
+        if run.ended_at is not None and index == len(encoded):
+            encoded.append(orjson.Fragment(orjson.dumps(step)))
+        steps.append(step)
+    return orjson.dumps(
+        {
+            "id": task.id,
+            "workflow": task.workflow.id,
+            "created_at": seconds(task.created_at),
+            "state": task.state,
+            "steps": steps,
+        }
+    )
 
 
 class RestoreError(Exception):

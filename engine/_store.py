@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
+import orjson
 
 from ._config import Config
 from ._errors import PhasebusError
@@ -73,8 +74,8 @@ class Store(Protocol):
     def delete_subscriber(self, subscriber_id: str) -> None:
         """Forget a subscriber."""
 
-    def save_task(self, task: dict[str, Any]) -> None:
-        """Store a running task's state (replacing its previous state)."""
+    def save_task(self, task_id: str, workflow: str, record: bytes) -> None:
+        """Store a running task's state, as JSON (replacing its previous state)."""
 
     def finish_task(self, task_id: str, result: dict[str, Any]) -> None:
         """Move a task from the running tasks to the history, in one transaction."""
@@ -175,7 +176,19 @@ class SQLiteStore:
 
     def _prepare(self) -> None:
         db = self._db
-        db.execute("PRAGMA busy_timeout = 5000")
+        # One engine per store: the first access takes a lock held until close,
+        # which also spares every commit the shared-memory bookkeeping.
+        db.execute("PRAGMA busy_timeout = 1000")
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
+        try:
+            db.execute("BEGIN EXCLUSIVE")
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error):
+                raise StoreError(
+                    f"cannot use {self.path} as a phasebus store: another process is using it"
+                ) from None
+            raise
         (application_id,) = db.execute("PRAGMA application_id").fetchone()
         (version,) = db.execute("PRAGMA user_version").fetchone()
         tables = [
@@ -292,12 +305,12 @@ class SQLiteStore:
         with self._transaction():
             self._db.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,))
 
-    def save_task(self, task: dict[str, Any]) -> None:
-        with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO running_tasks (id, workflow, data) VALUES (?, ?, ?)",
-                (task["id"], task["workflow"], json.dumps(task)),
-            )
+    def save_task(self, task_id: str, workflow: str, record: bytes) -> None:
+        # one statement: its own transaction
+        self._db.execute(
+            "INSERT OR REPLACE INTO running_tasks (id, workflow, data) VALUES (?, ?, ?)",
+            (task_id, workflow, record),
+        )
 
     def finish_task(self, task_id: str, result: dict[str, Any]) -> None:
         with self._transaction():
@@ -311,7 +324,7 @@ class SQLiteStore:
                     result["outcome"],
                     result["started_at"],
                     result["ended_at"],
-                    json.dumps(result),
+                    orjson.dumps(result),
                 ),
             )
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -13,6 +16,7 @@ from engine import (
     Action,
     CronTrigger,
     EmitEvent,
+    Engine,
     Message,
     OnError,
     Outcome,
@@ -25,6 +29,21 @@ from engine._store import _SCHEMA_V1, APPLICATION_ID, SQLiteStore, StoreError
 from .test_engine import drain, events
 
 T0 = datetime(2026, 3, 2, 0, 0, 30, tzinfo=UTC)
+
+
+@asynccontextmanager
+async def engine_on(
+    path: Path, workflows: list[Workflow], start: datetime
+) -> AsyncIterator[Engine]:
+    """An engine on the store at ``path``, closed (like a stopped process) at the end."""
+    store = SQLiteStore(path)
+    try:
+        async with open_engine(workflows=workflows, start_time=start, store=store) as engine:
+            yield engine
+    finally:
+        store.close()
+
+
 TWO_STEPS = Workflow(
     id="wf", steps=[Step("collect", timeout=60), Step("notify", EmitEvent("collected", {"n": 1}))]
 )
@@ -32,7 +51,7 @@ TWO_STEPS = Workflow(
 
 async def crash_mid_step(path: Path) -> str:
     """Start a task, let its first step wait for 'w', then stop the engine as a crash would."""
-    async with open_engine(workflows=[TWO_STEPS], start_time=T0, store=SQLiteStore(path)) as engine:
+    async with engine_on(path, [TWO_STEPS], T0) as engine:
         engine.subscribe("w", "collect", timeout=60)
         engine.subscribe("other", "collect", timeout=60)
         engine.configs.put("app", {"answer": 42})
@@ -52,9 +71,7 @@ async def test_an_interrupted_task_resumes_where_it_was(
     path = tmp_path / "state.sqlite3"
     task_id = await crash_mid_step(path)
     later = T0 + timedelta(seconds=30)
-    async with open_engine(
-        workflows=[TWO_STEPS], start_time=later, store=SQLiteStore(path)
-    ) as engine:
+    async with engine_on(path, [TWO_STEPS], later) as engine:
         config = engine.configs.get("app")
         assert config is not None
         assert config.data == {"answer": 42}
@@ -86,14 +103,12 @@ async def test_a_deadline_that_passed_while_down_resolves_at_once(
 ) -> None:
     path = tmp_path / "state.sqlite3"
     stopping = Workflow(id="wf", steps=[Step("collect", timeout=60, on_error=OnError.STOP)])
-    async with open_engine(workflows=[stopping], start_time=T0, store=SQLiteStore(path)) as engine:
+    async with engine_on(path, [stopping], T0) as engine:
         engine.subscribe("w", "collect", timeout=60)
         task_id = engine.start_workflow("wf").task_id
         await trio.sleep(1)
     assert task_id is not None
-    async with open_engine(
-        workflows=[stopping], start_time=T0 + timedelta(hours=1), store=SQLiteStore(path)
-    ) as engine:
+    async with engine_on(path, [stopping], T0 + timedelta(hours=1)) as engine:
         result = await engine.wait_task(task_id)
         assert engine.clock.now() == T0 + timedelta(hours=1)
     assert result.outcome is Outcome.FAILED
@@ -103,25 +118,20 @@ async def test_a_deadline_that_passed_while_down_resolves_at_once(
 async def test_state_is_written_before_the_action_is_published(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    path = tmp_path / "state.sqlite3"
-    seen_in_store: list[str] = []
-    reader = sqlite3.connect(path, check_same_thread=False)
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    seen_in_store: list[dict[str, Any]] = []
 
     def check(message: Message) -> None:
         if isinstance(message, Action):
-            rows = reader.execute("SELECT data FROM running_tasks WHERE id = ?", (message.task,))
-            (data,) = rows.fetchone()
-            seen_in_store.append(data)
+            # each write is a transaction of its own, committed when save_task returns
+            seen_in_store.extend(store.load().tasks)
 
-    async with open_engine(workflows=[TWO_STEPS], start_time=T0, store=SQLiteStore(path)) as engine:
+    async with open_engine(workflows=[TWO_STEPS], start_time=T0, store=store) as engine:
         engine.add_observer(check)
         await engine.run_workflow("wf")
-    import json
-
-    (stored,) = (json.loads(d) for d in seen_in_store)
+    (stored,) = seen_in_store
     assert stored["state"] == "collect"
     assert stored["steps"][0]["began"] is True
-    reader.close()
 
 
 async def test_a_task_whose_workflow_is_gone_is_failed_not_dropped(
@@ -130,7 +140,7 @@ async def test_a_task_whose_workflow_is_gone_is_failed_not_dropped(
     path = tmp_path / "state.sqlite3"
     task_id = await crash_mid_step(path)
     renamed = Workflow(id="wf", steps=[Step("other_step")])
-    async with open_engine(workflows=[renamed], start_time=T0, store=SQLiteStore(path)) as engine:
+    async with engine_on(path, [renamed], T0) as engine:
         assert engine.tasks() == []
         result = engine.task(task_id)
     assert result.outcome is Outcome.FAILED  # type: ignore[union-attr]
@@ -166,12 +176,10 @@ async def test_missed_schedules_are_caught_up_after_downtime(
 ) -> None:
     path = tmp_path / "state.sqlite3"
     hourly = Workflow(id="hourly", steps=[Step("work")], triggers=[CronTrigger("0 * * * *")])
-    async with open_engine(workflows=[hourly], start_time=T0, store=SQLiteStore(path)) as engine:
+    async with engine_on(path, [hourly], T0) as engine:
         await trio.sleep(3600)  # fires at 01:00
     restart = T0.replace(hour=4, minute=30)
-    async with open_engine(
-        workflows=[hourly], start_time=restart, store=SQLiteStore(path)
-    ) as engine:
+    async with engine_on(path, [hourly], restart) as engine:
         await trio.sleep(1)
         ledger = [(f.planned.hour, f.outcome) for f in engine.schedule_ledger("hourly")]
     assert ledger == [(2, "missed"), (3, "missed"), (4, "caught_up")]
@@ -253,6 +261,17 @@ def test_a_store_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
     store.close()
     (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
     assert version == 2
+
+
+def test_a_store_in_use_by_another_engine_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    first = SQLiteStore(path)
+    with pytest.raises(
+        StoreError, match=rf"^cannot use {path} as a phasebus store: another process is using it$"
+    ):
+        SQLiteStore(path)
+    first.close()
+    SQLiteStore(path).close()
 
 
 def test_a_missing_directory_is_named(tmp_path: Path) -> None:
