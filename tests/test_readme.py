@@ -61,3 +61,9 @@ def test_the_testing_kit_example_passes_in_a_project_of_its_own(pytester: pytest
     pytester.makepyfile(test_nightly=blocks("python")[2])
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_the_diagram_in_the_readme_is_the_generated_one() -> None:
+    (shown,) = blocks("mermaid")
+    generated = Path(__file__).parent.parent / "diagrams" / "collect_and_cleanup.mmd"
+    assert shown == generated.read_text(encoding="utf-8")
