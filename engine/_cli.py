@@ -256,7 +256,55 @@ def _parser() -> argparse.ArgumentParser:
         help="fail unless the Mermaid files in --out DIR are what the workflows draw now",
     )
     workflows_option(draw)
+
+    schedule = commands.add_parser(
+        "schedule",
+        help="look at workflows' schedules",
+        description="Look at workflows' schedules.",
+    )
+    schedule_commands = schedule.add_subparsers(
+        dest="schedule_command", metavar="SUBCOMMAND", required=True
+    )
+    preview = schedule_commands.add_parser(
+        "preview",
+        help="list the next times a workflow's schedules fire, flagging daylight-saving changes",
+        description="List the next times a workflow's cron triggers fire, in UTC and local "
+        "time, and say how daylight-saving changes affect them.",
+    )
+    preview.add_argument("workflow", metavar="WORKFLOW")
+    preview.add_argument(
+        "--next", type=_count, default=10, metavar="N", help="how many times (1-1000, default 10)"
+    )
+    preview.add_argument(
+        "--from",
+        dest="start",
+        type=_moment,
+        metavar="TIME",
+        help="start from this ISO 8601 time with a UTC offset (default: now)",
+    )
+    preview.add_argument("--json", action="store_true", help="print JSON")
+    workflows_option(preview)
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1000, got {value}")
+    return value
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"needs a UTC offset, such as +00:00: {text!r}")
+    return moment.astimezone(UTC)
 
 
 def _version() -> str:
@@ -565,6 +613,58 @@ def _check(
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- schedule preview
+
+
+def schedule_preview(
+    workflow: Workflow, *, count: int, start: datetime
+) -> list[tuple[datetime, CronTrigger, str | None]]:
+    """Return the next ``count`` fire times of a workflow's cron triggers after ``start``.
+
+    Each comes with its trigger and a note when a daylight-saving change affects it.
+    """
+    times: list[tuple[datetime, CronTrigger, str | None]] = []
+    for trigger in workflow.triggers:
+        if isinstance(trigger, CronTrigger):
+            moment = start
+            for _ in range(count):
+                moment = trigger.next_after(moment)
+                times.append((moment, trigger, trigger.dst_note(moment)))
+    times.sort(key=lambda item: item[0])
+    return times[:count]
+
+
+def preview_schedule(
+    workflow: Workflow, *, count: int, start: datetime, as_json: bool, stdout: TextIO
+) -> int:
+    """Print the next fire times of a workflow (see :func:`schedule_preview`)."""
+    times = schedule_preview(workflow, count=count, start=start)
+    if as_json:
+        rows = [
+            {
+                "at": moment.isoformat(),
+                "local": moment.astimezone(trigger.zone).isoformat(),
+                "cron": trigger.cron,
+                "timezone": trigger.timezone,
+                "dst": note,
+            }
+            for moment, trigger, note in times
+        ]
+        stdout.write(json.dumps({"workflow": workflow.id, "times": rows}, indent=2) + "\n")
+        return EXIT_OK
+    if not times:
+        stdout.write(f"{workflow.id} has no schedule\n")
+        return EXIT_OK
+    for moment, trigger, note in times:
+        local = moment.astimezone(trigger.zone)
+        line = (
+            f"{moment:%Y-%m-%d %H:%M} UTC  {local:%Y-%m-%d %H:%M %Z}  "
+            f"cron {trigger.cron} ({trigger.timezone})"
+        )
+        stdout.write(line + (f"  DST: {note}" if note else "") + "\n")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -631,6 +731,14 @@ async def _dispatch(
             check=args.check,
             stdout=stdout,
             stderr=stderr,
+        )
+    if args.command == "schedule":
+        return preview_schedule(
+            catalog.get(args.workflow),
+            count=args.next,
+            start=args.start or datetime.now(UTC),
+            as_json=args.json,
+            stdout=stdout,
         )
     assert args.command == "run"
     if console is None and not args.json and stdout.isatty():

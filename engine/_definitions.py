@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -342,6 +342,12 @@ def _check_cron(problems: list[Problem], path: str, expression: object) -> None:
         problems.append(bad)
 
 
+def _offset(delta: timedelta | None) -> str:
+    minutes = int((delta or timedelta()).total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
 def _zone(name: str) -> ZoneInfo | None:
     try:
         return ZoneInfo(name)
@@ -406,6 +412,49 @@ class CronTrigger:
             if len(times) > limit:
                 del times[0]
         return times
+
+    def dst_note(self, fire: datetime) -> str | None:
+        """Explain how a daylight-saving change on its local day affects a fire time, or None."""
+        zone = self.zone
+        local = fire.astimezone(zone)
+        midnight = datetime.combine(local.date(), time(0), zone)
+        next_midnight = datetime.combine(local.date() + timedelta(days=1), time(0), zone)
+        before, after = midnight.utcoffset(), next_midnight.utcoffset()
+        if before == after:
+            return None
+        change = f"UTC{_offset(before)} to UTC{_offset(after)}"
+        wall = local.replace(tzinfo=None)
+        if self.fixed_time_of_day:
+            if local.replace(fold=1).utcoffset() != local.replace(fold=0).utcoffset():
+                return f"runs once although {wall:%H:%M} occurs twice this day ({change})"
+            if next(CronSim(self.cron, wall - timedelta(seconds=1))) != wall:
+                return (
+                    f"its time does not exist this day ({change}): runs at the next valid"
+                    f" instant, {wall:%H:%M}"
+                )
+            return None
+        # absolute time: flag the first run after the clocks changed
+        low, high = midnight.astimezone(UTC), next_midnight.astimezone(UTC)
+        while high - low > timedelta(seconds=1):
+            middle = low + (high - low) / 2
+            if middle.astimezone(zone).utcoffset() == before:
+                low = middle
+            else:
+                high = middle
+        previous = self.fire_times(fire - timedelta(days=1), fire - timedelta(seconds=1), limit=1)
+        if fire > low and (not previous or previous[-1] <= low):
+            return f"first run after the clocks changed ({change})"
+        return None
+
+    @property
+    def fixed_time_of_day(self) -> bool:
+        """Whether the schedule names its minutes and hours (runs at wall-clock times).
+
+        Such schedules follow Debian cron at daylight-saving changes; the others
+        (``*`` or ``*/n`` hours or minutes) run in absolute time.
+        """
+        minute, hour = self.cron.split()[:2]
+        return not minute.startswith("*") and not hour.startswith("*")
 
     @property
     def zone(self) -> ZoneInfo:
