@@ -36,6 +36,12 @@ from ._definitions import Trigger as Trigger
 from ._definitions import WaitForEvent as WaitForEvent
 from ._definitions import Workflow as Workflow
 from ._definitions import action_kind as action_kind
+from ._diagrams import DiagramError as DiagramError
+from ._diagrams import GraphvizNotFound as GraphvizNotFound
+from ._diagrams import diagram as diagram
+from ._diagrams import dot_diagram as dot_diagram
+from ._diagrams import mermaid_diagram as mermaid_diagram
+from ._diagrams import svg_diagram as svg_diagram
 from ._engine import ERROR as ERROR
 from ._engine import PROGRESS as PROGRESS
 from ._engine import SCHEDULE_FIRED as SCHEDULE_FIRED

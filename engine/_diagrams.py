@@ -185,13 +185,9 @@ def _start_lines(workflow: Workflow) -> list[str]:
 def _edge_label(spec: TransitionSpec) -> str:
     """Say what takes the transition and, into ``end``, how the task ends."""
     label = spec.label.replace(": ", " → ")
-    if spec.dest != END:
+    if spec.outcome is None:
         return label
-    if spec.trigger == "advance":
-        outcome = "failed" if spec.label.startswith("error") else "done"
-    else:
-        outcome = _OUTCOMES.get(spec.trigger, spec.trigger)
-    return f"{label} (task {outcome})"
+    return f"{label} (task {spec.outcome.value})"
 
 
 # ---------------------------------------------------------------- the machine

@@ -264,6 +264,8 @@ class TransitionSpec:
     label: str
     conditions: tuple[Callable[[EventData], bool], ...] = ()
     before: tuple[Callable[[EventData], None], ...] = ()
+    #: How the task ends when this transition goes to ``end`` (None otherwise).
+    outcome: Outcome | None = None
 
 
 def machine_spec(workflow: Workflow) -> tuple[list[State], list[TransitionSpec]]:
@@ -288,6 +290,7 @@ def machine_spec(workflow: Workflow) -> tuple[list[State], list[TransitionSpec]]
                     "error: stop",
                     conditions=(_has_error,),
                     before=(_ender(Outcome.FAILED),),
+                    outcome=Outcome.FAILED,
                 )
             )
         last = index == len(steps) - 1
@@ -299,13 +302,16 @@ def machine_spec(workflow: Workflow) -> tuple[list[State], list[TransitionSpec]]
                 "done" if step.on_error is OnError.STOP else "done or error: continue",
                 conditions=(_is_finished,),
                 before=(_ender(Outcome.DONE),) if last else (),
+                outcome=Outcome.DONE if last else None,
             )
         )
     states.append(State(END))
     for trigger, outcome in (("stop", Outcome.STOPPED), ("replace", Outcome.REPLACED)):
         for state in [START, *(step.name for step in steps)]:
             transitions.append(
-                TransitionSpec(trigger, state, END, trigger, before=(_ender(outcome),))
+                TransitionSpec(
+                    trigger, state, END, trigger, before=(_ender(outcome),), outcome=outcome
+                )
             )
     return states, transitions
 
