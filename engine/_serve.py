@@ -1,0 +1,279 @@
+"""Serve an engine over HTTP and WebSocket: ``phasebus serve``.
+
+:func:`serve_app` runs any ASGI application with Hypercorn's HTTP/1.1 and
+WebSocket protocol on trio listeners that phasebus accepts itself, so that
+each connection's stream is known to the application (under
+:data:`~engine._web.STREAM_KEY` in the scope's ``state``): a listener dropped
+for being too slow can then be cut off even when its client reads nothing
+at all. :func:`serve` opens an engine with the built-in workflows (and those
+of a directory), creates the ``phasebus.core`` config and serves the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ASGIFramework, LifespanState
+from hypercorn.utils import wrap_app
+from starlette.types import ASGIApp
+
+from ._config import CORE_CONFIG
+from ._definitions import Declarations, Job, Workflow
+from ._engine import Engine, open_engine
+from ._errors import PhasebusError
+from ._web import DEFAULT_MAX_MESSAGE, STREAM_KEY, create_app
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8900
+
+#: The environment variable that holds the pre-shared key when ``--psk`` is not given.
+PSK_VARIABLE = "PHASEBUS_PSK"
+
+#: The stores ``--store`` accepts (more come with persistent storage).
+STORES = ("memory",)
+
+
+def _hypercorn_config(max_message_size: int) -> HypercornConfig:
+    config = HypercornConfig()
+    config.websocket_max_message_size = max_message_size
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler
+    return config
+
+
+def _url(sockname: Any) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve_app(
+    app: ASGIApp,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    max_message_size: int = DEFAULT_MAX_MESSAGE,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an ASGI application on ``host``:``port`` until cancelled.
+
+    Start it with ``url = await nursery.start(serve_app, app, port=0)``: it
+    reports the base URL it listens on (``http://127.0.0.1:<port>``), with
+    the port chosen by the system when ``port`` is 0.
+
+    Args:
+        app: the ASGI application.
+        host: the address to listen on (loopback by default).
+        port: the port (0 for any free port).
+        max_message_size: largest WebSocket message; larger ones close the
+            connection with 1009.
+    """
+    config = _hypercorn_config(max_message_size)
+    context = WorkerContext(None)
+    wrapped = wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi")
+    listeners = await trio.open_tcp_listeners(port, host=host)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        state: LifespanState = {STREAM_KEY: stream}
+        await TCPServer(wrapped, config, context, state, stream).run()  # type: ignore[arg-type]
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, handle, listeners)
+            task_status.started(_url(listeners[0].socket.getsockname()))
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+
+
+def _declared(directory: Path | None) -> tuple[list[Workflow], list[Job]]:
+    """Return the built-in workflows and the declarations of ``directory``.
+
+    Raises:
+        PhasebusError: the directory cannot be read, a file is invalid, or an
+            id is declared twice.
+    """
+    from machines import BUILTIN_WORKFLOWS
+
+    workflows = list(BUILTIN_WORKFLOWS.values())
+    jobs: list[Job] = []
+    if directory is None:
+        return workflows, jobs
+    if not directory.is_dir():
+        raise PhasebusError(f"--workflows: {str(directory)!r} is not a directory")
+    seen = {w.id: "built-in" for w in workflows}
+    for path in sorted(directory.iterdir()):
+        if path.suffix not in (".toml", ".json") or not path.is_file():
+            continue
+        declarations = Declarations.from_file(path)
+        ids = [w.id for w in declarations.workflows] + [j.id for j in declarations.jobs]
+        for ident in ids:
+            if ident in seen:
+                raise PhasebusError(f"{path}: duplicate id {ident!r} (also in {seen[ident]})")
+            seen[ident] = str(path)
+        workflows.extend(declarations.workflows)
+        jobs.extend(declarations.jobs)
+    return workflows, jobs
+
+
+def core_config(engine: Engine) -> dict[str, Any]:
+    """Return the ``phasebus.core`` document of the schedules in force."""
+    schedules: dict[str, Mapping[str, str]] = {}
+    for workflow_id in sorted(engine.workflows):
+        triggers = engine.schedules(workflow_id)
+        if len(triggers) == 1:
+            schedules[workflow_id] = {
+                "schedule": triggers[0].cron,
+                "timezone": triggers[0].timezone,
+            }
+    return {"workflows": schedules}
+
+
+async def serve(
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    psk: str | None = None,
+    workflows_dir: Path | None = None,
+    demo: bool = False,
+    store: str = "memory",
+    announce: bool = True,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run an engine and serve its API until cancelled; report the base URL.
+
+    The engine runs the built-in workflows and those declared in
+    ``workflows_dir``. The config ``phasebus.core`` is created with the
+    schedules in force unless it exists. With ``demo``, simulated listeners
+    answer every step of the built-in workflows. With ``announce``, the URL
+    is printed on stdout once the server listens.
+
+    Raises:
+        PhasebusError: a bad declaration file or an unknown store.
+    """
+    if store not in STORES:
+        raise PhasebusError(f"--store: unknown store {store!r} (available: {', '.join(STORES)})")
+    workflows, jobs = _declared(workflows_dir)
+    async with open_engine(workflows=workflows, jobs=jobs) as engine:
+        if engine.configs.get(CORE_CONFIG) is None:
+            engine.configs.put(CORE_CONFIG, core_config(engine))
+        app = create_app(engine, psk=psk)
+        try:
+            async with trio.open_nursery() as nursery:
+                if demo:
+                    from machines import COLLECT_AND_CLEANUP
+
+                    from ._demo import serve_demo
+
+                    await nursery.start(serve_demo, engine, COLLECT_AND_CLEANUP)
+                url = await nursery.start(functools.partial(serve_app, app, host=host, port=port))
+                if announce:
+                    auth = "PSK required" if psk else "no authentication"
+                    print(f"phasebus listening on {url} ({auth})", flush=True)
+                task_status.started(url)
+        finally:
+            app.close()
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``phasebus serve`` to ``parser``."""
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}: loopback only)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free port and prints it)",
+    )
+    parser.add_argument(
+        "--psk",
+        default=None,
+        help=f"pre-shared key: require Resoto-style JWTs (default: ${PSK_VARIABLE}, else none)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=STORES,
+        default="memory",
+        help="where configs, subscribers and tasks live (only 'memory' for now: "
+        "nothing survives a restart)",
+    )
+    parser.add_argument(
+        "--workflows",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="also load the workflows and jobs declared in DIR/*.toml and DIR/*.json",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="attach simulated listeners that answer every step of the built-in workflows",
+    )
+
+
+async def serve_command(args: argparse.Namespace) -> int:
+    """Carry out ``phasebus serve`` inside trio; return the exit status."""
+    psk = args.psk if args.psk is not None else os.environ.get(PSK_VARIABLE) or None
+    status = 0
+    try:
+        await serve(
+            host=args.host,
+            port=args.port,
+            psk=psk,
+            workflows_dir=args.workflows,
+            demo=args.demo,
+            store=args.store,
+        )
+    except* PhasebusError as group:
+        _report(group)
+        status = 2
+    except* OSError as group:
+        _report(group)
+        status = 1
+    return status
+
+
+def _report(group: BaseExceptionGroup[Any]) -> None:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    print(f"phasebus: error: {str(error).splitlines()[0]}", file=sys.stderr)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Carry out ``phasebus serve`` (starts trio); return the exit status."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="phasebus: %(levelname)s: %(message)s")
+    try:
+        return trio.run(serve_command, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``phasebus serve`` on its own (``python -m engine._serve``)."""
+    parser = argparse.ArgumentParser(prog="phasebus serve", description="Serve the phasebus API.")
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

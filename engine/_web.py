@@ -1,0 +1,842 @@
+"""The HTTP and WebSocket API over an engine, speaking Resoto's protocol (PROTOCOL.md).
+
+:func:`create_app` returns an ASGI application (Starlette routes behind a
+small authentication and body-size layer). Serve it with
+:func:`engine.serve_app` (Hypercorn's trio server) or any ASGI server.
+
+Every WebSocket connection is one bus listener with one sender task that
+reads the listener and writes frames; frames are encoded once per message,
+however many connections send them. The connection's own task reads frames,
+stamps ``data.subscriber_id`` and ``data.received_at`` on each, and publishes
+them; a bad frame closes that connection only (1007, 1008, 1009). A listener
+the engine drops for being too slow is closed with 1008 ``too slow``; if its
+client does not read even the close frame, the socket is aborted after a
+grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl
+
+import attrs
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Message as ASGIMessage
+from starlette.types import Receive, Scope, Send
+
+from ._auth import AuthError, TokenVerifier, bearer_token
+from ._bus import ENGINE_CLOSED, LISTENER_DISCONNECTED, TOO_SLOW, Listener, ListenerDropped
+from ._bus import Subscription as _Subscription
+from ._config import ConfigConflict
+from ._convert import structure_strict, unstructure_declaration
+from ._engine import Engine, StepInfo, TaskInfo, TaskResult
+from ._errors import (
+    InvalidInputError,
+    ListenerError,
+    MessageError,
+    PhasebusError,
+    UnknownTaskError,
+    UnknownWorkflowError,
+)
+from ._messages import Action, ActionAbort, Event, Message, message_from_json
+from ._metrics import CONTENT_TYPE, EngineMetrics
+
+logger = logging.getLogger(__name__)
+
+#: The response header carrying a config's revision.
+REVISION_HEADER = "Resoto-Config-Revision"
+
+#: Paths served without authentication.
+PUBLIC_PATHS = frozenset({"/system/ping", "/system/ready"})
+
+#: Largest request body accepted, in bytes, unless told otherwise.
+DEFAULT_MAX_BODY = 1024 * 1024
+
+#: Largest WebSocket message accepted, in bytes, unless told otherwise.
+DEFAULT_MAX_MESSAGE = 1024 * 1024
+
+#: Deepest nesting of arrays and objects accepted in JSON input.
+MAX_DEPTH = 64
+
+#: Key of the connection's stream in the ASGI scope's ``state`` (set by serve_app).
+STREAM_KEY = "phasebus.stream"
+
+# WebSocket close codes (RFC 6455).
+NORMAL = 1000
+GOING_AWAY = 1001
+INVALID_DATA = 1007
+POLICY_VIOLATION = 1008
+TOO_BIG = 1009
+
+_MAX_REASON = 123  # bytes of UTF-8 in a close frame's reason
+
+
+# ---------------------------------------------------------------- input
+
+
+class BadInput(PhasebusError):
+    """An HTTP request that gets an error answer: status, error and problems."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        problems: Iterable[str] = (),
+        *,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.status = status
+        self.error = error
+        self.problems = list(problems)
+        self.extra = dict(extra or {})
+        super().__init__(error)
+
+    def body(self) -> dict[str, Any]:
+        """Return the JSON body of the answer."""
+        return {"error": self.error, "problems": self.problems, **self.extra}
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse JSON input strictly: no NaN or Infinity, nesting at most :data:`MAX_DEPTH`.
+
+    Raises:
+        ValueError: with a message saying what is wrong.
+    """
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except UnicodeDecodeError:
+        raise ValueError("not valid UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"invalid JSON: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"invalid JSON: {error}") from None
+    if _too_deep(value, MAX_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _close_reason(text: str) -> str:
+    data = text.encode("utf-8")
+    if len(data) <= _MAX_REASON:
+        return text
+    return data[: _MAX_REASON - 3].decode("utf-8", "ignore") + "..."
+
+
+# ---------------------------------------------------------------- output
+
+
+class _Encoder:
+    """The JSON text of recently sent messages, so each is encoded once for all connections.
+
+    Entries are keyed by the message's id and hold the message itself, so an
+    id cannot be reused while its entry lives.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._texts: OrderedDict[int, tuple[Message, str]] = OrderedDict()
+
+    def text(self, message: Message) -> str:
+        key = id(message)
+        entry = self._texts.get(key)
+        if entry is not None and entry[0] is message:
+            return entry[1]
+        text = json.dumps(message.to_json(), separators=(",", ":"), default=str)
+        self._texts[key] = (message, text)
+        if len(self._texts) > self._size:
+            self._texts.popitem(last=False)
+        return text
+
+
+def _time(value: Any) -> str | None:
+    return None if value is None else str(value.isoformat())
+
+
+def _step_json(step: StepInfo) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "action": step.action,
+        "message_type": step.message_type,
+        "started_at": _time(step.started_at),
+        "deadline": _time(step.deadline),
+        "waiting_for": list(step.waiting_for),
+        "answered": dict(step.answered),
+        "progress": {sid: p.to_json() for sid, p in step.progress.items()},
+        "errors": list(step.errors),
+    }
+
+
+def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
+    """Return the JSON of a running task's info or a finished task's result."""
+    if isinstance(task, TaskInfo):
+        return {
+            "id": task.id,
+            "workflow": task.workflow,
+            "workflow_name": task.workflow_name,
+            "running": True,
+            "state": task.state,
+            "started_at": _time(task.started_at),
+            "step": None if task.step is None else _step_json(task.step),
+        }
+    return {
+        "id": task.id,
+        "workflow": task.workflow,
+        "running": False,
+        "state": "end",
+        "outcome": task.outcome.value,
+        "error": task.error,
+        "errors": list(task.errors),
+        "started_at": _time(task.started_at),
+        "ended_at": _time(task.ended_at),
+        "duration": task.duration,
+        "steps": [
+            {
+                "name": step.name,
+                "started_at": _time(step.started_at),
+                "ended_at": _time(step.ended_at),
+                "duration": step.duration,
+                "answered": dict(step.answered),
+                "errors": list(step.errors),
+                "timed_out": step.timed_out,
+            }
+            for step in task.steps
+        ],
+    }
+
+
+# ---------------------------------------------------------------- connections
+
+
+@attrs.define(eq=False)
+class _Connection:
+    listener: Listener
+    send: Send
+    stream: trio.abc.AsyncResource | None
+    inner: trio.Nursery | None = None
+    outer: trio.Nursery | None = None
+    close: tuple[int, str] | None = None
+    client_gone: bool = False
+
+    def stop(self, code: int, reason: str) -> None:
+        """Close the connection with ``code``: stop reading and sending."""
+        if self.close is None:
+            self.close = (code, _close_reason(reason))
+        if self.inner is not None:
+            self.inner.cancel_scope.cancel()
+
+
+class _WebSocketEndpoint:
+    """A raw ASGI WebSocket endpoint (Starlette passes scope, receive, send as they are)."""
+
+    def __init__(self, handle: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self._handle = handle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._handle(scope, receive, send)
+
+
+# ---------------------------------------------------------------- the application
+
+
+class PhasebusApp:
+    """The ASGI application of an engine. Make one with :func:`create_app`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        psk: str | None,
+        max_body_size: int,
+        max_message_size: int,
+        close_grace: float,
+    ) -> None:
+        self.engine = engine
+        self.metrics = EngineMetrics(engine)
+        self.max_body_size = max_body_size
+        self.max_message_size = max_message_size
+        self._close_grace = close_grace
+        self._verifier = TokenVerifier(psk) if psk else None
+        self._encoder = _Encoder()
+        self._connections: dict[str, _Connection] = {}
+        self._stop_observing = engine.add_observer(self._observe)
+        self._router = Starlette(
+            routes=self._routes(),
+            exception_handlers={
+                BadInput: self._bad_input,
+                HTTPException: self._http_exception,
+            },
+        )
+
+    def close(self) -> None:
+        """Stop observing the engine (the app serves nothing useful after this)."""
+        self._stop_observing()
+        self.metrics.close()
+
+    # ------------------------------------------------------------ ASGI entry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind in ("http", "websocket"):
+            if self._verifier is not None and scope["path"] not in PUBLIC_PATHS:
+                try:
+                    await self._verifier.verify(bearer_token(_header(scope, b"authorization")))
+                except AuthError as error:
+                    await self._deny(
+                        scope,
+                        receive,
+                        send,
+                        401,
+                        {"error": "unauthorized", "problems": [str(error)]},
+                        {"WWW-Authenticate": "Bearer"},
+                    )
+                    return
+            if kind == "http":
+                length = _header(scope, b"content-length")
+                if length is not None and (
+                    not length.isdigit() or int(length) > self.max_body_size
+                ):
+                    problem = (
+                        f"body: more than {self.max_body_size} bytes"
+                        if length.isdigit()
+                        else f"content-length: not a number, got {length!r}"
+                    )
+                    status = 413 if length.isdigit() else 400
+                    what = "request body too large" if status == 413 else "bad content-length"
+                    response = JSONResponse({"error": what, "problems": [problem]}, status)
+                    await response(scope, receive, send)
+                    return
+        await self._router(scope, receive, send)
+
+    async def _deny(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status: int,
+        body: dict[str, Any],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer an HTTP request, or refuse a WebSocket upgrade with an HTTP status."""
+        response = JSONResponse(body, status, headers=dict(headers or {}))
+        if scope["type"] == "http":
+            await response(scope, receive, send)
+            return
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": response.raw_headers,
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": response.body})
+        else:
+            await send({"type": "websocket.close", "code": POLICY_VIOLATION})
+
+    async def _bad_input(self, request: Request, error: Exception) -> Response:
+        assert isinstance(error, BadInput)
+        return JSONResponse(error.body(), error.status)
+
+    async def _http_exception(self, request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        if error.status_code in (204, 304):
+            return Response(status_code=error.status_code, headers=error.headers)
+        return JSONResponse(
+            {"error": str(error.detail), "problems": []}, error.status_code, headers=error.headers
+        )
+
+    def _routes(self) -> list[BaseRoute]:
+        return [
+            Route("/system/ping", self.ping, methods=["GET"]),
+            Route("/system/ready", self.ready, methods=["GET"]),
+            Route("/metrics", self.get_metrics, methods=["GET"]),
+            Route("/subscribers", self.list_subscribers, methods=["GET"]),
+            Route("/subscribers/for/{message_type}", self.subscribers_for, methods=["GET"]),
+            Route("/subscriber/{id}", self.get_subscriber, methods=["GET"]),
+            Route("/subscriber/{id}", self.put_subscriber, methods=["PUT"]),
+            Route("/subscriber/{id}", self.delete_subscriber, methods=["DELETE"]),
+            Route("/subscriber/{id}/{message_type}", self.subscribe, methods=["POST"]),
+            Route("/subscriber/{id}/{message_type}", self.unsubscribe, methods=["DELETE"]),
+            WebSocketRoute("/subscriber/{id}/handle", _WebSocketEndpoint(self.handle_subscriber)),
+            WebSocketRoute("/events", _WebSocketEndpoint(self.handle_events)),
+            Route("/configs", self.list_configs, methods=["GET"]),
+            Route("/config/{id}", self.get_config, methods=["GET"]),
+            Route("/config/{id}", self.put_config, methods=["PUT"]),
+            Route("/config/{id}", self.patch_config, methods=["PATCH"]),
+            Route("/config/{id}", self.delete_config, methods=["DELETE"]),
+            Route("/workflows", self.list_workflows, methods=["GET"]),
+            Route("/workflow/{id}", self.get_workflow, methods=["GET"]),
+            Route("/workflow/{id}/run", self.run_workflow, methods=["POST"]),
+            Route("/tasks", self.list_tasks, methods=["GET"]),
+            Route("/task/{id}", self.get_task, methods=["GET"]),
+            Route("/task/{id}", self.stop_task, methods=["DELETE"]),
+        ]
+
+    async def _json_body(self, request: Request) -> Any:
+        size = 0
+        chunks = []
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_size:
+                raise BadInput(
+                    413, "request body too large", [f"body: more than {self.max_body_size} bytes"]
+                )
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        if not body.strip():
+            raise BadInput(400, "invalid JSON body", ["body: empty, expected JSON"])
+        try:
+            return parse_json(body)
+        except ValueError as error:
+            raise BadInput(400, "invalid JSON body", [f"body: {error}"]) from None
+
+    # ------------------------------------------------------------ health and metrics
+
+    async def ping(self, request: Request) -> Response:
+        return PlainTextResponse("pong")
+
+    async def ready(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def get_metrics(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    # ------------------------------------------------------------ subscribers
+
+    async def list_subscribers(self, request: Request) -> Response:
+        return JSONResponse([s.to_json() for s in self.engine.subscribers])
+
+    async def subscribers_for(self, request: Request) -> Response:
+        message_type = request.path_params["message_type"]
+        return JSONResponse([s.to_json() for s in self.engine.subscribers.for_type(message_type)])
+
+    async def get_subscriber(self, request: Request) -> Response:
+        subscriber_id = request.path_params["id"]
+        subscriber = self.engine.subscribers.get(subscriber_id)
+        if subscriber is None:
+            raise BadInput(404, f"unknown subscriber {subscriber_id!r}")
+        return JSONResponse(subscriber.to_json())
+
+    async def put_subscriber(self, request: Request) -> Response:
+        body = await self._json_body(request)
+        if not isinstance(body, list):
+            raise BadInput(
+                400,
+                "invalid subscriptions",
+                [f"body: must be a list of subscriptions, got {_describe(body)}"],
+            )
+        subscriptions = []
+        problems: list[str] = []
+        for index, item in enumerate(body):
+            try:
+                subscriptions.append(structure_strict(item, _Subscription))
+            except InvalidInputError as error:
+                problems.extend(str(p) for p in error.with_prefix(f"[{index}]").problems)
+        if problems:
+            raise BadInput(400, "invalid subscriptions", problems)
+        subscriber = self._checked(
+            lambda: self.engine.set_subscriptions(request.path_params["id"], subscriptions)
+        )
+        return JSONResponse(subscriber.to_json())
+
+    async def delete_subscriber(self, request: Request) -> Response:
+        subscriber_id = request.path_params["id"]
+        if not self.engine.remove_subscriber(subscriber_id):
+            raise BadInput(404, f"unknown subscriber {subscriber_id!r}")
+        return Response(status_code=204)
+
+    async def subscribe(self, request: Request) -> Response:
+        query = request.query_params
+        problems: list[str] = []
+        timeout: float = 60.0
+        raw = query.get("timeout")
+        if raw is not None:
+            try:
+                timeout = float(raw)
+            except ValueError:
+                problems.append(f"timeout: must be a number of seconds, got {raw!r}")
+            else:
+                if not 0 < timeout < float("inf"):
+                    problems.append(f"timeout: must be > 0, got {raw!r}")
+        if problems:
+            raise BadInput(400, "invalid subscription", problems)
+        wait = query.get("wait_for_completion", "true").lower() != "false"
+        subscriber = self._checked(
+            lambda: self.engine.subscribe(
+                request.path_params["id"],
+                request.path_params["message_type"],
+                wait_for_completion=wait,
+                timeout=int(timeout) if timeout.is_integer() else timeout,
+            )
+        )
+        return JSONResponse(subscriber.to_json())
+
+    async def unsubscribe(self, request: Request) -> Response:
+        subscriber_id = request.path_params["id"]
+        subscriber = self.engine.unsubscribe(subscriber_id, request.path_params["message_type"])
+        if subscriber is None:
+            raise BadInput(404, f"unknown subscriber {subscriber_id!r}")
+        return JSONResponse(subscriber.to_json())
+
+    @staticmethod
+    def _checked(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except InvalidInputError as error:
+            raise BadInput(400, "invalid input", [str(p) for p in error.problems]) from None
+
+    # ------------------------------------------------------------ configs
+
+    async def list_configs(self, request: Request) -> Response:
+        return JSONResponse(self.engine.configs.ids())
+
+    async def get_config(self, request: Request) -> Response:
+        config_id = request.path_params["id"]
+        config = self.engine.configs.get(config_id)
+        if config is None:
+            raise BadInput(404, f"unknown config {config_id!r}")
+        return JSONResponse(dict(config.data), headers={REVISION_HEADER: config.revision})
+
+    def _if_match(self, request: Request) -> str | None:
+        value = request.headers.get("if-match")
+        if value is None:
+            return None
+        value = value.strip()
+        if value.startswith("W/"):
+            value = value[2:]
+        value = value.strip('"')
+        if value == "*":
+            current = self.engine.configs.get(request.path_params["id"])
+            return current.revision if current is not None else "*"
+        return value
+
+    async def _write_config(self, request: Request, *, patch: bool) -> Response:
+        config_id = request.path_params["id"]
+        body = await self._json_body(request)
+        if not isinstance(body, dict):
+            raise BadInput(
+                400, "invalid config", [f"body: must be a JSON object, got {_describe(body)}"]
+            )
+        configs = self.engine.configs
+        write = configs.patch if patch else configs.put
+        try:
+            config = write(config_id, body, if_match=self._if_match(request))
+        except ConfigConflict as error:
+            raise BadInput(409, str(error), extra={"revision": error.actual}) from None
+        except InvalidInputError as error:
+            raise BadInput(400, "invalid config", [str(p) for p in error.problems]) from None
+        return JSONResponse(dict(config.data), headers={REVISION_HEADER: config.revision})
+
+    async def put_config(self, request: Request) -> Response:
+        return await self._write_config(request, patch=False)
+
+    async def patch_config(self, request: Request) -> Response:
+        return await self._write_config(request, patch=True)
+
+    async def delete_config(self, request: Request) -> Response:
+        config_id = request.path_params["id"]
+        if_match = self._if_match(request)
+        if if_match is None and self.engine.configs.get(config_id) is None:
+            raise BadInput(404, f"unknown config {config_id!r}")
+        try:
+            self.engine.configs.delete(config_id, if_match=if_match)
+        except ConfigConflict as error:
+            raise BadInput(409, str(error), extra={"revision": error.actual}) from None
+        return Response(status_code=204)
+
+    # ------------------------------------------------------------ workflows and tasks
+
+    async def list_workflows(self, request: Request) -> Response:
+        engine = self.engine
+        out = []
+        for workflow_id, workflow in sorted(engine.workflows.items()):
+            declared = unstructure_declaration(workflow)
+            next_run = engine.next_run(workflow_id)
+            out.append(
+                {
+                    "id": workflow_id,
+                    "name": workflow.name,
+                    "kind": "job" if engine.is_job(workflow_id) else "workflow",
+                    "description": workflow.description,
+                    "steps": [step.name for step in workflow.steps],
+                    "surpass": workflow.surpass.value,
+                    "triggers": declared.get("triggers", []),
+                    "schedules": [
+                        {"cron": t.cron, "timezone": t.timezone}
+                        for t in engine.schedules(workflow_id)
+                    ],
+                    "next_run": _time(next_run),
+                }
+            )
+        return JSONResponse(out)
+
+    async def get_workflow(self, request: Request) -> Response:
+        workflow_id = request.path_params["id"]
+        workflow = self.engine.workflows.get(workflow_id)
+        if workflow is None:
+            raise BadInput(404, f"unknown workflow {workflow_id!r}")
+        return JSONResponse(unstructure_declaration(workflow))
+
+    async def run_workflow(self, request: Request) -> Response:
+        workflow_id = request.path_params["id"]
+        try:
+            result = self.engine.start_workflow(workflow_id, reason="api")
+        except UnknownWorkflowError:
+            raise BadInput(404, f"unknown workflow {workflow_id!r}") from None
+        body = {
+            "workflow": result.workflow,
+            "decision": result.decision.value,
+            "task_id": result.task_id,
+            "replaced": list(result.replaced),
+            "reason": result.reason,
+        }
+        return JSONResponse(body, 202 if result.task_id is not None else 200)
+
+    async def list_tasks(self, request: Request) -> Response:
+        return JSONResponse([task_json(task) for task in self.engine.tasks()])
+
+    async def get_task(self, request: Request) -> Response:
+        task_id = request.path_params["id"]
+        try:
+            task = self.engine.task(task_id)
+        except UnknownTaskError:
+            raise BadInput(404, f"unknown task {task_id!r}") from None
+        return JSONResponse(task_json(task))
+
+    async def stop_task(self, request: Request) -> Response:
+        task_id = request.path_params["id"]
+        try:
+            stopped = self.engine.stop_task(task_id, reason="stopped through the API")
+        except UnknownTaskError:
+            raise BadInput(404, f"unknown task {task_id!r}") from None
+        return JSONResponse({"task_id": task_id, "stopped": stopped})
+
+    # ------------------------------------------------------------ WebSockets
+
+    async def handle_subscriber(self, scope: Scope, receive: Receive, send: Send) -> None:
+        subscriber_id = scope["path_params"]["id"]
+        subscriber = self.engine.subscribers.get(subscriber_id)
+        if subscriber is None or not subscriber.subscriptions:
+            what = "unknown" if subscriber is None else "without subscriptions"
+            await self._deny(
+                scope,
+                receive,
+                send,
+                404,
+                {"error": f"subscriber {subscriber_id!r} is {what}", "problems": []},
+            )
+            return
+        try:
+            listener = self.engine.connect(subscriber_id=subscriber_id)
+        except ListenerError:
+            await self._deny(
+                scope,
+                receive,
+                send,
+                429,
+                {"error": f"subscriber {subscriber_id!r} is already connected", "problems": []},
+            )
+            return
+        await self._session(scope, receive, send, listener)
+
+    async def handle_events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        show = None
+        for key, value in _query(scope):
+            if key == "show":
+                show = [t.strip() for t in value.split(",") if t.strip()] or None
+        listener = self.engine.connect(message_types=show)
+        await self._session(scope, receive, send, listener)
+
+    async def _session(
+        self, scope: Scope, receive: Receive, send: Send, listener: Listener
+    ) -> None:
+        state = scope.get("state") or {}
+        conn = _Connection(listener, send, state.get(STREAM_KEY))
+        try:
+            connect = await receive()
+            if connect["type"] != "websocket.connect":
+                return
+            await send({"type": "websocket.accept"})
+            async with trio.open_nursery() as outer:
+                conn.outer = outer
+                self._connections[listener.id] = conn
+                async with trio.open_nursery() as inner:
+                    conn.inner = inner
+                    inner.start_soon(self._send_loop, conn)
+                    close = await self._receive_loop(conn, receive)
+                    if close is not None:
+                        conn.stop(*close)
+                    inner.cancel_scope.cancel()
+                if conn.close is not None and not conn.client_gone:
+                    code, reason = conn.close
+                    if code != NORMAL:
+                        logger.info("closing %s with %d: %s", listener.id, code, reason)
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
+                outer.cancel_scope.cancel()
+        finally:
+            if self._connections.get(listener.id) is conn:
+                del self._connections[listener.id]
+            self.engine.disconnect(listener)
+
+    async def _send_loop(self, conn: _Connection) -> None:
+        listener = conn.listener
+        send = conn.send
+        text = self._encoder.text
+        try:
+            async for message in listener:
+                await send({"type": "websocket.send", "text": text(message)})
+        except ListenerDropped:
+            conn.stop(POLICY_VIOLATION, TOO_SLOW)
+        else:
+            if listener.dropped == ENGINE_CLOSED:
+                conn.stop(GOING_AWAY, "the engine closed")
+            else:
+                conn.stop(NORMAL, "")
+
+    async def _receive_loop(self, conn: _Connection, receive: Receive) -> tuple[int, str] | None:
+        while True:
+            message: ASGIMessage = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                if text is None:
+                    try:
+                        text = bytes(message.get("bytes") or b"").decode("utf-8")
+                    except UnicodeDecodeError:
+                        return (INVALID_DATA, "frame is not valid UTF-8")
+                close = self._handle_frame(conn, text)
+                if close is not None:
+                    return close
+            elif kind == "websocket.disconnect":
+                conn.client_gone = True
+                return None
+
+    def _handle_frame(self, conn: _Connection, text: str) -> tuple[int, str] | None:
+        """Publish one frame's message; return (code, reason) to close the connection."""
+        if len(text) > self.max_message_size:
+            return (TOO_BIG, f"message larger than {self.max_message_size} bytes")
+        try:
+            value = parse_json(text)
+        except ValueError as error:
+            return (INVALID_DATA, f"not JSON: {error}")
+        if not isinstance(value, dict):
+            return (POLICY_VIOLATION, f"a message must be a JSON object, got {_describe(value)}")
+        data = value.setdefault("data", {})
+        if isinstance(data, dict):
+            data["subscriber_id"] = conn.listener.id
+            now = self.engine.clock.now()
+            data["received_at"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        try:
+            message = message_from_json(value)
+        except MessageError as error:
+            return (
+                POLICY_VIOLATION,
+                "invalid message: " + "; ".join(str(p) for p in error.problems),
+            )
+        if isinstance(message, Action | ActionAbort):
+            return (POLICY_VIOLATION, f"clients may not send {message.kind.value} messages")
+        try:
+            self.engine.publish(message)
+        except PhasebusError as error:
+            return (POLICY_VIOLATION, str(error))
+        return None
+
+    def _observe(self, message: Message) -> None:
+        if message.message_type != LISTENER_DISCONNECTED or not isinstance(message, Event):
+            return
+        conn = self._connections.get(str(message.data.get("subscriber_id")))
+        if conn is not None and conn.listener.dropped == TOO_SLOW:
+            conn.stop(POLICY_VIOLATION, TOO_SLOW)
+            if conn.outer is not None:
+                conn.outer.start_soon(self._abort_later, conn)
+
+    async def _abort_later(self, conn: _Connection) -> None:
+        """Abort a dropped connection whose client does not read even the close frame."""
+        await trio.sleep(self._close_grace)
+        if conn.stream is not None:
+            logger.warning("aborting connection of %s: it does not read", conn.listener.id)
+            with contextlib.suppress(Exception):
+                await trio.aclose_forcefully(conn.stream)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _query(scope: Scope) -> list[tuple[str, str]]:
+    raw = bytes(scope.get("query_string", b"")).decode("latin-1")
+    return parse_qsl(raw, keep_blank_values=True)
+
+
+def create_app(
+    engine: Engine,
+    *,
+    psk: str | None = None,
+    max_body_size: int = DEFAULT_MAX_BODY,
+    max_message_size: int = DEFAULT_MAX_MESSAGE,
+    close_grace: float = 2.0,
+) -> PhasebusApp:
+    """Return the ASGI application serving ``engine`` (PROTOCOL.md).
+
+    Args:
+        engine: the engine to serve.
+        psk: the pre-shared key; when set, every request but the health
+            checks needs ``Authorization: Bearer <jwt>``.
+        max_body_size: largest request body, in bytes (larger ones get 413).
+        max_message_size: largest WebSocket message, in bytes (larger ones
+            close the connection with 1009). Give the server the same limit.
+        close_grace: seconds a dropped connection has to take its close frame
+            before its socket is aborted.
+
+    Call :meth:`PhasebusApp.close` when done, to stop observing the engine.
+    """
+    return PhasebusApp(
+        engine,
+        psk=psk,
+        max_body_size=max_body_size,
+        max_message_size=max_message_size,
+        close_grace=close_grace,
+    )
