@@ -229,19 +229,29 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def serve_options(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Return the keyword arguments of :func:`serve` for parsed ``phasebus serve`` options.
+
+    The PSK is ``--psk``, else the environment variable ``PHASEBUS_PSK``, else none.
+    """
+    environ = os.environ if environ is None else environ
+    return {
+        "host": args.host,
+        "port": args.port,
+        "psk": args.psk if args.psk is not None else environ.get(PSK_VARIABLE) or None,
+        "workflows_dir": args.workflows,
+        "demo": args.demo,
+        "store": args.store,
+    }
+
+
 async def serve_command(args: argparse.Namespace) -> int:
     """Carry out ``phasebus serve`` inside trio; return the exit status."""
-    psk = args.psk if args.psk is not None else os.environ.get(PSK_VARIABLE) or None
     status = 0
     try:
-        await serve(
-            host=args.host,
-            port=args.port,
-            psk=psk,
-            workflows_dir=args.workflows,
-            demo=args.demo,
-            store=args.store,
-        )
+        await serve(**serve_options(args))
     except* PhasebusError as group:
         _report(group)
         status = 2

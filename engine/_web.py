@@ -415,13 +415,16 @@ class PhasebusApp:
     async def _json_body(self, request: Request) -> Any:
         size = 0
         chunks = []
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_size:
-                raise BadInput(
-                    413, "request body too large", [f"body: more than {self.max_body_size} bytes"]
-                )
-            chunks.append(chunk)
+        async with contextlib.aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > self.max_body_size:
+                    raise BadInput(
+                        413,
+                        "request body too large",
+                        [f"body: more than {self.max_body_size} bytes"],
+                    )
+                chunks.append(chunk)
         body = b"".join(chunks)
         if not body.strip():
             raise BadInput(400, "invalid JSON body", ["body: empty, expected JSON"])

@@ -316,10 +316,9 @@ async def test_200_events_listeners_all_receive_every_event_of_a_run() -> None:
 async def test_listener_that_stops_reading_is_dropped_without_slowing_the_run() -> None:
     async with running_server(workflows=[quick_workflow()], listener_buffer=32) as server:
         engine = server.engine
-        host, port = server.url.removeprefix("http://").split(":")
         stalled = trio.socket.socket()
         stalled.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-        await stalled.connect((host, int(port)))
+        await stalled.connect(server.address)
         await stalled.send(
             b"GET /events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"

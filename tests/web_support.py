@@ -38,24 +38,43 @@ class Server:
     def ws_url(self) -> str:
         return "ws" + self.url.removeprefix("http")
 
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)
+
     @asynccontextmanager
     async def websocket(
         self, path: str, *, headers: Iterable[tuple[bytes, bytes]] | None = None
     ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-        async with trio_websocket.open_websocket_url(
-            self.ws_url + path,
-            extra_headers=list(self.headers if headers is None else headers),
-            connect_timeout=5,
-            disconnect_timeout=2,
-        ) as ws:
-            yield ws
+        """Open a WebSocket with trio-websocket (on a stream of ours: the library leaves
+        its own client stream open when the server closes first)."""
+        host, port = self.address
+        stream = await trio.open_tcp_stream(host, port)
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    stream,
+                    host,
+                    path,
+                    extra_headers=list(self.headers if headers is None else headers),
+                )
+                try:
+                    yield ws
+                finally:
+                    with trio.move_on_after(2):
+                        await ws.aclose()  # cancelled at once when the caller is
+                    nursery.cancel_scope.cancel()
+        finally:
+            await stream.aclose()
 
     async def rejection(
         self, path: str, *, headers: Iterable[tuple[bytes, bytes]] | None = None
     ) -> trio_websocket.ConnectionRejected:
         """Try to open a WebSocket that the server must refuse; return the refusal."""
-        host, port = self.url.removeprefix("http://").rsplit(":", 1)
-        stream = await trio.open_tcp_stream(host, int(port))
+        host, port = self.address
+        stream = await trio.open_tcp_stream(host, port)
         refusals: list[trio_websocket.ConnectionRejected] = []
         try:
             async with trio.open_nursery() as nursery:
