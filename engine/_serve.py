@@ -15,6 +15,7 @@ import argparse
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -248,10 +249,23 @@ def serve_options(
 
 
 async def serve_command(args: argparse.Namespace) -> int:
-    """Carry out ``phasebus serve`` inside trio; return the exit status."""
+    """Carry out ``phasebus serve`` inside trio; return the exit status.
+
+    SIGTERM stops the server cleanly (status 0); so does Ctrl-C in :func:`run_serve` (130).
+    """
     status = 0
     try:
-        await serve(**serve_options(args))
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        logger.info("stopping: SIGTERM")
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                await serve(**serve_options(args))
+                nursery.cancel_scope.cancel()
     except* PhasebusError as group:
         _report(group)
         status = 2
@@ -274,7 +288,9 @@ def run_serve(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="phasebus: %(levelname)s: %(message)s")
     try:
         return trio.run(serve_command, args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BaseExceptionGroup) as error:
+        if isinstance(error, BaseExceptionGroup) and error.split(KeyboardInterrupt)[1] is not None:
+            raise
         return 130
 
 

@@ -163,7 +163,8 @@ def _close_reason(text: str) -> str:
 
 
 class _Encoder:
-    """The JSON text of recently sent messages, so each is encoded once for all connections.
+    """The ASGI send events of recently sent messages, so that each message is encoded
+    once for all connections (the events are shared and never changed).
 
     Entries are keyed by the message's id and hold the message itself, so an
     id cannot be reused while its entry lives.
@@ -171,18 +172,19 @@ class _Encoder:
 
     def __init__(self, size: int = 4096) -> None:
         self._size = size
-        self._texts: OrderedDict[int, tuple[Message, str]] = OrderedDict()
+        self._events: OrderedDict[int, tuple[Message, ASGIMessage]] = OrderedDict()
 
-    def text(self, message: Message) -> str:
+    def event(self, message: Message) -> ASGIMessage:
         key = id(message)
-        entry = self._texts.get(key)
+        entry = self._events.get(key)
         if entry is not None and entry[0] is message:
             return entry[1]
         text = json.dumps(message.to_json(), separators=(",", ":"), default=str)
-        self._texts[key] = (message, text)
-        if len(self._texts) > self._size:
-            self._texts.popitem(last=False)
-        return text
+        event = {"type": "websocket.send", "text": text}
+        self._events[key] = (message, event)
+        if len(self._events) > self._size:
+            self._events.popitem(last=False)
+        return event
 
 
 def _time(value: Any) -> str | None:
@@ -724,15 +726,21 @@ class PhasebusApp:
     async def _send_loop(self, conn: _Connection) -> None:
         listener = conn.listener
         send = conn.send
-        text = self._encoder.text
+        event = self._encoder.event
         try:
-            async for message in listener:
-                await send({"type": "websocket.send", "text": text(message)})
+            while True:
+                # take what is buffered without a scheduling round per message: each
+                # send is a checkpoint already
+                try:
+                    message = listener.receive_nowait()
+                except trio.WouldBlock:
+                    message = await listener.receive()
+                await send(event(message))
         except ListenerDropped:
-            conn.stop(POLICY_VIOLATION, TOO_SLOW)
-        else:
             if listener.dropped == ENGINE_CLOSED:
                 conn.stop(GOING_AWAY, "the engine closed")
+            elif listener.dropped == TOO_SLOW:
+                conn.stop(POLICY_VIOLATION, TOO_SLOW)
             else:
                 conn.stop(NORMAL, "")
 
