@@ -2,7 +2,7 @@
 
 :func:`create_app` returns an ASGI application (Starlette routes behind a
 small authentication and body-size layer). Serve it with
-:func:`engine.serve_app` (Hypercorn's trio server) or any ASGI server.
+:func:`engine._serve.serve_app` (Hypercorn's protocol on trio) or any ASGI server.
 
 Every WebSocket connection is one bus listener with one sender task that
 reads the listener and writes frames; frames are encoded once per message,
@@ -401,6 +401,7 @@ class PhasebusApp:
             Route("/subscriber/{id}/{message_type}", self.unsubscribe, methods=["DELETE"]),
             WebSocketRoute("/subscriber/{id}/handle", _WebSocketEndpoint(self.handle_subscriber)),
             WebSocketRoute("/events", _WebSocketEndpoint(self.handle_events)),
+            WebSocketRoute("/{path:path}", _WebSocketEndpoint(self.no_websocket)),
             Route("/configs", self.list_configs, methods=["GET"]),
             Route("/config/{id}", self.get_config, methods=["GET"]),
             Route("/config/{id}", self.put_config, methods=["PUT"]),
@@ -683,6 +684,10 @@ class PhasebusApp:
             )
             return
         await self._session(scope, receive, send, listener)
+
+    async def no_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = {"error": f"no WebSocket at {scope['path']}", "problems": []}
+        await self._deny(scope, receive, send, 404, body)
 
     async def handle_events(self, scope: Scope, receive: Receive, send: Send) -> None:
         show = None
