@@ -285,7 +285,8 @@ def _report(group: BaseExceptionGroup[Any]) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """Carry out ``phasebus serve`` (starts trio); return the exit status."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="phasebus: %(levelname)s: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="phasebus: %(levelname)s: %(message)s")
+        logging.getLogger("engine").setLevel(logging.INFO)
     try:
         return trio.run(serve_command, args)
     except (KeyboardInterrupt, BaseExceptionGroup) as error:

@@ -804,7 +804,8 @@ class PhasebusApp:
         if conn is not None and conn.listener.dropped == TOO_SLOW:
             conn.stop(POLICY_VIOLATION, TOO_SLOW)
             if conn.outer is not None:
-                conn.outer.start_soon(self._abort_later, conn)
+                with contextlib.suppress(RuntimeError):  # the connection is closing already
+                    conn.outer.start_soon(self._abort_later, conn)
 
     async def _abort_later(self, conn: _Connection) -> None:
         """Abort a dropped connection whose client does not read even the close frame."""
