@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,19 @@ from rich.text import Text
 from machines import BUILTIN_WORKFLOWS
 
 from ._bus import Listener
+from ._client import (
+    DEFAULT_URL,
+    PSK_VARIABLE,
+    URL_VARIABLE,
+    fetch,
+    now_utc,
+    render_finished,
+    render_ledger,
+    render_running,
+    render_task,
+    server_psk,
+    server_url,
+)
 from ._definitions import (
     CronTrigger,
     Declarations,
@@ -47,6 +61,7 @@ from ._engine import TASK_END, Engine, TaskResult, open_engine
 from ._errors import DeclarationError, PhasebusError, Problem
 from ._machine import Outcome
 from ._messages import Event
+from ._serve import add_serve_arguments, serve_command
 from ._view import LiveView
 
 logger = logging.getLogger(__name__)
@@ -284,6 +299,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("--json", action="store_true", help="print JSON")
     workflows_option(preview)
+
+    def server_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--url",
+            help=f"the server (default ${URL_VARIABLE}, else {DEFAULT_URL})",
+        )
+        sub.add_argument("--psk", help=f"pre-shared key to sign requests (default ${PSK_VARIABLE})")
+        sub.add_argument("--json", action="store_true", help="print the server's JSON")
+
+    tasks = commands.add_parser(
+        "tasks",
+        help="show a server's running tasks and who they wait for",
+        description="Show each running task of a server: its current step, the listeners still "
+        "owed an answer, when each was last heard from, the deadline, and whether it stalled.",
+    )
+    server_options(tasks)
+    one = commands.add_parser(
+        "task", help="show one task of a server", description="Show one task, running or finished."
+    )
+    one.add_argument("task_id", metavar="TASK")
+    server_options(one)
+    history = commands.add_parser(
+        "history",
+        help="list a server's finished tasks",
+        description="List finished tasks, newest first.",
+    )
+    history.add_argument("--workflow", help="only this workflow")
+    history.add_argument(
+        "--outcome", choices=[o.value for o in Outcome], help="only tasks that ended so"
+    )
+    history.add_argument(
+        "--since", type=_moment, metavar="TIME", help="ended at or after (ISO 8601)"
+    )
+    history.add_argument(
+        "--limit", type=_count, default=20, metavar="N", help="at most N tasks (default 20)"
+    )
+    server_options(history)
+    serve_parser = commands.add_parser(
+        "serve",
+        help="serve the HTTP and WebSocket API (Resoto's protocol)",
+        description="Run the engine and serve its API: subscribers, WebSockets, configs, "
+        "workflows, tasks, health and metrics. State is kept in --store across restarts.",
+    )
+    add_serve_arguments(serve_parser)
+    listing.add_argument(
+        "--url",
+        help="ask this server instead: schedules in force, next runs and recent schedule firings",
+    )
+    listing.add_argument("--psk", help=f"pre-shared key to sign requests (default ${PSK_VARIABLE})")
     return parser
 
 
@@ -613,6 +677,48 @@ def _check(
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- asking a server
+
+
+async def ask_server(args: argparse.Namespace, *, stdout: TextIO) -> int:
+    """Carry out ``tasks``, ``task``, ``history`` or ``workflows --url``."""
+    url, psk = server_url(args.url), server_psk(args.psk)
+    if args.command == "workflows":
+        workflows = await fetch(url, "/workflows", psk)
+        if args.json:
+            stdout.write(json.dumps(workflows, indent=2) + "\n")
+        else:
+            render_ledger(workflows, stdout)
+        return EXIT_OK
+    if args.command == "task":
+        task = await fetch(url, f"/task/{urllib.parse.quote(args.task_id, safe='')}", psk)
+        if args.json:
+            stdout.write(json.dumps(task, indent=2) + "\n")
+        else:
+            render_task(task, now_utc(), stdout)
+        return EXIT_OK
+    if args.command == "tasks":
+        tasks = await fetch(url, "/tasks", psk, {"limit": "0"})
+        running = [t for t in tasks if t.get("running")]
+        if args.json:
+            stdout.write(json.dumps(running, indent=2) + "\n")
+        else:
+            render_running(running, now_utc(), stdout)
+        return EXIT_OK
+    query = {"limit": str(args.limit)}
+    for key in ("workflow", "outcome"):
+        if getattr(args, key) is not None:
+            query[key] = getattr(args, key)
+    if args.since is not None:
+        query["since"] = args.since.isoformat()
+    finished = [t for t in await fetch(url, "/tasks", psk, query) if not t.get("running")]
+    if args.json:
+        stdout.write(json.dumps(finished, indent=2) + "\n")
+    else:
+        render_finished(finished, stdout)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- schedule preview
 
 
@@ -717,6 +823,12 @@ async def _dispatch(
 ) -> int:
     if args.command == "validate":
         return validate(args.files, stdout=stdout)
+    if args.command == "serve":
+        return await serve_command(args)
+    if args.command in ("tasks", "task", "history") or (
+        args.command == "workflows" and args.url is not None
+    ):
+        return await ask_server(args, stdout=stdout)
     catalog = load_catalog(args.workflows)
     if args.command == "workflows":
         text_console = Console(file=stdout, highlight=False, soft_wrap=True)

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,6 +34,7 @@ from ._config import CORE_CONFIG
 from ._definitions import Declarations, Job, Workflow
 from ._engine import Engine, open_engine
 from ._errors import PhasebusError
+from ._store import Store, open_store
 from ._web import DEFAULT_MAX_MESSAGE, STREAM_KEY, create_app
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,10 @@ DEFAULT_PORT = 8900
 PSK_VARIABLE = "PHASEBUS_PSK"
 
 #: The stores ``--store`` accepts (more come with persistent storage).
-STORES = ("memory",)
+#: The store ``phasebus serve`` uses unless told otherwise: a file in the working directory.
+DEFAULT_STORE = "phasebus.sqlite3"
+#: Days finished tasks are kept unless told otherwise.
+DEFAULT_RETENTION_DAYS = 60
 
 
 def _hypercorn_config(max_message_size: int) -> HypercornConfig:
@@ -150,24 +155,57 @@ async def serve(
     workflows_dir: Path | None = None,
     demo: bool = False,
     store: str = "memory",
+    retention_days: float = DEFAULT_RETENTION_DAYS,
     announce: bool = True,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run an engine and serve its API until cancelled; report the base URL.
 
     The engine runs the built-in workflows and those declared in
-    ``workflows_dir``. The config ``phasebus.core`` is created with the
-    schedules in force unless it exists. With ``demo``, simulated listeners
+    ``workflows_dir``. ``store`` is the path of its SQLite store, or
+    ``memory`` to keep nothing across restarts; on start, interrupted tasks
+    resume. The config ``phasebus.core`` is created with the schedules in
+    force unless it exists. With ``demo``, simulated listeners
     answer every step of the built-in workflows. With ``announce``, the URL
     is printed on stdout once the server listens.
 
     Raises:
-        PhasebusError: a bad declaration file or an unknown store.
+        PhasebusError: a bad declaration file, or a store file that cannot be used.
     """
-    if store not in STORES:
-        raise PhasebusError(f"--store: unknown store {store!r} (available: {', '.join(STORES)})")
+    if not retention_days > 0:
+        raise PhasebusError(f"--retention: must be > 0 days, got {retention_days!r}")
     workflows, jobs = _declared(workflows_dir)
-    async with open_engine(workflows=workflows, jobs=jobs) as engine:
+    durable = open_store(store, retention=timedelta(days=retention_days))
+    try:
+        await _serve_engine(
+            workflows,
+            jobs,
+            durable,
+            host=host,
+            port=port,
+            psk=psk,
+            demo=demo,
+            announce=announce,
+            task_status=task_status,
+        )
+    finally:
+        if durable is not None:
+            durable.close()
+
+
+async def _serve_engine(
+    workflows: list[Workflow],
+    jobs: list[Job],
+    store: Store | None,
+    *,
+    host: str,
+    port: int,
+    psk: str | None,
+    demo: bool,
+    announce: bool,
+    task_status: trio.TaskStatus[str],
+) -> None:
+    async with open_engine(workflows=workflows, jobs=jobs, store=store) as engine:
         if engine.configs.get(CORE_CONFIG) is None:
             engine.configs.put(CORE_CONFIG, core_config(engine))
         app = create_app(engine, psk=psk)
@@ -210,11 +248,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"pre-shared key: require Resoto-style JWTs (default: ${PSK_VARIABLE}, else none)",
     )
     parser.add_argument(
+        "--retention",
+        type=float,
+        default=DEFAULT_RETENTION_DAYS,
+        metavar="DAYS",
+        help=f"days finished tasks are kept (default {DEFAULT_RETENTION_DAYS})",
+    )
+    parser.add_argument(
         "--store",
-        choices=STORES,
-        default="memory",
-        help="where configs, subscribers and tasks live (only 'memory' for now: "
-        "nothing survives a restart)",
+        metavar="PATH",
+        default=DEFAULT_STORE,
+        help=f"the SQLite file where configs, subscribers, tasks and history live (default "
+        f"./{DEFAULT_STORE}), or 'memory' to keep nothing across restarts",
     )
     parser.add_argument(
         "--workflows",
@@ -245,6 +290,7 @@ def serve_options(
         "workflows_dir": args.workflows,
         "demo": args.demo,
         "store": args.store,
+        "retention_days": args.retention,
     }
 
 

@@ -81,15 +81,15 @@ async def test_serve_command_reports_bad_declarations(
 
 def test_serve_arguments_and_psk_from_the_environment() -> None:
     args = parse()
-    assert (args.host, args.port, args.psk, args.store, args.demo) == (
+    assert (args.host, args.port, args.psk, args.store, args.demo, args.retention) == (
         "127.0.0.1",
         8900,
         None,
-        "memory",
+        "phasebus.sqlite3",
         False,
+        60,
     )
-    with pytest.raises(SystemExit):
-        parse("--store", "sqlite")
+    assert parse("--store", "memory").store == "memory"
 
 
 def test_the_psk_comes_from_the_option_or_the_environment() -> None:
@@ -97,13 +97,14 @@ def test_the_psk_comes_from_the_option_or_the_environment() -> None:
     assert serve_options(parse(), {"PHASEBUS_PSK": ""})["psk"] is None
     assert serve_options(parse(), {"PHASEBUS_PSK": "from-env"})["psk"] == "from-env"
     assert serve_options(parse("--psk", "given"), {"PHASEBUS_PSK": "env"})["psk"] == "given"
-    assert serve_options(parse("--port", "0", "--demo"), {}) == {
+    assert serve_options(parse("--port", "0", "--demo", "--store", "memory"), {}) == {
         "host": "127.0.0.1",
         "port": 0,
         "psk": None,
         "workflows_dir": None,
         "demo": True,
         "store": "memory",
+        "retention_days": 60,
     }
 
 
