@@ -21,6 +21,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
@@ -48,6 +49,7 @@ from ._errors import (
     UnknownTaskError,
     UnknownWorkflowError,
 )
+from ._machine import Outcome
 from ._messages import Action, ActionAbort, Event, Message, message_from_json
 from ._metrics import CONTENT_TYPE, EngineMetrics
 
@@ -82,6 +84,10 @@ _MAX_REASON = 123  # bytes of UTF-8 in a close frame's reason
 
 
 # ---------------------------------------------------------------- input
+
+
+_TASK_QUERY = frozenset({"workflow", "outcome", "since", "limit"})
+_OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
 class BadInput(PhasebusError):
@@ -202,6 +208,8 @@ def _step_json(step: StepInfo) -> dict[str, Any]:
         "answered": dict(step.answered),
         "progress": {sid: p.to_json() for sid, p in step.progress.items()},
         "errors": list(step.errors),
+        "last_heard": {sid: _time(moment) for sid, moment in step.last_heard.items()},
+        "stalled": step.stalled,
     }
 
 
@@ -612,6 +620,9 @@ class PhasebusApp:
                         for t in engine.schedules(workflow_id)
                     ],
                     "next_run": _time(next_run),
+                    "ledger": [
+                        firing.to_json() for firing in engine.schedule_ledger(workflow_id)[-10:]
+                    ],
                 }
             )
         return JSONResponse(out)
@@ -639,7 +650,51 @@ class PhasebusApp:
         return JSONResponse(body, 202 if result.task_id is not None else 200)
 
     async def list_tasks(self, request: Request) -> Response:
-        return JSONResponse([task_json(task) for task in self.engine.tasks()])
+        """The running tasks, then finished ones (newest first), filtered by the query.
+
+        Query: ``workflow``, ``outcome`` (only finished tasks then), ``since``
+        (ISO 8601 with a UTC offset: finished tasks that ended then or later)
+        and ``limit`` (finished tasks, default 100, at most 10000).
+        """
+        params = request.query_params
+        problems = [f"{key}: unknown query parameter" for key in params if key not in _TASK_QUERY]
+        workflow = params.get("workflow") or None
+        outcome = params.get("outcome") or None
+        if outcome is not None and outcome not in _OUTCOMES:
+            problems.append(f"outcome: must be one of {', '.join(_OUTCOMES)}, got {outcome!r}")
+        since = None
+        if params.get("since"):
+            try:
+                since = datetime.fromisoformat(params["since"])
+            except ValueError:
+                problems.append(f"since: not an ISO 8601 time: {params['since']!r}")
+            else:
+                if since.tzinfo is None:
+                    problems.append(f"since: needs a UTC offset: {params['since']!r}")
+        limit = 100
+        if params.get("limit"):
+            text = params["limit"]
+            if not text.isdigit() or int(text) > 10_000:
+                problems.append(f"limit: must be a whole number from 0 to 10000, got {text!r}")
+            else:
+                limit = int(text)
+        if problems:
+            raise BadInput(400, "bad query", problems)
+        running = (
+            []
+            if outcome is not None
+            else [
+                task_json(task)
+                for task in self.engine.tasks()
+                if workflow is None or task.workflow == workflow
+            ]
+        )
+        finished = (
+            self.engine.history(workflow=workflow, outcome=outcome, since=since, limit=limit)
+            if limit
+            else []
+        )
+        return JSONResponse(running + [task_json(result) for result in finished])
 
     async def get_task(self, request: Request) -> Response:
         task_id = request.path_params["id"]
