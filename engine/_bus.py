@@ -367,12 +367,20 @@ class Bus:
         self.listeners: set[Listener] = set()
         #: How many listeners were dropped for being too slow.
         self.dropped_count = 0
-        #: Callables that see every published message first (metrics, storage).
-        self.observers: list[Callable[[Message], None]] = []
+        #: Callables that see published messages first (metrics, storage), each with
+        #: the message types and kinds it wants (None: all).
+        self.observers: list[
+            tuple[Callable[[Message], None], frozenset[str] | None, frozenset[Kind] | None]
+        ] = []
 
     def has_listeners(self, message_type: str) -> bool:
         """Tell whether any listener may receive messages of ``message_type``."""
-        return bool(self._all or self.observers or self._by_type.get(message_type))
+        if self._all or self._by_type.get(message_type):
+            return True
+        return any(
+            (types is None or message_type in types) and (kinds is None or Kind.EVENT in kinds)
+            for _, types, kinds in self.observers
+        )
 
     def listener_for(self, subscriber_id: str) -> Listener | None:
         """Return the connected listener of a subscriber, or None."""
@@ -416,8 +424,11 @@ class Bus:
         With ``subscribers``, the listeners of subscribers receive it only if
         their subscriber is one of those (other listeners as usual).
         """
-        for observer in self.observers:
-            observer(message)
+        for observer, types, kinds in self.observers:
+            if (types is None or message.message_type in types) and (
+                kinds is None or message.kind in kinds
+            ):
+                observer(message)
         slow = None
         for group in (self._by_type.get(message.message_type), self._all):
             if not group:

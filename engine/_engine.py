@@ -69,6 +69,7 @@ from ._messages import (
     ActionInfo,
     ActionProgress,
     Event,
+    Kind,
     Message,
     Progress,
     ProgressLeaf,
@@ -707,14 +708,27 @@ class Engine:
         """The connected listeners."""
         return sorted(self._bus.listeners, key=lambda listener: listener.id)
 
-    def add_observer(self, observer: Callable[[Message], None]) -> Callable[[], None]:
-        """Call ``observer`` with every message published, before any listener gets it.
+    def add_observer(
+        self,
+        observer: Callable[[Message], None],
+        *,
+        message_types: Iterable[str] | None = None,
+        kinds: Iterable[Kind] | None = None,
+    ) -> Callable[[], None]:
+        """Call ``observer`` with each message published, before any listener gets it.
 
+        Only messages of ``message_types`` and ``kinds`` are observed (all when
+        None): events that nobody observes or listens to are not even built.
         An observer must be quick and must not raise. Returns a function that
         removes it.
         """
-        self._bus.observers.append(observer)
-        return lambda: self._bus.observers.remove(observer)
+        entry = (
+            observer,
+            None if message_types is None else frozenset(message_types),
+            None if kinds is None else frozenset(kinds),
+        )
+        self._bus.observers.append(entry)
+        return lambda: self._bus.observers.remove(entry)
 
     @property
     def dropped_listeners(self) -> int:

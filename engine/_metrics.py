@@ -82,11 +82,17 @@ class EngineMetrics:
             registry=self.registry,
         )
         self.registry.register(_EngineState(engine))
-        self._stop_observing = engine.add_observer(self._observe)
+        self._stop_observing = [
+            engine.add_observer(
+                self._observe, message_types=(TASK_STARTED, TASK_END), kinds=(Kind.EVENT,)
+            ),
+            engine.add_observer(self._observe, kinds=_ANSWER_KINDS),
+        ]
 
     def close(self) -> None:
         """Stop observing the engine."""
-        self._stop_observing()
+        for stop in self._stop_observing:
+            stop()
 
     def render(self) -> bytes:
         """Return the metrics in the Prometheus text format."""

@@ -50,7 +50,7 @@ from ._errors import (
     UnknownWorkflowError,
 )
 from ._machine import Outcome
-from ._messages import Action, ActionAbort, Event, Message, message_from_json
+from ._messages import Action, ActionAbort, Event, Kind, Message, message_from_json
 from ._metrics import CONTENT_TYPE, EngineMetrics
 
 logger = logging.getLogger(__name__)
@@ -305,7 +305,9 @@ class PhasebusApp:
         self._verifier = TokenVerifier(psk) if psk else None
         self._encoder = _Encoder()
         self._connections: dict[str, _Connection] = {}
-        self._stop_observing = engine.add_observer(self._observe)
+        self._stop_observing = engine.add_observer(
+            self._observe, message_types=(LISTENER_DISCONNECTED,), kinds=(Kind.EVENT,)
+        )
         self._router = Starlette(
             routes=self._routes(),
             exception_handlers={

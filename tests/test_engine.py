@@ -27,6 +27,7 @@ from engine import (
     EventTrigger,
     ExecuteCommand,
     Job,
+    Kind,
     Listener,
     ListenerDropped,
     ListenerError,
@@ -914,3 +915,12 @@ async def test_a_step_whose_listeners_stay_silent_is_reported_stalled(
             )
             assert task_id is not None
             engine.stop_task(task_id)
+
+
+async def test_observers_can_ask_for_some_messages_only(autojump_clock: trio.abc.Clock) -> None:
+    seen: list[str] = []
+    async with engine_with(one_step()) as engine:
+        engine.add_observer(lambda m: seen.append(m.message_type), message_types=["task_end"])
+        engine.add_observer(lambda m: seen.append(m.kind.value), kinds=[Kind.ACTION])
+        await engine.run_workflow("wf")
+    assert seen == ["action", "task_end"]
