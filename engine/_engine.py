@@ -24,7 +24,6 @@ from typing import Any
 
 import attrs
 import trio
-from trio.lowlevel import ParkingLot
 
 from ._bus import (
     DEFAULT_BUFFER,
@@ -211,23 +210,39 @@ class CommandContext:
 class _Run:
     task: Task
     registered: _Registered
-    lot: ParkingLot = attrs.Factory(ParkingLot)
-    ended: trio.Event = attrs.Factory(trio.Event)
+    #: The driver's trio task while it sleeps (waiting for a fact or a time).
+    sleeper: trio.lowlevel.Task | None = None
+    #: Set when the task ends; made only when someone waits for it.
+    ended: trio.Event | None = None
     stop_request: tuple[bool, str | None] | None = None
     command_scope: trio.CancelScope | None = None
     last_progress: float = float("-inf")
     progress_due: float | None = None
     timer: list[Any] | None = None
-    stall_timer: list[Any] | None = None
+    #: When to look whether the current step stalled (see _check_stall).
+    stall_due: float | None = None
     #: Restored after a restart: the current step's side effects are done again.
     replay: bool = False
     #: Facts recorded since the task was last saved (saved before anything acts on them).
     dirty: bool = False
     #: The stored form of the task's ended steps (see task_record).
-    encoded_steps: list[Any] = attrs.Factory(list)
+    encoded_steps: list[Any] | None = None
 
     def wake(self) -> None:
-        self.lot.unpark_all()
+        """Wake the driver if it sleeps (a fact arrived or a time came)."""
+        sleeper, self.sleeper = self.sleeper, None
+        if sleeper is not None:
+            trio.lowlevel.reschedule(sleeper)
+
+    async def sleep(self) -> None:
+        """Sleep until :meth:`wake` (cheaper than a lock or an event: nothing to allocate)."""
+        self.sleeper = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.sleeper = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 @attrs.define(eq=False)
@@ -929,6 +944,8 @@ class Engine:
                 return result
             run = self._running.get(task_id)
             if run is not None:
+                if run.ended is None:
+                    run.ended = trio.Event()
                 await run.ended.wait()
             elif task_id in self._queued:
                 event = self._queued[task_id].queued_event
@@ -1073,7 +1090,7 @@ class Engine:
             if self._stall_fraction is not None and step.waiting_for:
                 assert step.deadline is not None
                 window = self._stall_fraction * (step.deadline - step.entered_at)
-                self._watch_stall(run, step, max(trio.current_time(), step.entered_at + window))
+                run.stall_due = max(trio.current_time(), step.entered_at + window)
         elif isinstance(action, EmitEvent):
             self._emit(
                 action.message_type, {**action.data, "workflow": task.workflow.id, "task": task.id}
@@ -1088,17 +1105,16 @@ class Engine:
     def _save(self, run: _Run) -> None:
         run.dirty = False
         if self._store is not None:
+            if run.encoded_steps is None:
+                run.encoded_steps = []
             task = run.task
             self._store.save_task(
                 task.id, task.workflow.id, task_record(task, self.clock, run.encoded_steps)
             )
 
-    def _watch_stall(self, run: _Run, step: StepRun, when: float) -> None:
-        run.stall_timer = self._timers.schedule(when, lambda: self._check_stall(run, step))
-
     def _check_stall(self, run: _Run, step: StepRun) -> None:
-        run.stall_timer = None
-        if run.task.step is not step or step.ended_at is not None or not step.waiting_for:
+        run.stall_due = None
+        if step.ended_at is not None or not step.waiting_for:
             return
         assert self._stall_fraction is not None
         assert step.deadline is not None
@@ -1106,7 +1122,7 @@ class Engine:
         quiet_since = step.last_sign_of_life()
         now = trio.current_time()
         if now - quiet_since < window:
-            self._watch_stall(run, step, quiet_since + window)
+            run.stall_due = quiet_since + window
             return
         step.stalled = True
         silent = ", ".join(sorted(step.waiting_for))
@@ -1133,14 +1149,18 @@ class Engine:
         wake_at = step.deadline
         if run.progress_due is not None:
             wake_at = min(wake_at, run.progress_due)
+        if run.stall_due is not None:
+            wake_at = min(wake_at, run.stall_due)
         if not self._timers.pending(run.timer, wake_at):
             if run.timer is not None:
                 self._timers.cancel(run.timer)
-            run.timer = self._timers.schedule(wake_at, run.wake)
-        await run.lot.park()
+            run.timer = self._timers.schedule(wake_at, _Run.wake, run)
+        await run.sleep()
         now = trio.current_time()
         if run.progress_due is not None and now >= run.progress_due:
             self._publish_progress(run)
+        if run.stall_due is not None and now >= run.stall_due:
+            self._check_stall(run, step)
         if now >= step.deadline and not step.is_finished():
             step.record_deadline()
             self._emit_error(run, step.errors[-1])
@@ -1158,9 +1178,7 @@ class Engine:
         elif isinstance(action, ExecuteCommand) and run.command_scope is not None:
             run.command_scope.cancel()
         run.progress_due = None
-        if run.stall_timer is not None:
-            self._timers.cancel(run.stall_timer)
-            run.stall_timer = None
+        run.stall_due = None
         if run.task.state != END:
             return
         self._publish_progress(run)
@@ -1271,12 +1289,12 @@ class Engine:
     def _finish(self, run: _Run) -> None:
         task = run.task
         registered = run.registered
-        for timer in (run.timer, run.stall_timer):
-            if timer is not None:
-                self._timers.cancel(timer)
+        if run.timer is not None:
+            self._timers.cancel(run.timer)
         del self._running[task.id]
         del registered.active[run]
-        run.ended.set()
+        if run.ended is not None:
+            run.ended.set()
         if task.state != END:
             return  # cancelled: the engine is closing
         result = TaskResult.of(task, self.clock)
@@ -1422,7 +1440,8 @@ class Engine:
     def _close(self) -> None:
         self._closed = True
         for run in list(self._running.values()):
-            run.ended.set()
+            if run.ended is not None:
+                run.ended.set()
         for registered in self._queued.values():
             if registered.queued_event is not None:
                 registered.queued_event.set()

@@ -32,9 +32,12 @@ class Timers:
     def __len__(self) -> int:
         return len(self._heap) - self._cancelled
 
-    def schedule(self, when: float, callback: Callable[[], None]) -> _Entry:
-        """Call ``callback`` once trio's clock reaches ``when``; return a handle."""
-        entry: _Entry = [when, next(self._sequence), callback]
+    def schedule(self, when: float, callback: Callable[..., None], *args: Any) -> _Entry:
+        """Call ``callback(*args)`` once trio's clock reaches ``when``; return a handle.
+
+        Passing arguments rather than a closure keeps each entry to one object.
+        """
+        entry: _Entry = [when, next(self._sequence), callback, *args]
         heapq.heappush(self._heap, entry)
         if self._heap[0] is entry:
             self._lot.unpark_all()
@@ -67,7 +70,7 @@ class Timers:
                 if callback is None:
                     self._cancelled -= 1
                 else:
-                    callback()
+                    callback(*entry[3:])
             heap = self._heap
             with trio.move_on_at(heap[0][0] if heap else math.inf):
                 await self._lot.park()
