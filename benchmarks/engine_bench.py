@@ -162,12 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs (under 30 s)")
     args = parser.parse_args(argv)
-    runs = 100 if args.quick else 500
-    repeats = 3 if args.quick else 5
+    runs = 100 if args.quick else 300
+    repeats = 5 if args.quick else 9
 
-    engine_us = statistics.median(trio.run(engine_per_step, runs) for _ in range(repeats))
-    base_us = statistics.median(trio.run(baseline_per_step, runs) for _ in range(repeats))
-    durable_us = statistics.median(durable_per_step(runs) for _ in range(repeats))
+    # The three are measured in turn, repeat after repeat, so that a slower
+    # spell of this shared machine weighs on all of them alike.
+    samples: dict[str, list[float]] = {"engine": [], "baseline": [], "durable": []}
+    for _ in range(repeats):
+        samples["engine"].append(trio.run(engine_per_step, runs))
+        samples["baseline"].append(trio.run(baseline_per_step, runs))
+        samples["durable"].append(durable_per_step(runs))
+    engine_us, base_us, durable_us = (statistics.median(samples[k]) for k in samples)
     print(f"collect_and_cleanup ({len(STEP_TYPES)} steps), {runs} runs x {repeats}:")
     print(f"  engine   {engine_us:8.2f} us/step")
     print(f"  baseline {base_us:8.2f} us/step (bare trio memory channels)")

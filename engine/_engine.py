@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
+import orjson
 import trio
 
 from ._bus import (
@@ -74,7 +75,7 @@ from ._messages import (
     ProgressLeaf,
     ProgressTree,
 )
-from ._records import RestoreError, restore_task, task_record
+from ._records import RestoreError, finished_record, restore_task, task_record
 from ._records import StepResult as StepResult  # re-exported: views import it from here
 from ._records import TaskResult as TaskResult
 from ._store import Store, StoredState, subscriptions_json
@@ -237,12 +238,11 @@ class _Run:
     async def sleep(self) -> None:
         """Sleep until :meth:`wake` (cheaper than a lock or an event: nothing to allocate)."""
         self.sleeper = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
 
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self.sleeper = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self.sleeper = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 @attrs.define(eq=False)
@@ -1298,7 +1298,10 @@ class Engine:
         if task.state != END:
             return  # cancelled: the engine is closing
         result = TaskResult.of(task, self.clock)
-        self._record(result)
+        record = None
+        if self._store is not None:
+            record = finished_record(task, self.clock, run.encoded_steps)
+        self._record(result, record)
         if self._wanted(TASK_END):
             data: dict[str, Any] = {
                 "task_id": task.id,
@@ -1322,9 +1325,17 @@ class Engine:
             assert event is not None
             event.set()
 
-    def _record(self, result: TaskResult) -> None:
+    def _record(self, result: TaskResult, record: bytes | None = None) -> None:
+        """Keep a finished task's result (in the store's history, when there is one)."""
         if self._store is not None:
-            self._store.finish_task(result.id, result.to_record())
+            self._store.finish_task(
+                result.id,
+                result.workflow,
+                result.outcome.value,
+                result.started_at.timestamp(),
+                result.ended_at.timestamp(),
+                record if record is not None else orjson.dumps(result.to_record()),
+            )
         self._results[result.id] = result
         while len(self._results) > self._keep_results:
             self._results.popitem(last=False)

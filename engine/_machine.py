@@ -53,7 +53,7 @@ class Answer(enum.StrEnum):
     ERROR = "error"
 
 
-@attrs.define(slots=False, eq=False)
+@attrs.define(eq=False)
 class StepRun:
     """The live state of one step of a task.
 

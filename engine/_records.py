@@ -66,9 +66,9 @@ class TaskResult:
             "steps": [
                 {
                     "name": s.name,
-                    "started_at": s.started_at.timestamp(),
+                    "entered_at": s.started_at.timestamp(),
                     "ended_at": s.ended_at.timestamp(),
-                    "answered": dict(s.answered),
+                    "answers": dict(s.answered),
                     "errors": list(s.errors),
                     "timed_out": s.timed_out,
                 }
@@ -78,7 +78,7 @@ class TaskResult:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TaskResult:
-        """Read a result written by :meth:`to_record`."""
+        """Read a result written by :meth:`to_record` or :func:`finished_record`."""
         return cls(
             record["id"],
             record["workflow"],
@@ -90,9 +90,9 @@ class TaskResult:
             tuple(
                 StepResult(
                     s["name"],
-                    _wall(s["started_at"]),
-                    _wall(s["ended_at"]),
-                    s["answered"],
+                    _wall(s["entered_at"]),
+                    _wall(s["ended_at"] if s["ended_at"] is not None else s["entered_at"]),
+                    s["answers"],
                     tuple(s["errors"]),
                     s["timed_out"],
                 )
@@ -130,14 +130,9 @@ def _wall(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def task_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = None) -> bytes:
-    """Return a running task's state as JSON.
-
-    ``ended`` caches the encoded steps that have ended (they never change
-    again), so that writing a task after each step does not re-encode its
-    whole history; pass the same list for every write of one task.
-    """
-
+def _step_records(
+    task: Task, clock: Clock, ended: list[orjson.Fragment] | None
+) -> list[orjson.Fragment | dict[str, Any]]:
     def seconds(moment: float | None) -> float | None:
         return None if moment is None else clock.to_epoch(moment)
 
@@ -162,13 +157,43 @@ def task_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = 
         if run.ended_at is not None and index == len(encoded):
             encoded.append(orjson.Fragment(orjson.dumps(step)))
         steps.append(step)
+    return steps
+
+
+def task_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = None) -> bytes:
+    """Return a running task's state as JSON.
+
+    ``ended`` caches the encoded steps that have ended (they never change
+    again), so that writing a task after each step does not re-encode its
+    whole history; pass the same list for every write of one task.
+    """
     return orjson.dumps(
         {
             "id": task.id,
             "workflow": task.workflow.id,
-            "created_at": seconds(task.created_at),
+            "created_at": clock.to_epoch(task.created_at),
             "state": task.state,
-            "steps": steps,
+            "steps": _step_records(task, clock, ended),
+        }
+    )
+
+
+def finished_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = None) -> bytes:
+    """Return an ended task's result as JSON (read back by :meth:`TaskResult.from_record`).
+
+    ``ended`` is the cache :func:`task_record` filled, so the steps are not encoded again.
+    """
+    assert task.ended_at is not None
+    return orjson.dumps(
+        {
+            "id": task.id,
+            "workflow": task.workflow.id,
+            "outcome": (task.outcome or Outcome.FAILED).value,
+            "error": task.error,
+            "errors": task.errors,
+            "started_at": clock.to_epoch(task.created_at),
+            "ended_at": clock.to_epoch(task.ended_at),
+            "steps": _step_records(task, clock, ended),
         }
     )
 
