@@ -140,22 +140,25 @@ def _step_records(
     steps: list[orjson.Fragment | dict[str, Any]] = list(encoded)
     for index in range(len(encoded), len(task.history)):
         run = task.history[index]
-        step = {
+        step: dict[str, Any] = {
             "name": run.step.name,
             "index": run.index,
             "entered_at": seconds(run.entered_at),
-            "began": run.began,
-            "deadline": seconds(run.deadline),
-            "waiting_for": sorted(run.waiting_for),
-            "owed_at_start": sorted(run.owed_at_start),
             "answers": {sid: answer.value for sid, answer in run.answers.items()},
             "errors": run.errors,
-            "finished": run.finished,
             "timed_out": run.timed_out,
             "ended_at": seconds(run.ended_at),
         }
-        if run.ended_at is not None and index == len(encoded):
-            encoded.append(orjson.Fragment(orjson.dumps(step)))
+        if run.ended_at is not None:
+            # an ended step is history: what it needs to wait on no longer matters
+            if index == len(encoded):
+                encoded.append(orjson.Fragment(orjson.dumps(step)))
+        else:
+            step["began"] = run.began
+            step["deadline"] = seconds(run.deadline)
+            step["waiting_for"] = sorted(run.waiting_for)
+            step["owed_at_start"] = sorted(run.owed_at_start)
+            step["finished"] = run.finished
         steps.append(step)
     return steps
 
@@ -221,15 +224,16 @@ def restore_task(record: Mapping[str, Any], workflow: Workflow, clock: Clock) ->
                 f"workflow {workflow.id!r} no longer has the step {entry['name']!r}"
             ) from None
         run = StepRun(step, entry["index"], entered_at=clock.to_trio(_wall(entry["entered_at"])))
-        run.began = entry["began"]
-        run.deadline = trio_time(entry["deadline"])
-        run.waiting_for = set(entry["waiting_for"])
-        run.owed_at_start = frozenset(entry["owed_at_start"])
         run.answers = {sid: Answer(answer) for sid, answer in entry["answers"].items()}
         run.errors = list(entry["errors"])
-        run.finished = entry["finished"]
         run.timed_out = entry["timed_out"]
         run.ended_at = trio_time(entry["ended_at"])
+        # an ended step is stored without its waits (see _step_records)
+        run.began = entry.get("began", True)
+        run.deadline = trio_time(entry.get("deadline"))
+        run.waiting_for = set(entry.get("waiting_for", ()))
+        run.owed_at_start = frozenset(entry.get("owed_at_start", ()))
+        run.finished = entry.get("finished", True)
         task.history.append(run)
     state = record["state"]
     if state not in ("start", *(s.name for s in workflow.steps)):
