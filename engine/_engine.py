@@ -1151,6 +1151,9 @@ class Engine:
             wake_at = min(wake_at, run.progress_due)
         if run.stall_due is not None:
             wake_at = min(wake_at, run.stall_due)
+        # A timer already set for an earlier time is kept: when it fires, the
+        # driver finds nothing due and comes back here to set the right one.
+        # Most steps end before their first timer, which is then never moved.
         if not self._timers.pending(run.timer, wake_at):
             if run.timer is not None:
                 self._timers.cancel(run.timer)
@@ -1248,9 +1251,9 @@ class Engine:
 
     def _publish_progress(self, run: _Run) -> None:
         run.progress_due = None
-        run.last_progress = trio.current_time()
         if not self._wanted(PROGRESS):
             return
+        run.last_progress = trio.current_time()
         task = run.task
         step = task.step
         self._emit(

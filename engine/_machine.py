@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from transitions import EventData, Machine, State
@@ -193,9 +193,7 @@ class Task:
 
 
 def _task(event: EventData) -> Task:
-    task = event.model
-    assert isinstance(task, Task)
-    return task
+    return cast("Task", event.model)  # the only models are tasks
 
 
 def _now(event: EventData) -> float:
@@ -203,19 +201,20 @@ def _now(event: EventData) -> float:
     return now
 
 
+def _leave_step(task: Task, now: float) -> None:
+    if task.step is not None and task.step.ended_at is None:
+        task.step.ended_at = now
+
+
 def _enterer(step: Step, index: int) -> Callable[[EventData], None]:
     def enter(event: EventData) -> None:
         task = _task(event)
-        task.step = StepRun(step, index, entered_at=_now(event))
+        now = _now(event)
+        _leave_step(task, now)  # the step before, if any
+        task.step = StepRun(step, index, entered_at=now)
         task.history.append(task.step)
 
     return enter
-
-
-def _leave_step(event: EventData) -> None:
-    task = _task(event)
-    if task.step is not None and task.step.ended_at is None:
-        task.step.ended_at = _now(event)
 
 
 def _ender(outcome: Outcome) -> Callable[[EventData], None]:
@@ -223,6 +222,7 @@ def _ender(outcome: Outcome) -> Callable[[EventData], None]:
         task = _task(event)
         task.outcome = outcome
         task.ended_at = _now(event)
+        _leave_step(task, task.ended_at)
         if outcome is Outcome.FAILED and task.step is not None:
             task.error = task.step.errors[0] if task.step.errors else "failed"
         elif outcome in (Outcome.STOPPED, Outcome.REPLACED):
@@ -280,7 +280,7 @@ def machine_spec(workflow: Workflow) -> tuple[list[State], list[TransitionSpec]]
     states = [State(START)]
     transitions = [TransitionSpec("advance", START, steps[0].name, "start")]
     for index, step in enumerate(steps):
-        states.append(State(step.name, on_enter=[_enterer(step, index)], on_exit=[_leave_step]))
+        states.append(State(step.name, on_enter=[_enterer(step, index)]))
         if step.on_error is OnError.STOP:
             transitions.append(
                 TransitionSpec(

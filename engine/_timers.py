@@ -56,8 +56,8 @@ class Timers:
 
     @staticmethod
     def pending(entry: _Entry | None, when: float) -> bool:
-        """Tell whether ``entry`` is still scheduled, for ``when``."""
-        return entry is not None and entry[2] is not None and entry[0] == when
+        """Tell whether ``entry`` is still scheduled, for ``when`` or earlier."""
+        return entry is not None and entry[2] is not None and entry[0] <= when
 
     async def serve(self) -> None:
         """Run due callbacks, forever."""
