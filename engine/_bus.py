@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._definitions import MAX_TIMEOUT
 from ._errors import InvalidInputError, ListenerError, Problem
 from ._messages import (
     Action,
@@ -68,6 +69,10 @@ def _check_timeout(value: object) -> None:
         raise InvalidInputError([Problem("timeout", f"must be a number of seconds, got {value!r}")])
     if not math.isfinite(value) or value <= 0:
         raise InvalidInputError([Problem("timeout", f"must be > 0, got {value!r}")])
+    if value > MAX_TIMEOUT:
+        raise InvalidInputError(
+            [Problem("timeout", f"must be at most {MAX_TIMEOUT} seconds, got {value!r}")]
+        )
 
 
 @attrs.frozen
@@ -359,8 +364,12 @@ class Listener:
 class Bus:
     """Routes messages to listeners by message type, without ever waiting."""
 
-    def __init__(self, registry: SubscriberRegistry) -> None:
+    def __init__(
+        self, registry: SubscriberRegistry, announce: Callable[[Event], None] | None = None
+    ) -> None:
         self._registry = registry
+        #: Publishes the bus's own events (the engine's, so triggers and waits see them).
+        self._announce = announce or self.publish
         self._by_type: dict[str, set[Listener]] = {}
         self._all: set[Listener] = set()
         self._by_subscriber: dict[str, Listener] = {}
@@ -392,7 +401,7 @@ class Bus:
             if listener.subscriber_id in self._by_subscriber:
                 raise ListenerError(f"subscriber {listener.subscriber_id!r} already has a listener")
             self._by_subscriber[listener.subscriber_id] = listener
-        self.publish(Event(LISTENER_CONNECTED, self._describe(listener)))
+        self._announce(Event(LISTENER_CONNECTED, self._describe(listener)))
         self._index(listener)
         self.listeners.add(listener)
 
@@ -405,7 +414,7 @@ class Bus:
         if self._by_subscriber.get(listener.subscriber_id or "") is listener:
             del self._by_subscriber[listener.subscriber_id or ""]
         listener._close(reason)
-        self.publish(Event(LISTENER_DISCONNECTED, self._describe(listener)))
+        self._announce(Event(LISTENER_DISCONNECTED, self._describe(listener)))
 
     def refresh(self, subscriber_id: str) -> None:
         """Re-read a subscriber's message types after its subscriptions changed."""

@@ -368,7 +368,10 @@ def _moment(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"needs a UTC offset, such as +00:00: {text!r}")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"out of range: {text!r}") from None
 
 
 def _version() -> str:
@@ -734,7 +737,10 @@ def schedule_preview(
         if isinstance(trigger, CronTrigger):
             moment = start
             for _ in range(count):
-                moment = trigger.next_after(moment)
+                try:
+                    moment = trigger.next_after(moment)
+                except (OverflowError, StopIteration):  # past the end of the calendar
+                    break
                 times.append((moment, trigger, trigger.dst_note(moment)))
     times.sort(key=lambda item: item[0])
     return times[:count]

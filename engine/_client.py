@@ -46,10 +46,10 @@ def server_psk(psk: str | None, environ: Mapping[str, str] | None = None) -> str
 
 def _get(url: str, path: str, psk: str | None, query: Mapping[str, str] | None = None) -> Any:
     target = url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-    request = urllib.request.Request(target, headers={"Accept": "application/json"})
-    if psk is not None:
-        request.add_header("Authorization", f"Bearer {make_token(psk)}")
     try:
+        request = urllib.request.Request(target, headers={"Accept": "application/json"})
+        if psk is not None:
+            request.add_header("Authorization", f"Bearer {make_token(psk)}")
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
@@ -62,6 +62,8 @@ def _get(url: str, path: str, psk: str | None, query: Mapping[str, str] | None =
                 + (f" ({detail})" if detail else "")
             ) from None
         raise ServerError(detail or f"{target}: HTTP {error.code}") from None
+    except ValueError as error:  # not a URL urllib can use
+        raise ServerError(f"--url: {error}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise ServerError(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -159,7 +160,9 @@ class ConfigService:
         document = copy.deepcopy(dict(data))
         if self._check is not None and (problems := self._check(config_id, document)):
             raise InvalidInputError(problems)
-        config = Config(config_id, document, f"r{next(self._revisions)}")
+        # a counter for order, and a random part so that a revision is never
+        # handed out twice, even after a restart that lost the counter
+        config = Config(config_id, document, f"r{next(self._revisions)}-{secrets.token_hex(4)}")
         if self._persist is not None:
             self._persist(config_id, config)
         self._configs[config_id] = config

@@ -11,16 +11,14 @@ import enum
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any, TypeAlias
+from pathlib import Path
+from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 from cronsim import CronSim, CronSimError
 
 from ._errors import DeclarationError, Problem, join_path
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 #: Names a step may not take: the machine's own start and end states.
 RESERVED_STATES = frozenset({"start", "end"})
@@ -684,8 +682,9 @@ class Declarations:
         return cls.from_dict(load_json(text, source=source), source=source)
 
     @classmethod
-    def from_file(cls, path: Path) -> Declarations:
+    def from_file(cls, path: Path | str) -> Declarations:
         """Read declarations from a ``.toml`` or ``.json`` file."""
+        path = Path(path)
         source = str(path)
         try:
             text = path.read_text(encoding="utf-8")

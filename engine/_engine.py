@@ -105,6 +105,22 @@ MISSED_RECORD_LIMIT = 1000
 LEDGER_LENGTH = 100
 
 
+#: Event types only the engine publishes: what listeners rely on cannot be forged.
+RESERVED_EVENTS = frozenset(
+    {
+        "task_started",
+        "progress",
+        "task_end",
+        "error",
+        "schedule_fired",
+        "message-listener-connected",
+        "message-listener-disconnected",
+        "config-updated",
+        "config-deleted",
+    }
+)
+
+
 class EngineClosed(PhasebusError):
     """The engine closed before the awaited task ended."""
 
@@ -213,6 +229,7 @@ class _Run:
     registered: _Registered
     #: The driver's trio task while it sleeps (waiting for a fact or a time).
     sleeper: trio.lowlevel.Task | None = None
+    woken: bool = False
     #: Set when the task ends; made only when someone waits for it.
     ended: trio.Event | None = None
     stop_request: tuple[bool, str | None] | None = None
@@ -230,13 +247,19 @@ class _Run:
     encoded_steps: list[Any] | None = None
 
     def wake(self) -> None:
-        """Wake the driver if it sleeps (a fact arrived or a time came)."""
+        """Wake the driver: at once if it sleeps, else its next sleep returns at once."""
         sleeper, self.sleeper = self.sleeper, None
         if sleeper is not None:
             trio.lowlevel.reschedule(sleeper)
+        else:
+            self.woken = True
 
     async def sleep(self) -> None:
         """Sleep until :meth:`wake` (cheaper than a lock or an event: nothing to allocate)."""
+        if self.woken:  # woken while it was busy: a fact may be waiting
+            self.woken = False
+            await trio.lowlevel.checkpoint()
+            return
         self.sleeper = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort)
 
@@ -297,7 +320,7 @@ class Engine:
         #: The subscriber registry (read it here; change it through the engine's methods).
         self._restoring = False
         self.subscribers = SubscriberRegistry(self._subscriptions_changed)
-        self._bus = Bus(self.subscribers)
+        self._bus = Bus(self.subscribers, self._emit_event)
         self._workflows: dict[str, _Registered] = {}
         self._start_events: dict[str, str] = {}
         self._event_triggers: dict[str, list[tuple[EventTrigger, str]]] = {}
@@ -395,6 +418,8 @@ class Engine:
         if registered is None:
             raise UnknownWorkflowError(workflow_id)
         registered.scope.cancel()
+        if registered.queued is not None:
+            self.stop_task(registered.queued, reason=f"workflow {workflow_id!r} was removed")
         self._start_events.pop(registered.workflow.start_event, None)
         for event_type in list(self._event_triggers):
             kept = [(t, w) for t, w in self._event_triggers[event_type] if w != workflow_id]
@@ -760,6 +785,8 @@ class Engine:
         the workflows they trigger and finish the steps waiting for them.
         """
         if isinstance(message, Event):
+            if message.message_type in RESERVED_EVENTS:
+                raise PhasebusError(f"only the engine publishes {message.message_type!r} events")
             self._on_event(message)
         elif isinstance(message, ActionDone | ActionError | ActionInfo | ActionProgress):
             self._on_answer(message)
@@ -768,7 +795,9 @@ class Engine:
         self._bus.publish(message)
 
     def _emit(self, message_type: str, data: dict[str, Any]) -> None:
-        event = Event(message_type, data)
+        self._emit_event(Event(message_type, data))
+
+    def _emit_event(self, event: Event) -> None:
         self._on_event(event)
         self._bus.publish(event)
 
@@ -1058,7 +1087,7 @@ class Engine:
                     task, now=trio.current_time()
                 ):
                     if previous is not None:
-                        if run.dirty and previous.waiting_for:
+                        if run.dirty and previous.waiting_for and task.state != END:
                             self._save(run)  # the answers that led to the aborts come first
                         self._step_ended(run, previous)
                     if task.state != END:
@@ -1209,6 +1238,8 @@ class Engine:
         action = step.step.action
         assert isinstance(action, ExecuteCommand)
         error: str | None = None
+        if step.ended_at is not None:  # stopped before the command could start
+            return
         with trio.CancelScope() as scope:
             run.command_scope = scope
             try:
@@ -1230,7 +1261,8 @@ class Engine:
                             error += f": {stderr}"
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-        run.command_scope = None
+        if run.command_scope is scope:  # a later step's command may have its own by now
+            run.command_scope = None
         if scope.cancelled_caught or step.ended_at is not None:
             return
         step.record_finished(error)
@@ -1382,10 +1414,13 @@ class Engine:
             if registered is None:
                 raise RestoreError(f"workflow {record['workflow']!r} is no longer registered")
             task = restore_task(record, registered.workflow, self.clock)
-        except RestoreError as error:
+        except (RestoreError, KeyError, TypeError, ValueError, OverflowError) as error:
             logger.error("task %s cannot resume: %s", record["id"], error)
             now = self.clock.now()
-            started = datetime.fromtimestamp(record["created_at"], now.tzinfo)
+            try:
+                started = datetime.fromtimestamp(record["created_at"], now.tzinfo)
+            except (KeyError, TypeError, ValueError, OverflowError):
+                started = now
             self._record(
                 TaskResult(
                     record["id"],

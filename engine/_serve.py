@@ -50,6 +50,8 @@ PSK_VARIABLE = "PHASEBUS_PSK"
 DEFAULT_STORE = "phasebus.sqlite3"
 #: Days finished tasks are kept unless told otherwise.
 DEFAULT_RETENTION_DAYS = 60
+#: The longest retention: a century.
+MAX_RETENTION_DAYS = 36500
 
 
 def _hypercorn_config(max_message_size: int) -> HypercornConfig:
@@ -172,8 +174,13 @@ async def serve(
     Raises:
         PhasebusError: a bad declaration file, or a store file that cannot be used.
     """
-    if not retention_days > 0:
-        raise PhasebusError(f"--retention: must be > 0 days, got {retention_days!r}")
+    if not 0 < retention_days <= MAX_RETENTION_DAYS:
+        raise PhasebusError(
+            f"--retention: must be more than 0 and at most {MAX_RETENTION_DAYS} days,"
+            f" got {retention_days!r}"
+        )
+    if not 0 <= port <= 65535:
+        raise PhasebusError(f"--port: must be from 0 to 65535, got {port}")
     workflows, jobs = _declared(workflows_dir)
     durable = open_store(store, retention=timedelta(days=retention_days))
     try:

@@ -261,7 +261,14 @@ class SQLiteStore:
             (row[0], row[1], row[2]): datetime.fromtimestamp(row[3], UTC)
             for row in db.execute("SELECT workflow, cron, timezone, moment FROM schedule_marks")
         }
-        counter = max((int(c.revision[1:]) for c in configs if c.revision[1:].isdigit()), default=0)
+        counter = max(
+            (
+                int(number)
+                for c in configs
+                if (number := c.revision[1:].split("-")[0]).isascii() and number.isdigit()
+            ),
+            default=0,
+        )
         return StoredState(configs, subscribers, tasks, marks, counter)
 
     def history(

@@ -341,15 +341,14 @@ class PhasebusApp:
                     return
             if kind == "http":
                 length = _header(scope, b"content-length")
-                if length is not None and (
-                    not length.isdigit() or int(length) > self.max_body_size
-                ):
+                digits = length is not None and length.isascii() and length.isdigit()
+                if length is not None and (not digits or int(length) > self.max_body_size):
                     problem = (
                         f"body: more than {self.max_body_size} bytes"
-                        if length.isdigit()
+                        if digits
                         else f"content-length: not a number, got {length!r}"
                     )
-                    status = 413 if length.isdigit() else 400
+                    status = 413 if digits else 400
                     what = "request body too large" if status == 413 else "bad content-length"
                     response = JSONResponse({"error": what, "problems": [problem]}, status)
                     await response(scope, receive, send)
@@ -676,7 +675,7 @@ class PhasebusApp:
         limit = 100
         if params.get("limit"):
             text = params["limit"]
-            if not text.isdigit() or int(text) > 10_000:
+            if not (text.isascii() and text.isdigit()) or int(text) > 10_000:
                 problems.append(f"limit: must be a whole number from 0 to 10000, got {text!r}")
             else:
                 limit = int(text)

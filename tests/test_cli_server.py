@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,43 @@ async def test_bad_history_options(argv: list[str]) -> None:
     status, _, err = await cli(*argv)
     assert status == 2
     assert len(err.splitlines()) == 1
+
+
+async def test_odd_inputs_get_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = await cli("tasks", "--url", "notaurl")
+    assert status == 1
+    assert err.startswith("phasebus: error: --url: unknown url type")
+    status, _, err = await cli(
+        "schedule", "preview", "collect_and_cleanup", "--from", "0001-01-01T00:10:00+01:00"
+    )
+    assert (status, err) == (
+        2,
+        "phasebus: error: argument --from: out of range: '0001-01-01T00:10:00+01:00'"
+        " (see 'phasebus schedule preview --help')\n",
+    )
+    capsys.readouterr()
+    status, _, _ = await cli("serve", "--port", "70000", "--store", "memory")
+    err = capsys.readouterr().err  # serve reports on the process's stderr
+    assert (status, err) == (2, "phasebus: error: --port: must be from 0 to 65535, got 70000\n")
+    status, _, _ = await cli("serve", "--retention", "1e9", "--store", "memory")
+    assert status == 2
+    assert capsys.readouterr().err.startswith(
+        "phasebus: error: --retention: must be more than 0 and at most 36500"
+    )
+
+
+async def test_the_task_list_refuses_non_ascii_digits() -> None:
+    async with running_server(workflows=[SLOW]) as server:
+        answer = await server.http.get("/tasks", params={"limit": "²"})
+        too_big = await server.http.post("/subscriber/w/work", params={"timeout": "1e12"})
+    assert answer.status_code == 400
+    assert answer.json()["problems"] == ["limit: must be a whole number from 0 to 10000, got '²'"]
+    assert too_big.status_code == 400
+
+
+def test_declarations_load_from_a_path_given_as_text(tmp_path: Path) -> None:
+    from engine import Declarations
+
+    path = tmp_path / "flows.toml"
+    path.write_text('[[workflows]]\nid = "x"\n[[workflows.steps]]\nname = "a"\n')
+    assert Declarations.from_file(str(path)).workflows[0].id == "x"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import trio
 
@@ -39,7 +41,10 @@ async def test_if_match_refuses_a_stale_revision_and_changes_nothing() -> None:
     async with open_engine() as engine:
         stored = engine.configs.put("app", {"v": 1})
         engine.configs.put("app", {"v": 2}, if_match=stored.revision)
-        with pytest.raises(ConfigConflict, match=r"^config 'app' is at revision 'r2', not 'r1'$"):
+        current = engine.configs.get("app")
+        assert current is not None
+        message = f"config 'app' is at revision {current.revision!r}, not {stored.revision!r}"
+        with pytest.raises(ConfigConflict, match=rf"^{re.escape(message)}$"):
             engine.configs.put("app", {"v": 3}, if_match=stored.revision)
         with pytest.raises(ConfigConflict):
             engine.configs.delete("app", if_match=stored.revision)
@@ -51,6 +56,18 @@ async def test_if_match_refuses_a_stale_revision_and_changes_nothing() -> None:
         assert config is not None
         assert config.data == {"v": 2}
         assert engine.configs.ids() == ["app"]
+
+
+async def test_revisions_are_never_handed_out_twice() -> None:
+    async with open_engine() as engine:
+        seen = set()
+        for _ in range(3):
+            seen.add(engine.configs.put("app", {}).revision)
+            engine.configs.delete("app")
+        assert len(seen) == 3
+        first = engine.configs.put("app", {}).revision
+    async with open_engine() as again:  # a fresh counter, as after a restart without a store
+        assert again.configs.put("app", {}).revision != first
 
 
 async def test_bad_configs_are_rejected() -> None:

@@ -924,3 +924,86 @@ async def test_observers_can_ask_for_some_messages_only(autojump_clock: trio.abc
         engine.add_observer(lambda m: seen.append(m.kind.value), kinds=[Kind.ACTION])
         await engine.run_workflow("wf")
     assert seen == ["action", "task_end"]
+
+
+# ------------------------------------------------------------------ regressions
+
+
+async def test_a_subscription_timeout_is_bounded() -> None:
+    async with engine_with() as engine:
+        with pytest.raises(
+            PhasebusError,
+            match=r"^timeout: must be at most 1000000000 seconds, got 1000000000000\.0$",
+        ):
+            engine.subscribe("w", "work", timeout=1e12)
+
+
+async def test_each_command_step_is_killed_at_its_own_deadline(tmp_path: object) -> None:
+    import subprocess
+    import uuid
+
+    marker = f"phasebus-test-{uuid.uuid4().hex}"
+    sleeper = (sys.executable, "-c", "import time; time.sleep(60)", marker)
+    workflow = Workflow(
+        id="wf",
+        steps=[
+            Step("one", ExecuteCommand(sleeper), timeout=0.3),
+            Step("two", ExecuteCommand(sleeper), timeout=0.3),
+        ],
+    )
+    async with open_engine(workflows=[workflow]) as engine:
+        result = await engine.run_workflow("wf")
+    assert [s.timed_out for s in result.steps] == [True, True]
+    with trio.fail_after(5):
+        while subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0:
+            await trio.sleep(0.05)
+
+
+async def test_a_stop_asked_while_the_driver_acts_is_not_lost(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with engine_with(one_step(Step("work", timeout=600)), stall_fraction=None) as engine:
+        engine.subscribe("w", "work", timeout=600)
+
+        def stop_at_once(message: Message) -> None:
+            engine.stop_task(message.task)  # type: ignore[union-attr]
+
+        engine.add_observer(stop_at_once, kinds=[Kind.ACTION])
+        result = await engine.run_workflow("wf")
+    assert result.outcome is Outcome.STOPPED
+    assert result.duration == 0
+
+
+async def test_removing_a_workflow_stops_its_queued_run(autojump_clock: trio.abc.Clock) -> None:
+    async with engine_with(one_step(Step("work", timeout=10))) as engine:
+        engine.subscribe("w", "work", timeout=10)
+        engine.start_workflow("wf")
+        queued = engine.start_workflow("wf").task_id
+        assert queued is not None
+        engine.remove_workflow("wf")
+        result = await engine.wait_task(queued)
+    assert result.outcome is Outcome.STOPPED
+    assert result.error == "workflow 'wf' was removed"
+
+
+async def test_listener_events_start_workflows_like_any_event(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    workflow = one_step(triggers=[EventTrigger(LISTENER_CONNECTED, {"subscriber_id": "w"})])
+    async with (
+        engine_with(workflow) as engine,
+        engine.open_listener(message_types=["task_end"]) as ends,
+    ):
+        engine.subscribe("w", "other")
+        async with engine.open_listener(subscriber_id="w"):
+            await trio.sleep(1)
+        assert len(drain(ends)) == 1
+
+
+async def test_only_the_engine_publishes_its_own_events() -> None:
+    async with engine_with() as engine:
+        for message_type in ("task_end", "progress", LISTENER_DISCONNECTED, "config-updated"):
+            with pytest.raises(
+                PhasebusError, match=rf"^only the engine publishes '{message_type}' events$"
+            ):
+                engine.publish(Event(message_type, {}))
