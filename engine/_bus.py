@@ -142,6 +142,7 @@ class SubscriberRegistry:
     def __init__(self, on_change: Callable[[str, frozenset[str]], None] | None = None) -> None:
         self._subscribers: dict[str, Subscriber] = {}
         self._by_type: dict[str, dict[str, Subscription]] = {}
+        self._awaited: dict[str, tuple[frozenset[str], float]] = {}
         self._on_change = on_change
 
     def __len__(self) -> int:
@@ -157,6 +158,21 @@ class SubscriberRegistry:
     def for_type(self, message_type: str) -> list[Subscriber]:
         """Return the subscribers of a message type."""
         return [self._subscribers[sid] for sid in sorted(self._by_type.get(message_type, ()))]
+
+    def awaited(self, message_type: str) -> tuple[frozenset[str], float]:
+        """Return who steps of ``message_type`` wait for, and the longest of their timeouts.
+
+        Kept per message type until the subscriptions change: steps ask at every start.
+        """
+        cached = self._awaited.get(message_type)
+        if cached is None:
+            subscriptions = self.waiting_for(message_type)
+            cached = (
+                frozenset(subscriptions),
+                max((s.timeout for s in subscriptions.values()), default=0.0),
+            )
+            self._awaited[message_type] = cached
+        return cached
 
     def waiting_for(self, message_type: str) -> dict[str, Subscription]:
         """Return the subscriptions to ``message_type`` that steps wait for, by subscriber id."""
@@ -231,6 +247,7 @@ class SubscriberRegistry:
                 del self._by_type[message_type]
 
     def _changed(self, subscriber_id: str, removed: frozenset[str]) -> None:
+        self._awaited.clear()
         if self._on_change is not None:
             self._on_change(subscriber_id, removed)
 

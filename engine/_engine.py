@@ -1038,7 +1038,7 @@ class Engine:
                 started_at=self.clock.to_wall(step.entered_at),
                 deadline=self.clock.to_wall(step.deadline) if step.deadline is not None else None,
                 waiting_for=tuple(sorted(step.waiting_for)),
-                answered={sid: answer.value for sid, answer in step.answers.items()},
+                answered={sid: str(answer) for sid, answer in step.answers.items()},
                 progress=dict(step.progress),
                 errors=tuple(step.errors),
                 last_heard={sid: self.clock.to_wall(t) for sid, t in step.heard.items()},
@@ -1104,9 +1104,9 @@ class Engine:
         action = step.step.action
         now = trio.current_time()
         if isinstance(action, PerformAction):
-            subscriptions = self.subscribers.waiting_for(action.message_type)
-            timeout = max([step.step.timeout, *(s.timeout for s in subscriptions.values())])
-            step.begin(deadline=now + timeout, waiting_for=frozenset(subscriptions))
+            awaited, longest = self.subscribers.awaited(action.message_type)
+            timeout = max(step.step.timeout, longest)
+            step.begin(deadline=now + timeout, waiting_for=awaited)
         else:
             step.begin(deadline=now + step.step.timeout)
 

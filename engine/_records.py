@@ -117,7 +117,8 @@ class TaskResult:
                     s.step.name,
                     clock.to_wall(s.entered_at),
                     clock.to_wall(s.ended_at if s.ended_at is not None else s.entered_at),
-                    {sid: a.value for sid, a in s.answers.items()},
+                    # str() of a str enum is its value, and much cheaper than .value
+                    {sid: str(answer) for sid, answer in s.answers.items()},
                     tuple(s.errors),
                     s.timed_out,
                 )
@@ -144,7 +145,7 @@ def _step_records(
             "name": run.step.name,
             "index": run.index,
             "entered_at": seconds(run.entered_at),
-            "answers": {sid: answer.value for sid, answer in run.answers.items()},
+            "answers": dict(run.answers),  # orjson writes str enums as their value
             "errors": run.errors,
             "timed_out": run.timed_out,
             "ended_at": seconds(run.ended_at),
