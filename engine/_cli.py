@@ -18,12 +18,11 @@ import json
 import logging
 import sys
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-import attrs
 import trio
 from rich.console import Console
 from rich.text import Text
@@ -31,6 +30,16 @@ from rich.text import Text
 from machines import BUILTIN_WORKFLOWS
 
 from ._bus import Listener
+from ._catalog import (
+    BUILTIN,
+    Catalog,
+    UsageError,
+    clashes,
+    declaration_files,
+    load_catalog,
+    one_line,
+    plural,
+)
 from ._client import (
     DEFAULT_URL,
     PSK_VARIABLE,
@@ -49,7 +58,6 @@ from ._definitions import (
     Declarations,
     EventTrigger,
     ExecuteCommand,
-    Job,
     Trigger,
     WaitForEvent,
     Workflow,
@@ -58,7 +66,7 @@ from ._definitions import (
 from ._demo import serve_demo
 from ._diagrams import SUFFIXES, DiagramError, Format, diagram, mermaid_diagram
 from ._engine import TASK_END, Engine, TaskResult, open_engine
-from ._errors import DeclarationError, PhasebusError, Problem
+from ._errors import DeclarationError, PhasebusError
 from ._machine import Outcome
 from ._messages import Event
 from ._serve import add_serve_arguments, serve_command
@@ -78,109 +86,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class UsageError(PhasebusError):
-    """The command line cannot be carried out: a bad option, an unknown name, a bad file."""
-
-
-# ---------------------------------------------------------------- the catalog
-
-
-BUILTIN = "built-in"
-
-
-@attrs.frozen
-class Catalog:
-    """The workflows and jobs a command can name: the built-in ones and those of ``--workflows``."""
-
-    workflows: dict[str, Workflow]
-    jobs: dict[str, Job]
-    #: Where each id was declared: ``built-in`` or a file name.
-    sources: dict[str, str]
-
-    def get(self, workflow_id: str) -> Workflow:
-        """Return the workflow (a job as its workflow) called ``workflow_id``.
-
-        Raises:
-            UsageError: nothing has that id.
-        """
-        if workflow_id in self.workflows:
-            return self.workflows[workflow_id]
-        if workflow_id in self.jobs:
-            return self.jobs[workflow_id].as_workflow()
-        known = ", ".join(sorted([*self.workflows, *self.jobs]))
-        raise UsageError(f"unknown workflow {workflow_id!r} (known: {known})")
-
-
-def declaration_files(paths: Iterable[Path]) -> list[Path]:
-    """Expand directories to the ``.toml`` and ``.json`` files in them, sorted by name."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(
-                sorted(p for p in path.iterdir() if p.suffix in (".toml", ".json") and p.is_file())
-            )
-        else:
-            files.append(path)
-    return files
-
-
-def _one_line(error: DeclarationError) -> str:
-    first = error.problems[0] if error.problems else Problem("", "invalid")
-    line = f"{error.source}: {first}" if error.source else str(first)
-    more = len(error.problems) - 1
-    if more:
-        line += f" (and {_plural(more, 'more problem')}; see 'phasebus validate {error.source}')"
-    return line
-
-
-def load_catalog(directory: Path | None) -> Catalog:
-    """Return the built-in workflows and those declared in ``directory``.
-
-    Raises:
-        UsageError: the directory cannot be read, a file in it is invalid, or an
-            id is declared twice; the message is one line.
-    """
-    workflows = dict(BUILTIN_WORKFLOWS)
-    jobs: dict[str, Job] = {}
-    sources = dict.fromkeys(workflows, BUILTIN)
-    if directory is None:
-        return Catalog(workflows, jobs, sources)
-    if not directory.is_dir():
-        raise UsageError(f"--workflows: {str(directory)!r} is not a directory")
-    for path in declaration_files([directory]):
-        try:
-            declarations = Declarations.from_file(path)
-        except DeclarationError as error:
-            raise UsageError(_one_line(error)) from None
-        for problem in _clashes(declarations, sources):
-            raise UsageError(f"{path}: {problem}")
-        for workflow in declarations.workflows:
-            workflows[workflow.id] = workflow
-            sources[workflow.id] = str(path)
-        for job in declarations.jobs:
-            jobs[job.id] = job
-            sources[job.id] = str(path)
-    return Catalog(workflows, jobs, sources)
-
-
-def _clashes(declarations: Declarations, sources: dict[str, str]) -> list[Problem]:
-    problems = []
-    ids = (
-        ("workflows", [w.id for w in declarations.workflows]),
-        ("jobs", [j.id for j in declarations.jobs]),
-    )
-    for key, items in ids:
-        for index, ident in enumerate(items):
-            if ident in sources:
-                problems.append(
-                    Problem(
-                        f"{key}[{index}].id",
-                        f"duplicate id {ident!r} (also declared in {sources[ident]})",
-                    )
-                )
-    return problems
 
 
 # ---------------------------------------------------------------- arguments
@@ -404,7 +309,7 @@ async def run_workflow(
             else:
                 engine.add_workflow(workflow)
         except DeclarationError as error:
-            raise UsageError(_one_line(error)) from None
+            raise UsageError(one_line(error)) from None
         async with (
             trio.open_nursery() as nursery,
             engine.open_listener(buffer=STREAM_BUFFER) as monitor,
@@ -580,27 +485,23 @@ def validate(paths: Sequence[Path], *, stdout: TextIO) -> int:
                 stdout.write(f"{path}: {problem}\n")
             count += len(error.problems)
             continue
-        clashes = _clashes(declarations, sources)
-        for problem in clashes:
+        found = clashes(declarations, sources)
+        for problem in found:
             stdout.write(f"{path}: {problem}\n")
-        count += len(clashes)
+        count += len(found)
         for ident in [w.id for w in declarations.workflows] + [j.id for j in declarations.jobs]:
             sources.setdefault(ident, str(path))
-        if not clashes:
+        if not found:
             stdout.write(
-                f"{path}: ok ({_plural(len(declarations.workflows), 'workflow')}, "
-                f"{_plural(len(declarations.jobs), 'job')})\n"
+                f"{path}: ok ({plural(len(declarations.workflows), 'workflow')}, "
+                f"{plural(len(declarations.jobs), 'job')})\n"
             )
     if not files:
         raise UsageError("no .toml or .json files to validate")
     if count:
-        stdout.write(f"{_plural(count, 'problem')} in {_plural(len(files), 'file')}\n")
+        stdout.write(f"{plural(count, 'problem')} in {plural(len(files), 'file')}\n")
         return EXIT_FAILED
     return EXIT_OK
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # ---------------------------------------------------------------- diagram
@@ -672,11 +573,11 @@ def _check(
         stdout.write(line + "\n")
     if stale:
         stderr.write(
-            f"{PROG}: {_plural(len(stale), 'diagram')} to regenerate:"
+            f"{PROG}: {plural(len(stale), 'diagram')} to regenerate:"
             f" run 'phasebus diagram --out {directory}'\n"
         )
         return EXIT_FAILED
-    stdout.write(f"{_plural(len(workflows), 'diagram')} up to date in {directory}\n")
+    stdout.write(f"{plural(len(workflows), 'diagram')} up to date in {directory}\n")
     return EXIT_OK
 
 

@@ -185,16 +185,21 @@ def problems_from(error: BaseException, path: str = "") -> list[Problem]:
     return [Problem(path, str(error))]
 
 
+#: What structuring can raise: cattrs' groups, our checks, and the bare errors of
+#: hooks (an unknown tag is a bare KeyError).
+_STRUCTURING_ERRORS = (
+    cattrs.BaseValidationError,
+    InvalidInputError,
+    KeyError,
+    TypeError,
+    ValueError,
+)
+
+
 def _structure_checked(data: object, type_: type[T], error_type: type[InvalidInputError]) -> T:
     try:
         return _converter.structure(data, type_)
-    except (
-        cattrs.BaseValidationError,
-        InvalidInputError,
-        KeyError,
-        TypeError,
-        ValueError,
-    ) as error:
+    except _STRUCTURING_ERRORS as error:
         raise error_type(problems_from(error)) from None
 
 
@@ -378,13 +383,7 @@ def structure_declaration(data: object, type_: type[T], *, source: str | None = 
         )
     try:
         return _converter.structure(data, type_)
-    except (
-        cattrs.BaseValidationError,
-        InvalidInputError,
-        KeyError,
-        TypeError,
-        ValueError,
-    ) as error:
+    except _STRUCTURING_ERRORS as error:
         problems = problems_from(error)
         seen = set(problems)
         problems.extend(p for p in _cross_checks(data, type_) if p not in seen)
@@ -482,13 +481,7 @@ def structure_message(value: object) -> Message:
         fields["error"] = "n/a"
     try:
         return _converter.structure(fields, cls)
-    except (
-        cattrs.BaseValidationError,
-        InvalidInputError,
-        KeyError,
-        TypeError,
-        ValueError,
-    ) as error:
+    except _STRUCTURING_ERRORS as error:
         raise MessageError(
             [Problem(join_path("data", p.path), p.message) for p in problems_from(error)]
         ) from None

@@ -30,8 +30,9 @@ from hypercorn.typing import ASGIFramework, LifespanState
 from hypercorn.utils import wrap_app
 from starlette.types import ASGIApp
 
+from ._catalog import load_catalog
 from ._config import CORE_CONFIG
-from ._definitions import Declarations, Job, Workflow
+from ._definitions import Job, Workflow
 from ._engine import Engine, open_engine
 from ._errors import PhasebusError
 from ._store import Store, open_store
@@ -106,36 +107,6 @@ async def serve_app(
             await listener.aclose()
 
 
-def _declared(directory: Path | None) -> tuple[list[Workflow], list[Job]]:
-    """Return the built-in workflows and the declarations of ``directory``.
-
-    Raises:
-        PhasebusError: the directory cannot be read, a file is invalid, or an
-            id is declared twice.
-    """
-    from machines import BUILTIN_WORKFLOWS
-
-    workflows = list(BUILTIN_WORKFLOWS.values())
-    jobs: list[Job] = []
-    if directory is None:
-        return workflows, jobs
-    if not directory.is_dir():
-        raise PhasebusError(f"--workflows: {str(directory)!r} is not a directory")
-    seen = {w.id: "built-in" for w in workflows}
-    for path in sorted(directory.iterdir()):
-        if path.suffix not in (".toml", ".json") or not path.is_file():
-            continue
-        declarations = Declarations.from_file(path)
-        ids = [w.id for w in declarations.workflows] + [j.id for j in declarations.jobs]
-        for ident in ids:
-            if ident in seen:
-                raise PhasebusError(f"{path}: duplicate id {ident!r} (also in {seen[ident]})")
-            seen[ident] = str(path)
-        workflows.extend(declarations.workflows)
-        jobs.extend(declarations.jobs)
-    return workflows, jobs
-
-
 def core_config(engine: Engine) -> dict[str, Any]:
     """Return the ``phasebus.core`` document of the schedules in force."""
     schedules: dict[str, Mapping[str, str]] = {}
@@ -181,7 +152,8 @@ async def serve(
         )
     if not 0 <= port <= 65535:
         raise PhasebusError(f"--port: must be from 0 to 65535, got {port}")
-    workflows, jobs = _declared(workflows_dir)
+    catalog = load_catalog(workflows_dir)
+    workflows, jobs = list(catalog.workflows.values()), list(catalog.jobs.values())
     durable = open_store(store, retention=timedelta(days=retention_days))
     try:
         await _serve_engine(

@@ -1,0 +1,120 @@
+"""The workflows a command can name: the built-in ones and those of a directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+
+from machines import BUILTIN_WORKFLOWS
+
+from ._definitions import Declarations, Job, Workflow
+from ._errors import DeclarationError, PhasebusError, Problem
+
+
+class UsageError(PhasebusError):
+    """The command line cannot be carried out: a bad option, an unknown name, a bad file."""
+
+
+# ---------------------------------------------------------------- the catalog
+
+
+BUILTIN = "built-in"
+
+
+@attrs.frozen
+class Catalog:
+    """The workflows and jobs a command can name: the built-in ones and those of ``--workflows``."""
+
+    workflows: dict[str, Workflow]
+    jobs: dict[str, Job]
+    #: Where each id was declared: ``built-in`` or a file name.
+    sources: dict[str, str]
+
+    def get(self, workflow_id: str) -> Workflow:
+        """Return the workflow (a job as its workflow) called ``workflow_id``.
+
+        Raises:
+            UsageError: nothing has that id.
+        """
+        if workflow_id in self.workflows:
+            return self.workflows[workflow_id]
+        if workflow_id in self.jobs:
+            return self.jobs[workflow_id].as_workflow()
+        known = ", ".join(sorted([*self.workflows, *self.jobs]))
+        raise UsageError(f"unknown workflow {workflow_id!r} (known: {known})")
+
+
+def declaration_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand directories to the ``.toml`` and ``.json`` files in them, sorted by name."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(
+                sorted(p for p in path.iterdir() if p.suffix in (".toml", ".json") and p.is_file())
+            )
+        else:
+            files.append(path)
+    return files
+
+
+def one_line(error: DeclarationError) -> str:
+    first = error.problems[0] if error.problems else Problem("", "invalid")
+    line = f"{error.source}: {first}" if error.source else str(first)
+    more = len(error.problems) - 1
+    if more:
+        line += f" (and {plural(more, 'more problem')}; see 'phasebus validate {error.source}')"
+    return line
+
+
+def load_catalog(directory: Path | None) -> Catalog:
+    """Return the built-in workflows and those declared in ``directory``.
+
+    Raises:
+        UsageError: the directory cannot be read, a file in it is invalid, or an
+            id is declared twice; the message is one line.
+    """
+    workflows = dict(BUILTIN_WORKFLOWS)
+    jobs: dict[str, Job] = {}
+    sources = dict.fromkeys(workflows, BUILTIN)
+    if directory is None:
+        return Catalog(workflows, jobs, sources)
+    if not directory.is_dir():
+        raise UsageError(f"--workflows: {str(directory)!r} is not a directory")
+    for path in declaration_files([directory]):
+        try:
+            declarations = Declarations.from_file(path)
+        except DeclarationError as error:
+            raise UsageError(one_line(error)) from None
+        for problem in clashes(declarations, sources):
+            raise UsageError(f"{path}: {problem}")
+        for workflow in declarations.workflows:
+            workflows[workflow.id] = workflow
+            sources[workflow.id] = str(path)
+        for job in declarations.jobs:
+            jobs[job.id] = job
+            sources[job.id] = str(path)
+    return Catalog(workflows, jobs, sources)
+
+
+def clashes(declarations: Declarations, sources: dict[str, str]) -> list[Problem]:
+    problems = []
+    ids = (
+        ("workflows", [w.id for w in declarations.workflows]),
+        ("jobs", [j.id for j in declarations.jobs]),
+    )
+    for key, items in ids:
+        for index, ident in enumerate(items):
+            if ident in sources:
+                problems.append(
+                    Problem(
+                        f"{key}[{index}].id",
+                        f"duplicate id {ident!r} (also declared in {sources[ident]})",
+                    )
+                )
+    return problems
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
