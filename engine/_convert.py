@@ -487,11 +487,6 @@ def structure_message(value: object) -> Message:
         ) from None
 
 
-def message_to_json(message: Message) -> dict[str, Any]:
-    """Return the wire form of a message."""
-    return message.to_json()
-
-
 def structure_strict(data: object, type_: type[T]) -> T:
     """Structure any attrs value strictly, raising :class:`InvalidInputError` with paths."""
     return _structure_checked(data, type_, InvalidInputError)

@@ -265,8 +265,3 @@ def message_from_json(data: object) -> Message:
     from ._convert import structure_message
 
     return structure_message(data)
-
-
-def parse_problem(message: str) -> MessageError:
-    """Build a :class:`MessageError` with one problem at the message's top level."""
-    return MessageError([Problem("", message)])

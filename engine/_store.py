@@ -390,11 +390,6 @@ def open_store(
     return SQLiteStore(location, retention=retention)
 
 
-def default_store_path() -> Path:
-    """Return the default store file: ``phasebus.sqlite3`` in the working directory."""
-    return Path.cwd() / "phasebus.sqlite3"
-
-
 def subscriptions_json(subscriptions: Iterable[Any]) -> list[dict[str, Any]]:
     """Return subscriptions as plain data for storage."""
     return [attrs.asdict(s) for s in subscriptions]
