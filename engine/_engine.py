@@ -286,6 +286,9 @@ class _Registered:
 
 _DECLARED = object()
 
+#: The stored state of a run queued behind an active one (surpass ``wait``).
+QUEUED = "queued"
+
 
 def _new_id() -> str:
     return str(uuid.uuid4())
@@ -889,11 +892,24 @@ class Engine:
                         StartDecision.SKIPPED,
                         reason="a run is active and another is already queued (surpass wait)",
                     )
-                registered.queued = _new_id()
-                registered.queued_event = trio.Event()
-                self._queued[registered.queued] = registered
+                queued = _new_id()
+                self._queue(registered, queued)
+                if self._store is not None:  # a queued run survives a restart too
+                    self._store.save_task(
+                        queued,
+                        workflow_id,
+                        orjson.dumps(
+                            {
+                                "id": queued,
+                                "workflow": workflow_id,
+                                "created_at": self.clock.to_epoch(trio.current_time()),
+                                "state": QUEUED,
+                                "steps": [],
+                            }
+                        ),
+                    )
                 logger.info("queued a run of %s (%s)", workflow_id, reason)
-                return StartResult(workflow_id, StartDecision.QUEUED, registered.queued)
+                return StartResult(workflow_id, StartDecision.QUEUED, queued)
             if surpass is Surpass.REPLACE:
                 task_id = _new_id()
                 for run in active:
@@ -1353,12 +1369,7 @@ class Engine:
             and not registered.active
             and self._workflows.get(task.workflow.id) is registered
         ):
-            task_id, event = registered.queued, registered.queued_event
-            registered.queued = registered.queued_event = None
-            del self._queued[task_id]
-            self._start(registered, task_id, "queued run")
-            assert event is not None
-            event.set()
+            self._start_queued(registered)
 
     def _record(self, result: TaskResult, record: bytes | None = None) -> None:
         """Keep a finished task's result (in the store's history, when there is one)."""
@@ -1406,7 +1417,27 @@ class Engine:
             else:
                 self._config_changed(CORE_CONFIG, core.data)
         for record in state.tasks:
-            self._resume(record)
+            if record.get("state") == QUEUED and record.get("workflow") in self._workflows:
+                self._queue(self._workflows[record["workflow"]], record["id"])
+            else:
+                self._resume(record)
+        for registered in self._workflows.values():
+            if registered.queued is not None and not registered.active:
+                self._start_queued(registered)
+
+    def _queue(self, registered: _Registered, task_id: str) -> None:
+        registered.queued = task_id
+        registered.queued_event = trio.Event()
+        self._queued[task_id] = registered
+
+    def _start_queued(self, registered: _Registered) -> None:
+        task_id, event = registered.queued, registered.queued_event
+        assert task_id is not None
+        assert event is not None
+        registered.queued = registered.queued_event = None
+        del self._queued[task_id]
+        self._start(registered, task_id, "queued run")
+        event.set()
 
     def _resume(self, record: Mapping[str, Any]) -> None:
         registered = self._workflows.get(record["workflow"])

@@ -280,3 +280,22 @@ def test_a_missing_directory_is_named(tmp_path: Path) -> None:
         StoreError, match=rf"^cannot use {path} as a phasebus store: {path.parent} does not exist$"
     ):
         SQLiteStore(path)
+
+
+async def test_a_queued_run_survives_a_restart(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    waiting = Workflow(id="wf", steps=[Step("collect", timeout=60)])
+    async with engine_on(path, [waiting], T0) as engine:
+        engine.subscribe("w", "collect", timeout=60)
+        first = engine.start_workflow("wf").task_id
+        queued = engine.start_workflow("wf")
+        assert queued.decision.value == "queued"
+        await trio.sleep(1)
+    async with engine_on(path, [waiting], T0 + timedelta(seconds=10)) as engine:
+        assert [t.id for t in engine.tasks()] == [first]
+        assert queued.task_id is not None
+        result = await engine.wait_task(queued.task_id)
+        assert result.outcome is Outcome.DONE
+        assert result.started_at == T0 + timedelta(seconds=60)  # after the first one's deadline
