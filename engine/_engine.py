@@ -285,6 +285,7 @@ class _Registered:
 
 
 _DECLARED = object()
+_ANSWER_TYPES = frozenset({ActionDone, ActionError, ActionInfo, ActionProgress})
 
 #: The stored state of a run queued behind an active one (surpass ``wait``).
 QUEUED = "queued"
@@ -787,12 +788,13 @@ class Engine:
         subscriber it waits for; any other answer changes nothing. Events start
         the workflows they trigger and finish the steps waiting for them.
         """
-        if isinstance(message, Event):
+        kind = type(message)
+        if kind in _ANSWER_TYPES:
+            self._on_answer(message)  # type: ignore[arg-type]
+        elif kind is Event:
             if message.message_type in RESERVED_EVENTS:
                 raise PhasebusError(f"only the engine publishes {message.message_type!r} events")
-            self._on_event(message)
-        elif isinstance(message, ActionDone | ActionError | ActionInfo | ActionProgress):
-            self._on_answer(message)
+            self._on_event(message)  # type: ignore[arg-type]
         else:
             raise PhasebusError(f"only the engine sends {message.kind.value} messages")
         self._bus.publish(message)
@@ -1091,17 +1093,16 @@ class Engine:
                 if task.state == END:
                     break
                 step = task.step
+                now = trio.current_time()
                 if step is not None and not step.began:
-                    self._prepare_step(run, step)
+                    self._prepare_step(run, step, now)
                     self._save(run)  # durable before its side effects are published
-                    self._act(run, step)
+                    self._act(run, step, now)
                 elif step is not None and run.replay:
-                    self._act(run, step)
+                    self._act(run, step, now)
                 run.replay = False
                 previous = task.step
-                if (previous is None or previous.settled()) and machine.advance(
-                    task, now=trio.current_time()
-                ):
+                if (previous is None or previous.settled()) and machine.advance(task, now=now):
                     if previous is not None:
                         if run.dirty and previous.waiting_for and task.state != END:
                             self._save(run)  # the answers that led to the aborts come first
@@ -1115,10 +1116,9 @@ class Engine:
         finally:
             self._finish(run)
 
-    def _prepare_step(self, run: _Run, step: StepRun) -> None:
+    def _prepare_step(self, run: _Run, step: StepRun, now: float) -> None:
         """Decide whom the step waits for and its deadline (no side effects)."""
         action = step.step.action
-        now = trio.current_time()
         if isinstance(action, PerformAction):
             awaited, longest = self.subscribers.awaited(action.message_type)
             timeout = max(step.step.timeout, longest)
@@ -1126,7 +1126,7 @@ class Engine:
         else:
             step.begin(deadline=now + step.step.timeout)
 
-    def _act(self, run: _Run, step: StepRun) -> None:
+    def _act(self, run: _Run, step: StepRun, now: float) -> None:
         """Publish the step's action or event, start its command, watch for its event."""
         task = run.task
         action = step.step.action
@@ -1135,7 +1135,7 @@ class Engine:
             if self._stall_fraction is not None and step.waiting_for:
                 assert step.deadline is not None
                 window = self._stall_fraction * (step.deadline - step.entered_at)
-                run.stall_due = max(trio.current_time(), step.entered_at + window)
+                run.stall_due = max(now, step.entered_at + window)
         elif isinstance(action, EmitEvent):
             self._emit(
                 action.message_type, {**action.data, "workflow": task.workflow.id, "task": task.id}
