@@ -230,6 +230,8 @@ class _Run:
     #: The driver's trio task while it sleeps (waiting for a fact or a time).
     sleeper: trio.lowlevel.Task | None = None
     woken: bool = False
+    #: Whether the task's transitions are being taken right now (see Engine._move_on).
+    moving: bool = False
     #: Set when the task ends; made only when someone waits for it.
     ended: trio.Event | None = None
     stop_request: tuple[bool, str | None] | None = None
@@ -790,14 +792,16 @@ class Engine:
         """
         kind = type(message)
         if kind in _ANSWER_TYPES:
+            # the answer goes out before what it causes (the next step's action)
+            self._bus.publish(message)
             self._on_answer(message)  # type: ignore[arg-type]
         elif kind is Event:
             if message.message_type in RESERVED_EVENTS:
                 raise PhasebusError(f"only the engine publishes {message.message_type!r} events")
             self._on_event(message)  # type: ignore[arg-type]
+            self._bus.publish(message)
         else:
             raise PhasebusError(f"only the engine sends {message.kind.value} messages")
-        self._bus.publish(message)
 
     def _emit(self, message_type: str, data: dict[str, Any]) -> None:
         self._emit_event(Event(message_type, data))
@@ -849,17 +853,38 @@ class Engine:
         if isinstance(answer, ActionDone):
             if step.record_answer(subscriber_id, Answer.DONE):
                 run.dirty = True
-                run.wake()
+                self._answered(run)
         elif isinstance(answer, ActionError):
             if step.record_answer(subscriber_id, Answer.ERROR, answer.error):
                 run.dirty = True
                 self._emit_error(run, f"{subscriber_id}: {answer.error}")
-                run.wake()
+                self._answered(run)
         elif isinstance(answer, ActionInfo):
             if answer.level == "error" and subscriber_id in step.owed_at_start:
                 self._emit_error(run, f"{subscriber_id}: {answer.message}")
         elif step.record_progress(subscriber_id, answer.progress):
             self._progress_changed(run)
+
+    def _answered(self, run: _Run) -> None:
+        """Move the task on after a counted answer: at once if its driver sleeps.
+
+        Taking the step's transitions here, in the caller's turn, saves a
+        switch to the driver and back for every answer; the driver only
+        finishes the task, and keeps handling the timed facts (deadlines,
+        progress, stalls).
+        """
+        if run.sleeper is None or run.moving:
+            run.wake()  # the driver is running, or this is inside its own move: it will see
+            return
+        try:
+            waiting = self._move_on(run)
+        except Exception:
+            # Not the answering listener's fault: the driver meets the same
+            # failure and stops the engine, as it would have on its own.
+            logger.exception("task %s could not move on; its driver takes over", run.task.id)
+            waiting = False
+        if not waiting:
+            run.wake()  # the task ended (or failed to move): the driver takes it from here
 
     def _emit_error(self, run: _Run, message: str) -> None:
         if self._wanted(ERROR):
@@ -1075,7 +1100,6 @@ class Engine:
 
     async def _drive(self, run: _Run) -> None:
         task = run.task
-        machine = run.registered.machine
         try:
             if not run.replay and self._wanted(TASK_STARTED):
                 self._emit(
@@ -1087,11 +1111,27 @@ class Engine:
                         "started_at": self.clock.to_wall(task.created_at).isoformat(),
                     },
                 )
+            while self._move_on(run):
+                await self._sleep(run)
+        finally:
+            self._finish(run)
+
+    def _move_on(self, run: _Run) -> bool:
+        """Take every transition the task can take now; return whether it must wait.
+
+        It runs without awaiting, so it is atomic; the driver runs it after
+        each wake-up, and an answer that finishes a step runs it at once
+        (see :meth:`_on_answer`), never both at a time.
+        """
+        task = run.task
+        machine = run.registered.machine
+        run.moving = True
+        try:
             while True:
                 if run.stop_request is not None:
                     self._stop_now(run)
                 if task.state == END:
-                    break
+                    return False
                 step = task.step
                 now = trio.current_time()
                 if step is not None and not step.began:
@@ -1107,14 +1147,13 @@ class Engine:
                         if run.dirty and previous.waiting_for and task.state != END:
                             self._save(run)  # the answers that led to the aborts come first
                         self._step_ended(run, previous)
-                    if task.state != END:
-                        continue
-                    break
+                    continue
                 if run.dirty:
                     self._save(run)
-                await self._sleep(run)
+                self._arm_timer(run)
+                return True
         finally:
-            self._finish(run)
+            run.moving = False
 
     def _prepare_step(self, run: _Run, step: StepRun, now: float) -> None:
         """Decide whom the step waits for and its deadline (no side effects)."""
@@ -1187,7 +1226,8 @@ class Engine:
         step = task.step.step
         return Action(step.message_type, task.id, step.name, extra=run.registered.routing)
 
-    async def _sleep(self, run: _Run) -> None:
+    def _arm_timer(self, run: _Run) -> None:
+        """Make sure the task's timer fires by its next due time (deadline, progress, stall)."""
         step = run.task.step
         assert step is not None
         assert step.deadline is not None
@@ -1203,7 +1243,12 @@ class Engine:
             if run.timer is not None:
                 self._timers.cancel(run.timer)
             run.timer = self._timers.schedule(wake_at, _Run.wake, run)
+
+    async def _sleep(self, run: _Run) -> None:
         await run.sleep()
+        step = run.task.step  # the current one: an answer may have moved the task on
+        if step is None or step.deadline is None:
+            return
         now = trio.current_time()
         if run.progress_due is not None and now >= run.progress_due:
             self._publish_progress(run)

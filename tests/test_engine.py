@@ -1007,3 +1007,26 @@ async def test_only_the_engine_publishes_its_own_events() -> None:
                 PhasebusError, match=rf"^only the engine publishes '{message_type}' events$"
             ):
                 engine.publish(Event(message_type, {}))
+
+
+async def test_a_step_begun_by_an_answer_keeps_its_own_deadline(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The answer to "a" moves the task on at once, while its driver sleeps with a
+    # timer set for a's deadline (100 s); b's deadline (5 s) must still hold.
+    workflow = Workflow(id="wf", steps=[Step("a", timeout=100), Step("b", timeout=5)])
+    async with engine_with(workflow, stall_fraction=None) as engine:
+        engine.subscribe("quick", "a", timeout=1)
+        engine.subscribe("silent", "b", timeout=1)
+        async with engine.open_listener(subscriber_id="quick") as quick:
+            task_id = engine.start_workflow("wf").task_id
+            await trio.sleep(2)
+            action = await quick.receive()
+            assert isinstance(action, Action)
+            quick.done(action)
+            assert engine.tasks()[0].state == "b"  # moved on within the answer
+            assert task_id is not None
+            result = await engine.wait_task(task_id)
+    assert result.steps[1].timed_out
+    assert result.steps[1].duration == pytest.approx(5.0)
+    assert result.duration == pytest.approx(7.0)
