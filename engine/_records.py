@@ -6,9 +6,9 @@ so that a task survives a restart whatever trio's clock reads then.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import attrs
 import orjson
@@ -35,6 +35,57 @@ class StepResult:
         return (self.ended_at - self.started_at).total_seconds()
 
 
+class _StepResults(Sequence[StepResult]):
+    """A task's step results, worked out on first use.
+
+    Most results are waited for and never asked for their steps; building
+    them (times as datetimes, one record per step) is then saved.
+    """
+
+    def __init__(self, task: Task, clock: Clock) -> None:
+        self._source: tuple[Task, Clock] | None = (task, clock)
+        self._steps: tuple[StepResult, ...] = ()
+
+    def _resolve(self) -> tuple[StepResult, ...]:
+        if self._source is not None:
+            task, clock = self._source
+            self._steps = tuple(
+                StepResult(
+                    s.step.name,
+                    clock.to_wall(s.entered_at),
+                    clock.to_wall(s.ended_at if s.ended_at is not None else s.entered_at),
+                    # str() of a str enum is its value, and much cheaper than .value
+                    {sid: str(answer) for sid, answer in s.answers.items()},
+                    tuple(s.errors),
+                    s.timed_out,
+                )
+                for s in task.history
+            )
+            self._source = None
+        return self._steps
+
+    @overload
+    def __getitem__(self, index: int) -> StepResult: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[StepResult, ...]: ...
+    def __getitem__(self, index: int | slice) -> StepResult | tuple[StepResult, ...]:
+        return self._resolve()[index]
+
+    def __len__(self) -> int:
+        return len(self._resolve())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _StepResults | tuple):
+            return self._resolve() == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._resolve())
+
+    def __repr__(self) -> str:
+        return repr(self._resolve())
+
+
 @attrs.frozen
 class TaskResult:
     """A finished task: its outcome and what its steps did."""
@@ -46,7 +97,7 @@ class TaskResult:
     errors: tuple[str, ...]
     started_at: datetime
     ended_at: datetime
-    steps: tuple[StepResult, ...]
+    steps: Sequence[StepResult]
 
     @property
     def duration(self) -> float:
@@ -112,18 +163,7 @@ class TaskResult:
             tuple(task.errors),
             clock.to_wall(task.created_at),
             clock.to_wall(task.ended_at),
-            tuple(
-                StepResult(
-                    s.step.name,
-                    clock.to_wall(s.entered_at),
-                    clock.to_wall(s.ended_at if s.ended_at is not None else s.entered_at),
-                    # str() of a str enum is its value, and much cheaper than .value
-                    {sid: str(answer) for sid, answer in s.answers.items()},
-                    tuple(s.errors),
-                    s.timed_out,
-                )
-                for s in task.history
-            ),
+            _StepResults(task, clock),
         )
 
 
