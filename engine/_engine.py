@@ -4,9 +4,12 @@ One nursery holds everything the engine runs: a driver per task, a scheduler
 per cron trigger, a runner per executing command and the handlers of
 in-process listeners. The engine starts no threads.
 
-A task's driver is the only code that takes the task's transitions. Anything
-else (an answer, an event, a subscription change, a stop request) records a
-fact on the task and wakes the driver, which asks the machine to move on.
+Facts (an answer, an event, a subscription change, a stop request, a
+deadline) are recorded on the task, and the machine is asked to move on by
+``Engine._move_on``, which never awaits, so every move is atomic. The task's
+driver runs it after each wake-up; an answer that finishes a step runs it at
+once, in the answering listener's turn, when the driver sleeps (a flag keeps
+two moves from nesting). The driver also finishes the task.
 """
 
 from __future__ import annotations
