@@ -346,8 +346,11 @@ class SQLiteStore:
         with self._transaction():
             self._db.execute("DELETE FROM running_tasks WHERE id = ?", (task_id,))
             self._db.execute(
-                "INSERT OR REPLACE INTO history (id, workflow, outcome, started_at, ended_at, data)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO history (id, workflow, outcome, started_at, ended_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " workflow = excluded.workflow, outcome = excluded.outcome,"
+                " started_at = excluded.started_at, ended_at = excluded.ended_at,"
+                " data = excluded.data",
                 (task_id, workflow, outcome, started_at, ended_at, record),
             )
 
