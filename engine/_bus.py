@@ -408,10 +408,6 @@ class Bus:
             for _, types, kinds in self.observers
         )
 
-    def listener_for(self, subscriber_id: str) -> Listener | None:
-        """Return the connected listener of a subscriber, or None."""
-        return self._by_subscriber.get(subscriber_id)
-
     def attach(self, listener: Listener) -> None:
         """Connect a listener and publish ``message-listener-connected``."""
         if listener.subscriber_id is not None:
