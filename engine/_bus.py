@@ -420,14 +420,19 @@ class Bus:
 
     def detach(self, listener: Listener, reason: str = CLOSED) -> None:
         """Disconnect a listener (idempotent) and publish ``message-listener-disconnected``."""
+        if self._remove(listener, reason):
+            self._announce(Event(LISTENER_DISCONNECTED, self._describe(listener)))
+
+    def _remove(self, listener: Listener, reason: str) -> bool:
+        """Take a listener off the bus and close it; return whether it was on."""
         if listener not in self.listeners:
-            return
+            return False
         self.listeners.discard(listener)
         self._unindex(listener)
         if self._by_subscriber.get(listener.subscriber_id or "") is listener:
             del self._by_subscriber[listener.subscriber_id or ""]
         listener._close(reason)
-        self._announce(Event(LISTENER_DISCONNECTED, self._describe(listener)))
+        return True
 
     def refresh(self, subscriber_id: str) -> None:
         """Re-read a subscriber's message types after its subscriptions changed."""
@@ -467,13 +472,28 @@ class Bus:
                 ):
                     slow = [*(slow or ()), listener]
         if slow:
-            for listener in slow:
-                self.dropped_count += 1
-                logger.warning(
-                    "dropping listener %s: its buffer of unread messages is full (too slow)",
-                    listener.id,
-                )
-                self.detach(listener, TOO_SLOW)
+            # Every full listener leaves the bus before any departure is announced:
+            # an announcement is itself published, and must not find them again.
+            dropped = [listener for listener in slow if self._remove(listener, TOO_SLOW)]
+            for listener in dropped:
+                self._count_drop(listener, "its buffer of unread messages is full")
+            for listener in dropped:
+                self._announce(Event(LISTENER_DISCONNECTED, self._describe(listener)))
+
+    def drop(self, listener: Listener, why: str) -> bool:
+        """Drop a listener for being too slow: counted once, logged once, announced.
+
+        Returns whether it was connected (a listener already gone is not counted again).
+        """
+        if not self._remove(listener, TOO_SLOW):
+            return False
+        self._count_drop(listener, why)
+        self._announce(Event(LISTENER_DISCONNECTED, self._describe(listener)))
+        return True
+
+    def _count_drop(self, listener: Listener, why: str) -> None:
+        self.dropped_count += 1
+        logger.warning("dropping listener %s (too slow): %s", listener.id, why)
 
     def _describe(self, listener: Listener) -> dict[str, Any]:
         channels = sorted(listener.message_types) if listener.message_types is not None else None

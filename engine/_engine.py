@@ -33,7 +33,6 @@ from ._bus import (
     DEFAULT_BUFFER,
     ENGINE_CLOSED,
     SUBSCRIBER_KINDS,
-    TOO_SLOW,
     Bus,
     Listener,
     ListenerDropped,
@@ -656,13 +655,21 @@ class Engine:
         if subscriber_id is not None:
             for action in self.owed_actions(subscriber_id):
                 if not listener._deliver(action):
-                    self._bus.detach(listener, TOO_SLOW)
+                    self._bus.drop(listener, "its buffer cannot hold the actions it owes")
                     break
         return listener
 
     def disconnect(self, listener: Listener) -> None:
         """Disconnect a listener (idempotent)."""
         self._bus.detach(listener)
+
+    def drop_listener(self, listener: Listener, why: str) -> bool:
+        """Disconnect a listener for being too slow; ``why`` says how (it is logged).
+
+        The drop is counted in :attr:`dropped_listeners` once, however often it
+        is asked for. Returns whether the listener was still connected.
+        """
+        return self._bus.drop(listener, why)
 
     @asynccontextmanager
     async def open_listener(

@@ -770,6 +770,21 @@ async def test_a_slow_listener_is_dropped_without_slowing_anyone(
         assert [e.data["subscriber_id"] for e in events(seen, LISTENER_DISCONNECTED)] == [slow.id]
 
 
+@pytest.mark.parametrize("count", [10, 200])
+async def test_listeners_dropped_together_are_each_counted_once(count: int) -> None:
+    async with engine_with(one_step(), listener_buffer=5) as engine:
+        async with engine.open_listener(buffer=100_000) as fast:
+            slow = [engine.connect(message_types=["tick"]) for _ in range(count)]
+            for index in range(6):
+                engine.publish(Event("tick", {"n": index}))
+            assert engine.dropped_listeners == count
+            assert all(listener.dropped == "too slow" for listener in slow)
+            gone = [e.data["subscriber_id"] for e in events(drain(fast), LISTENER_DISCONNECTED)]
+            assert sorted(gone) == sorted(listener.id for listener in slow)
+            assert engine.drop_listener(slow[0], "asked twice") is False
+            assert engine.dropped_listeners == count
+
+
 def drain_until_dropped(listener: Listener) -> list[Message]:
     messages: list[Message] = []
     while True:
