@@ -22,7 +22,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import parse_qsl
 
 import attrs
@@ -49,6 +49,7 @@ from ._errors import (
     UnknownTaskError,
     UnknownWorkflowError,
 )
+from ._json import JSONInputError, parse_json
 from ._machine import Outcome
 from ._messages import Action, ActionAbort, Event, Kind, Message, message_from_json
 from ._metrics import CONTENT_TYPE, EngineMetrics
@@ -66,9 +67,6 @@ DEFAULT_MAX_BODY = 1024 * 1024
 
 #: Largest WebSocket message accepted, in bytes, unless told otherwise.
 DEFAULT_MAX_MESSAGE = 1024 * 1024
-
-#: Deepest nesting of arrays and objects accepted in JSON input.
-MAX_DEPTH = 64
 
 #: Key of the connection's stream in the ASGI scope's ``state`` (set by serve_app).
 STREAM_KEY = "phasebus.stream"
@@ -110,47 +108,6 @@ class BadInput(PhasebusError):
     def body(self) -> dict[str, Any]:
         """Return the JSON body of the answer."""
         return {"error": self.error, "problems": self.problems, **self.extra}
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _too_deep(value: object, limit: int) -> bool:
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[object] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-def parse_json(text: str | bytes) -> Any:
-    """Parse JSON input strictly: no NaN or Infinity, nesting at most :data:`MAX_DEPTH`.
-
-    Raises:
-        ValueError: with a message saying what is wrong.
-    """
-    try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
-    except UnicodeDecodeError:
-        raise ValueError("not valid UTF-8") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"invalid JSON: {error}") from None
-    except ValueError as error:
-        raise ValueError(f"invalid JSON: {error}") from None
-    if _too_deep(value, MAX_DEPTH):
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-    return value
 
 
 def _describe(value: object) -> str:
@@ -441,9 +398,9 @@ class PhasebusApp:
         if not body.strip():
             raise BadInput(400, "invalid JSON body", ["body: empty, expected JSON"])
         try:
-            return parse_json(body)
-        except ValueError as error:
-            raise BadInput(400, "invalid JSON body", [f"body: {error}"]) from None
+            return parse_json(body, path="body")
+        except JSONInputError as error:
+            raise BadInput(400, "invalid JSON body", [str(p) for p in error.problems]) from None
 
     # ------------------------------------------------------------ health and metrics
 
@@ -829,8 +786,8 @@ class PhasebusApp:
             return (TOO_BIG, f"message larger than {self.max_message_size} bytes")
         try:
             value = parse_json(text)
-        except ValueError as error:
-            return (INVALID_DATA, f"not JSON: {error}")
+        except JSONInputError as error:
+            return (INVALID_DATA, "not JSON: " + "; ".join(map(str, error.problems)))
         if not isinstance(value, dict):
             return (POLICY_VIOLATION, f"a message must be a JSON object, got {_describe(value)}")
         data = value.setdefault("data", {})
