@@ -24,7 +24,7 @@ from engine import (
     Workflow,
     open_engine,
 )
-from engine._store import _SCHEMA_V1, APPLICATION_ID, SQLiteStore, StoreError
+from engine._store import _SCHEMA_V1, APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, StoreError
 
 from .test_engine import drain, events
 
@@ -260,7 +260,7 @@ def test_a_store_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
     assert store.load().schedule_marks == {("wf", "0 * * * *", "UTC"): T0}
     store.close()
     (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
-    assert version == 2
+    assert version == SCHEMA_VERSION
 
 
 def test_a_store_in_use_by_another_engine_is_refused(tmp_path: Path) -> None:
