@@ -115,9 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     def workflows_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--workflows",
-            metavar="DIR",
+            metavar="PATH",
             type=Path,
-            help="also load the workflows and jobs declared in DIR/*.toml and DIR/*.json",
+            action="append",
+            help="also load the workflows and jobs declared in PATH: a .toml or .json file, or"
+            " a directory of them (repeat for more)",
         )
 
     run = commands.add_parser(

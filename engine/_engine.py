@@ -1175,6 +1175,19 @@ class Engine:
             raise UnknownTaskError(task_id)
         return result
 
+    def task_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Return up to ``limit`` ids of known tasks (running, queued, finished) with ``prefix``."""
+        found: dict[str, None] = {}
+        for ids in (self._running, self._queued, reversed(self._results)):
+            for task_id in ids:
+                if task_id.startswith(prefix):
+                    found[task_id] = None
+                    if len(found) >= limit:
+                        return list(found)
+        if self._store is not None:
+            found.update(dict.fromkeys(self._store.task_ids(prefix, limit=limit)))
+        return list(found)[:limit]
+
     def _finished(self, task_id: str) -> TaskResult | None:
         if task_id in self._results:
             return self._results[task_id]

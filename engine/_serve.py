@@ -125,7 +125,7 @@ async def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     psk: str | None = None,
-    workflows_dir: Path | None = None,
+    workflows_dir: Path | Sequence[Path] | None = None,
     demo: bool = False,
     store: str = "memory",
     retention_days: float = DEFAULT_RETENTION_DAYS,
@@ -159,6 +159,7 @@ async def serve(
         await _serve_engine(
             workflows,
             jobs,
+            catalog.sources,
             durable,
             host=host,
             port=port,
@@ -175,6 +176,7 @@ async def serve(
 async def _serve_engine(
     workflows: list[Workflow],
     jobs: list[Job],
+    sources: Mapping[str, str],
     store: Store | None,
     *,
     host: str,
@@ -184,7 +186,7 @@ async def _serve_engine(
     announce: bool,
     task_status: trio.TaskStatus[str],
 ) -> None:
-    async with open_engine(workflows=workflows, jobs=jobs, store=store) as engine:
+    async with open_engine(workflows=workflows, jobs=jobs, store=store, sources=sources) as engine:
         if engine.configs.get(CORE_CONFIG) is None:
             engine.configs.put(CORE_CONFIG, core_config(engine))
         app = create_app(engine, psk=psk)
@@ -242,10 +244,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workflows",
-        metavar="DIR",
+        metavar="PATH",
         type=Path,
+        action="append",
         default=None,
-        help="also load the workflows and jobs declared in DIR/*.toml and DIR/*.json",
+        help="also load the workflows and jobs declared in PATH: a .toml or .json file, or a"
+        " directory of them (repeat for more); they cannot be changed over the API",
     )
     parser.add_argument(
         "--demo",

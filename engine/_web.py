@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
@@ -53,8 +54,11 @@ from ._json import JSONInputError, parse_json
 from ._machine import Outcome
 from ._messages import Action, ActionAbort, Event, Kind, Message, message_from_json
 from ._metrics import CONTENT_TYPE, EngineMetrics
+from ._web_definitions import DefinitionRoutes, TaskLookupError, resolve_task_id
 
 logger = logging.getLogger(__name__)
+#: One line per HTTP request (method, path, status, milliseconds), at info.
+access_logger = logging.getLogger("engine.access")
 
 #: The response header carrying a config's revision.
 REVISION_HEADER = "Resoto-Config-Revision"
@@ -266,7 +270,7 @@ class PhasebusApp:
             self._observe, message_types=(LISTENER_DISCONNECTED,), kinds=(Kind.EVENT,)
         )
         self._router = Starlette(
-            routes=self._routes(),
+            routes=DefinitionRoutes(engine, self._json_body).routes() + self._routes(),
             exception_handlers={
                 BadInput: self._bad_input,
                 HTTPException: self._http_exception,
@@ -281,6 +285,34 @@ class PhasebusApp:
     # ------------------------------------------------------------ ASGI entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and access_logger.isEnabledFor(logging.INFO):
+            await self._logged(scope, receive, send)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _logged(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve an HTTP request and log one line for it: method, path, status, ms."""
+        started = time.perf_counter()
+        status = 0
+
+        async def send_logged(message: ASGIMessage) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, send_logged)
+        finally:
+            access_logger.info(
+                "%s %s %s %.1fms",
+                scope.get("method", "-"),
+                scope.get("path", "-"),
+                status or "-",
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind in ("http", "websocket"):
             if self._verifier is not None and scope["path"] not in PUBLIC_PATHS:
@@ -569,6 +601,8 @@ class PhasebusApp:
                     "id": workflow_id,
                     "name": workflow.name,
                     "kind": "job" if engine.is_job(workflow_id) else "workflow",
+                    "origin": engine.definitions.origin(workflow_id),
+                    "active": engine.definitions.is_active(workflow_id),
                     "description": workflow.description,
                     "steps": [step.name for step in workflow.steps],
                     "surpass": workflow.surpass.value,
@@ -654,8 +688,14 @@ class PhasebusApp:
         )
         return JSONResponse(running + [task_json(result) for result in finished])
 
+    def _task_id(self, request: Request) -> str:
+        try:
+            return resolve_task_id(self.engine, request.path_params["id"])
+        except TaskLookupError as error:
+            raise BadInput(error.status, str(error)) from None
+
     async def get_task(self, request: Request) -> Response:
-        task_id = request.path_params["id"]
+        task_id = self._task_id(request)
         try:
             task = self.engine.task(task_id)
         except UnknownTaskError:
@@ -663,7 +703,7 @@ class PhasebusApp:
         return JSONResponse(task_json(task))
 
     async def stop_task(self, request: Request) -> Response:
-        task_id = request.path_params["id"]
+        task_id = self._task_id(request)
         try:
             stopped = self.engine.stop_task(task_id, reason="stopped through the API")
         except UnknownTaskError:

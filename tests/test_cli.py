@@ -276,7 +276,7 @@ def test_workflows_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_workflows_directory_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["workflows", "--workflows", str(tmp_path / "missing")]) == 2
     assert one_error_line(capsys.readouterr().err) == (
-        f"phasebus: error: --workflows: {str(tmp_path / 'missing')!r} is not a directory"
+        f"phasebus: error: --workflows: {str(tmp_path / 'missing')!r} does not exist"
     )
 
 
