@@ -12,6 +12,7 @@ of a directory), creates the ``phasebus.core`` config and serves the API.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import os
@@ -92,7 +93,11 @@ async def serve_app(
     config = _hypercorn_config(max_message_size)
     context = WorkerContext(None)
     wrapped = wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi")
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as error:
+        why = "the port is in use" if error.errno == errno.EADDRINUSE else error.strerror or error
+        raise PhasebusError(f"cannot listen on {host}:{port}: {why}") from None
 
     async def handle(stream: trio.SocketStream) -> None:
         state: LifespanState = {STREAM_KEY: stream}
@@ -143,7 +148,8 @@ async def serve(
     is printed on stdout once the server listens.
 
     Raises:
-        PhasebusError: a bad declaration file, or a store file that cannot be used.
+        PhasebusError: a bad declaration file, a store file that cannot be
+            used, or an address it cannot listen on (the port in use).
     """
     if not 0 < retention_days <= MAX_RETENTION_DAYS:
         raise PhasebusError(

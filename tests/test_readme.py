@@ -67,3 +67,21 @@ def test_the_diagram_in_the_readme_is_the_generated_one() -> None:
     (shown,) = blocks("mermaid")
     generated = Path(__file__).parent.parent / "diagrams" / "collect_and_cleanup.mmd"
     assert shown == generated.read_text(encoding="utf-8")
+
+
+def test_without_pytest_trio_the_fixture_says_what_to_install(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_plain="async def test_uses_the_engine(phasebus_engine):\n    pass\n")
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-p", "no:trio")
+    from engine._pytest_plugin import MISSING_PYTEST_TRIO
+
+    assert MISSING_PYTEST_TRIO in result.stdout.lines
+    assert result.ret != 0
+
+
+def test_the_testing_extra_brings_pytest_trio() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    testing = pyproject["project"]["optional-dependencies"]["testing"]
+    assert any(requirement.startswith("pytest-trio") for requirement in testing)
+    assert "pip install 'phasebus[testing]'" in README

@@ -1,0 +1,244 @@
+"""The commands that drive a server: jobs, workflows, run --url, stop, events, token."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+from rich.console import Console
+
+from engine import Action, ActionInfo, Step, Workflow
+from engine._auth import TokenVerifier
+from engine._cli import main_async
+from engine._client import server_url
+from engine._serve import serve
+
+from .web_support import running_server
+
+SLOW = Workflow(id="slow", steps=[Step("work", timeout=30)])
+
+
+async def cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = await main_async(list(argv), stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+async def test_jobs_commands_define_show_pause_run_and_delete(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with running_server(workflows=[SLOW]) as server:
+        url = server.url
+        status, out, err = await cli(
+            "jobs", "add", "tidy", "--url", url, "--event", "task_end",
+            "--filter", '{"workflow": "slow"}', "--timeout", "20",
+            "--", "sh", "-c", f"echo ran >> {marker}",
+        )  # fmt: skip
+        assert (status, err) == (0, "")
+        assert out.splitlines()[0] == "added tidy  active  api"
+        assert f"  run        sh -c echo ran >> {marker}  (timeout 20s)" in out
+        assert '  event      task_end {"workflow": "slow"}' in out
+
+        status, out, _ = await cli("jobs", "list", "--url", url, "--json")
+        (job,) = json.loads(out)
+        assert job["triggers"] == [{"event": "task_end", "filter": {"workflow": "slow"}}]
+
+        status, out, _ = await cli("jobs", "update", "tidy", "--url", url, "--timeout", "5")
+        assert status == 0
+        assert "(timeout 5s)" in out
+        status, out, _ = await cli("jobs", "show", "tidy", "--url", url, "--json")
+        shown = json.loads(out)
+        assert shown["timeout"] == 5
+        assert shown["triggers"] == job["triggers"]  # kept by update
+
+        status, out, _ = await cli("jobs", "deactivate", "tidy", "--url", url)
+        assert out == "job tidy is inactive\n"
+        status, out, _ = await cli("jobs", "run", "tidy", "--url", url)
+        assert status == 0
+        assert out.startswith("started task ")
+        with trio.fail_after(10):
+            while not marker.exists():
+                await trio.sleep(0.02)
+        status, out, _ = await cli("jobs", "delete", "tidy", "--url", url)
+        assert out == "deleted job tidy\n"
+        status, _, err = await cli("jobs", "show", "tidy", "--url", url)
+        assert (status, err) == (1, "phasebus: error: unknown job 'tidy'\n")
+
+
+async def test_bad_job_definitions_are_one_line_with_every_problem() -> None:
+    async with running_server(workflows=[SLOW]) as server:
+        status, _, err = await cli(
+            "jobs", "add", "bad", "--url", server.url, "--schedule", "61 * * * *",
+            "--timeout", "-1", "--", "true",
+        )  # fmt: skip
+        assert status == 1
+        assert err == (
+            "phasebus: error: invalid job: triggers[0].cron: '61 * * * *' is not a valid cron"
+            " expression; timeout: must be > 0, got -1\n"
+        )
+        status, _, err = await cli("jobs", "add", "bare", "--url", server.url)
+        assert status == 2
+        assert "give the command after the id" in err
+
+
+async def test_workflows_add_activate_and_delete_on_a_server(tmp_path: Path) -> None:
+    flows = tmp_path / "nightly.toml"
+    flows.write_text(
+        '[[workflows]]\nid = "nightly"\n[[workflows.steps]]\nname = "export"\n'
+        '[[jobs]]\nid = "ping"\ncommand = ["true"]\n'
+    )
+    async with running_server(workflows=[SLOW]) as server:
+        status, out, err = await cli("workflows", "add", str(flows), "--url", server.url)
+        assert (status, err) == (0, "")
+        assert out == (
+            f"workflow nightly defined on {server.url}\njob ping defined on {server.url}\n"
+        )
+        assert "nightly" in server.engine.workflows
+        status, out, _ = await cli("workflows", "deactivate", "nightly", "--url", server.url)
+        assert out == "workflow nightly is inactive\n"
+        assert server.engine.definitions.is_active("nightly") is False
+        status, out, _ = await cli("workflows", "activate", "nightly", "--url", server.url)
+        assert out == "workflow nightly is active\n"
+        status, out, _ = await cli("workflows", "delete", "nightly", "--url", server.url)
+        assert out == "deleted workflow nightly\n"
+        status, _, err = await cli("workflows", "delete", "slow", "--url", server.url)
+        assert status == 1
+        assert err.startswith("phasebus: error: workflow 'slow' is built in")
+
+
+async def test_run_url_against_serve_demo_ends_0(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            functools.partial(serve, port=0, demo=True, announce=False, store="memory")
+        )
+        status, out, err = await cli("run", "collect_and_cleanup", "--url", url, "--json")
+        assert (status, err) == (0, "")
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert lines[-1]["message_type"] == "task_end"
+        assert lines[-1]["data"]["outcome"] == "done"
+        actions = [m for m in lines if m["kind"] == "action"]
+        assert len(actions) == 13
+        assert all("timing" in m["data"] for m in actions)
+
+        # the live view on a terminal
+        screen = io.StringIO()
+        console = Console(file=screen, force_terminal=True, color_system=None, width=120)
+        status = await main_async(
+            ["run", "metrics", "--url", url.removeprefix("http://")],
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+            console=console,
+        )
+        assert status == 0
+        text = screen.getvalue()
+        assert f"Running metrics on {url}, task " in text
+        assert "generate_metrics" in text
+        assert "done in" in text
+        nursery.cancel_scope.cancel()
+
+
+async def test_run_url_exit_status_follows_the_outcome() -> None:
+    failing = Workflow(id="failing", steps=[Step("work", timeout=1, on_error="stop")])  # type: ignore[arg-type]
+    async with running_server(workflows=[failing]) as server:
+        server.engine.subscribe("silent", "work", timeout=1)
+        status, out, _ = await cli("run", "failing", "--url", server.url, "--json")
+        assert status == 1
+        assert json.loads(out.splitlines()[-1])["data"]["outcome"] == "failed"
+        status, _, err = await cli("run", "nope", "--url", server.url)
+        assert (status, err) == (2, f"phasebus: error: unknown workflow 'nope' on {server.url}\n")
+
+
+async def test_stop_task_and_task_log_by_prefix() -> None:
+    async with running_server(workflows=[SLOW]) as server:
+        await server.subscribe("w", "work")
+        async with server.engine.open_listener(subscriber_id="w") as w:
+            task_id = server.engine.start_workflow("slow").task_id
+            assert task_id is not None
+            action = await w.receive()
+            assert isinstance(action, Action)
+            server.engine.publish(
+                ActionInfo(
+                    action.message_type,
+                    action.task,
+                    action.step,
+                    subscriber_id="w",
+                    message="line one\nline two",
+                )
+            )
+            status, out, err = await cli("stop", task_id[:6], "--url", server.url)
+            assert (status, err) == (0, "")
+            assert out == f"stopping task {task_id}\n"
+            await server.engine.wait_task(task_id)
+        status, out, _ = await cli("stop", task_id[:6], "--url", server.url)
+        assert (status, out) == (1, f"task {task_id} had already ended\n")
+        status, out, _ = await cli("task", task_id[:6], "--log", "--url", server.url)
+        first, second = out.splitlines()
+        assert first.endswith("info (info)      work/w                           line one")
+        assert second == "    line two"
+        status, out, _ = await cli("task", task_id[:6], "--url", server.url)
+        assert out.startswith(f"{task_id}  slow  stopped in ")
+
+
+async def test_events_prints_one_line_per_message() -> None:
+    async with running_server(workflows=[SLOW]) as server, trio.open_nursery() as nursery:
+        out = io.StringIO()
+
+        async def tail() -> None:
+            argv = ["events", "--url", server.url, "--show", "task_started", "--limit", "1"]
+            assert await main_async(argv, stdout=out, stderr=io.StringIO()) == 0
+
+        before = len(server.engine.listeners)
+        nursery.start_soon(tail)
+        with trio.fail_after(10):
+            while len(server.engine.listeners) == before:
+                await trio.sleep(0.01)
+            task_id = server.engine.start_workflow("slow").task_id
+            while not out.getvalue():
+                await trio.sleep(0.01)
+        line = out.getvalue()
+        assert " event           task_started " in line
+        assert f'task_id="{task_id}"' in line
+        server.engine.stop_task(task_id or "")
+
+
+async def test_token_psk_missing_and_refused() -> None:
+    status, out, _ = await cli("token", "--psk", "secret")
+    assert status == 0
+    await TokenVerifier("secret").verify(out.strip())
+    status, _, err = await cli("token")
+    assert (status, err) == (2, "phasebus: error: token: give --psk or set PHASEBUS_PSK\n")
+
+    from engine._auth import make_token
+
+    async with running_server(workflows=[SLOW], psk="secret", token=make_token("secret")) as s:
+        status, _, err = await cli("jobs", "list", "--url", s.url)
+        assert err.startswith(f"phasebus: error: {s.url} wants a token: give --psk or set")
+        status, _, err = await cli("jobs", "list", "--url", s.url, "--psk", "wrong")
+        assert err.startswith(f"phasebus: error: {s.url} refused the pre-shared key")
+        status, out, _ = await cli("jobs", "list", "--url", s.url, "--psk", "secret")
+        assert (status, out) == (0, "no jobs\n")
+        status, _, err = await cli("events", "--url", s.url, "--psk", "wrong", "--limit", "1")
+        assert err.startswith(f"phasebus: error: {s.url} refused the pre-shared key")
+
+
+def test_a_url_without_a_scheme_means_http() -> None:
+    assert server_url("127.0.0.1:8900") == "http://127.0.0.1:8900"
+    assert server_url("https://core:8900/") == "https://core:8900"
+
+
+async def test_verbose_after_the_subcommand_and_port_in_use(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, _, _ = await cli("serve", "-v", "--port", str(port), "--store", "memory")
+    assert status == 2
+    assert capsys.readouterr().err.endswith(
+        f"phasebus: error: cannot listen on 127.0.0.1:{port}: the port is in use\n"
+    )
