@@ -221,3 +221,48 @@ async def http_ws(http: httpx.AsyncClient, path: str) -> AsyncIterator[Any]:
 
 def httpx_events(http: httpx.AsyncClient) -> Any:
     return http_ws(http, "/events")
+
+
+async def test_the_readme_defines_a_job_with_curl_and_with_the_command(tmp_path: Path) -> None:
+    import io
+    import re
+    import shlex
+
+    from engine._cli import main_async
+    from machines import METRICS
+
+    from .test_readme import README
+    from .web_support import running_server
+
+    section = README.split("### Defining jobs while the server runs")[1]
+    curl, command = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)[:2]
+    marker = tmp_path / "runs"
+    curl, command = (text.replace("/tmp/metrics-runs", str(marker)) for text in (curl, command))
+    path = re.search(r"curl -X PUT http://127\.0\.0\.1:8900(\S+)", curl)
+    body = re.search(r"-d '(.*)'", curl)
+    assert path is not None
+    assert body is not None
+    argv = shlex.split(command)
+    assert argv[0] == "phasebus"
+    async with running_server(workflows=[METRICS]) as server:
+        answer = await server.http.put(
+            path.group(1), content=body.group(1), headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 201, answer.text
+        assert (answer.json()["origin"], answer.json()["active"]) == ("api", True)
+        await server.engine.run_workflow("metrics")
+        await wait_lines(marker, 1)
+        assert (await server.http.delete(path.group(1))).status_code == 204
+
+        separator = argv.index("--")
+        argv[separator:separator] = ["--url", server.url]
+        out = io.StringIO()
+        assert await main_async(argv[1:], stdout=out, stderr=out) == 0, out.getvalue()
+        await server.engine.run_workflow("metrics")
+        await wait_lines(marker, 2)
+
+
+async def wait_lines(path: Path, count: int) -> None:
+    with trio.fail_after(10):
+        while not path.exists() or len(path.read_text().splitlines()) < count:
+            await trio.sleep(0.02)
