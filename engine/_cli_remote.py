@@ -68,6 +68,8 @@ def task_from_json(data: Mapping[str, Any]) -> TaskInfo | TaskResult:
                     step["answered"],
                     tuple(step["errors"]),
                     step["timed_out"],
+                    tuple(step.get("released", ())),
+                    step.get("ended") == "stopped",
                 )
                 for step in data["steps"]
             ),
@@ -95,6 +97,7 @@ def task_from_json(data: Mapping[str, Any]) -> TaskInfo | TaskResult:
                 if (moment := _moment(text)) is not None
             },
             stalled=step.get("stalled", False),
+            released=tuple(step.get("released", ())),
         )
     return TaskInfo(
         data["id"],

@@ -15,6 +15,7 @@ in memory.
 from __future__ import annotations
 
 import enum
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import datetime
@@ -24,6 +25,8 @@ import attrs
 import orjson
 
 from ._store import Store
+
+logger = logging.getLogger(__name__)
 
 #: Entries kept per task (the latest ones).
 LOG_LIMIT = 1000
@@ -46,6 +49,15 @@ class LogKind(enum.StrEnum):
     COMMAND_FAILED = "command_failed"
     #: A subscriber the step waited for went away (removed or unsubscribed).
     RELEASED = "released"
+
+
+def _text(value: str) -> str:
+    """Return ``value`` as JSON can carry it (a lone surrogate becomes U+FFFD)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
 
 
 def cut(message: str, limit: int = MAX_MESSAGE) -> str:
@@ -130,9 +142,20 @@ class TaskLog:
         level: str | None = None,
     ) -> LogEntry:
         """Record an entry in a task's log and return it."""
-        entry = LogEntry(self._now(), task_id, kind, cut(message), step, subscriber, level)
+        entry = LogEntry(
+            self._now(),
+            task_id,
+            kind,
+            _text(cut(message)),
+            None if step is None else _text(step),
+            None if subscriber is None else _text(subscriber),
+            None if level is None else _text(level),
+        )
         if self._store is not None:
-            self._store.add_log_entry(task_id, orjson.dumps(entry.to_json()), keep=self._limit)
+            try:
+                self._store.add_log_entry(task_id, orjson.dumps(entry.to_json()), keep=self._limit)
+            except Exception:  # the log never stops a task: the entry is lost, and said so
+                logger.exception("task %s: cannot store a log entry (%s)", task_id, kind.value)
             return entry
         entries = self._memory.get(task_id)
         if entries is None:
