@@ -242,3 +242,51 @@ async def test_verbose_after_the_subcommand_and_port_in_use(
     assert capsys.readouterr().err.endswith(
         f"phasebus: error: cannot listen on 127.0.0.1:{port}: the port is in use\n"
     )
+
+
+async def test_logging_at_info_is_one_line_per_request_and_per_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO, logger="engine")
+    quick = Workflow(id="slow", steps=[Step("work", timeout=0.2)])
+    async with running_server(workflows=[quick]) as server:
+        await server.http.get("/jobs")
+        await server.http.get("/job/none")
+        server.engine.subscribe("w", "work", timeout=0.2)
+        task_id = (await server.http.post("/workflow/slow/run")).json()["task_id"]
+        await server.engine.wait_task(task_id)
+    lines = [(r.name, r.getMessage()) for r in caplog.records]
+    access = [message for name, message in lines if name == "engine.access"]
+    assert re.fullmatch(r"GET /jobs 200 \d+\.\dms", access[0])
+    assert re.fullmatch(r"GET /job/none 404 \d+\.\dms", access[1])
+    assert re.fullmatch(r"POST /workflow/slow/run 202 \d+\.\dms", access[2])
+    engine_lines = [message for name, message in lines if name == "engine._engine"]
+    assert f"starting task {task_id} of slow (api)" in engine_lines
+    (end,) = [m for m in engine_lines if m.startswith(f"task {task_id} of slow ended")]
+    assert re.fullmatch(
+        rf"task {task_id} of slow ended done in \d+\.\ds with 1 error\(s\): step 'work' timed"
+        r" out waiting for w",
+        end,
+    )
+
+
+def test_verbose_keeps_libraries_at_warning_unless_twice() -> None:
+    import logging
+
+    from engine._cli import _configure_logging
+
+    engine_logger = logging.getLogger("engine")
+    level = engine_logger.level
+    try:
+        _configure_logging(1)
+        assert logging.getLogger("engine.access").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("transitions.core").isEnabledFor(logging.INFO)
+        _configure_logging(0)
+        assert not logging.getLogger("engine._engine").isEnabledFor(logging.INFO)
+        _configure_logging(2)
+        assert logging.getLogger("engine._engine").isEnabledFor(logging.DEBUG)
+    finally:
+        engine_logger.setLevel(level)

@@ -22,7 +22,7 @@ from engine import (
 )
 from engine._registry import BUILTIN, RUNTIME, DefinitionConflict
 from engine._tasklog import LogKind
-from engine.testing import Done, scripted_listener
+from engine.testing import Done, Silent, scripted_listener
 from machines import METRICS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -35,6 +35,12 @@ def marker_job(job_id: str, path: Path, **fields: Any) -> Job:
         triggers=[EventTrigger("task_end", {"workflow": "metrics"})],
         **fields,
     )
+
+
+async def wait_runs(path: Path, count: int) -> None:
+    with trio.fail_after(10):
+        while runs(path) < count:
+            await trio.sleep(0.01)
 
 
 def runs(path: Path) -> int:
@@ -89,6 +95,8 @@ async def test_definitions_survive_a_restart(tmp_path: Path) -> None:
         engine.definitions.set_active("workflow", "nightly", False)
         changed = Workflow("metrics", [Step("generate_metrics", timeout=5)])
         engine.definitions.put(changed)
+        await engine.run_workflow("metrics")
+        await wait_runs(marker, 1)
     store.close()
 
     store = SQLiteStore(path)
@@ -98,10 +106,14 @@ async def test_definitions_survive_a_restart(tmp_path: Path) -> None:
         metrics = engine.definitions.get("metrics")
         assert metrics.origin == BUILTIN
         assert metrics.declaration == changed
+        actions: list[dict[str, Any]] = []
+        engine.add_observer(
+            lambda m: actions.append(m.to_json()["data"]), message_types=["generate_metrics"]
+        )
         await engine.run_workflow("metrics")
-        with trio.fail_after(10):
-            while runs(marker) < 1:
-                await trio.sleep(0.01)
+        # the run before the restart is the previous run
+        assert set(actions[0]["timing"]) == {"generate_metrics"}
+        await wait_runs(marker, 2)
     store.close()
 
 
@@ -231,3 +243,35 @@ async def test_the_task_log_is_bounded_and_cuts_long_messages() -> None:
     log.add("t", LogKind.INFO, "x" * 2100)
     assert [e.message for e in log.entries("t")][:2] == ["m3", "m4"]
     assert log.entries("t")[-1].message == "x" * 2000 + " [cut: 100 more characters]"
+
+
+async def test_the_testing_kit_reads_the_task_log(autojump_clock: trio.abc.Clock) -> None:
+    from engine.testing import Fail, Report, open_test_engine, task_log
+
+    workflow = Workflow("w", [Step("a"), Step("b", timeout=5)])
+    async with open_test_engine(workflows=[workflow]) as engine:
+        await scripted_listener(engine, "talker", ["a"], Report("3 regions", "warn"))
+        await scripted_listener(engine, "failer", ["a"], Fail("quota exceeded"))
+        leaver = await scripted_listener(engine, "leaver", ["b"], Silent())
+        started = engine.start_workflow("w")
+        await trio.sleep(1)
+        engine.remove_subscriber("leaver")
+        leaver.stop()
+        result = await engine.wait_task(started.task_id or "")
+        assert task_log(engine, result.id) == [
+            "info(warn) a talker: 3 regions",
+            "error a failer: quota exceeded",
+            "released b leaver: leaver went away: the step no longer waits for it",
+        ]
+
+
+async def test_a_failed_command_is_logged_with_the_tail_of_its_output() -> None:
+    failing = Job("broken", command=["sh", "-c", "echo partial output; echo oops >&2; exit 3"])
+    async with open_engine(jobs=[failing]) as engine:
+        job = await engine.run_workflow("broken")
+        (entry,) = engine.log.entries(job.id)
+    assert entry.kind is LogKind.COMMAND_FAILED
+    assert entry.step == "run"
+    assert entry.message == (
+        "command 'sh' exited with status 3: oops\n--- last output ---\npartial output\noops"
+    )
