@@ -494,11 +494,15 @@ class SQLiteStore:
         return [json.loads(row[0]) for row in rows]
 
     def task_ids(self, prefix: str, *, limit: int) -> list[str]:
-        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # a range on the primary key, so that the lookup uses its index
+        clause, values = "", ()  # type: str, tuple[str, ...]
+        if prefix:
+            clause = "WHERE id >= ? AND id < ?"
+            values = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
         ids: list[str] = []
         for table in ("running_tasks", "history"):
             rows = self._db.execute(
-                f"SELECT id FROM {table} WHERE id LIKE ? ESCAPE '\\' LIMIT ?", (pattern, limit)
+                f"SELECT id FROM {table} {clause} ORDER BY id LIMIT ?", (*values, limit)
             )
             ids.extend(row[0] for row in rows if row[0] not in ids)
         return ids[:limit]

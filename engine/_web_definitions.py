@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ._engine import Engine
-from ._errors import DeclarationError, UnknownWorkflowError
+from ._errors import DeclarationError, UnknownTaskError, UnknownWorkflowError
 from ._registry import DefinitionConflict, DefinitionKind
 
 #: Reads a request's JSON body (the application's reader: size limits, the JSON rule).
@@ -46,9 +46,13 @@ def resolve_task_id(engine: Engine, given: str) -> str:
     Raises:
         TaskLookupError: no task matches (404), or several do (400).
     """
-    found = engine.task_ids(given, limit=3)
-    if given in found:
+    try:
+        engine.task(given)
+    except UnknownTaskError:
+        pass
+    else:
         return given
+    found = engine.task_ids(given, limit=3)
     if not found:
         raise TaskLookupError(404, f"unknown task {given!r}")
     if len(found) > 1:

@@ -275,3 +275,44 @@ async def test_a_failed_command_is_logged_with_the_tail_of_its_output() -> None:
     assert entry.message == (
         "command 'sh' exited with status 3: oops\n--- last output ---\npartial output\noops"
     )
+
+
+async def test_task_ids_by_prefix_in_memory_and_in_the_store(tmp_path: Path) -> None:
+    from engine._web_definitions import TaskLookupError, resolve_task_id
+
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    async with open_engine(workflows=[METRICS], store=store) as engine:
+        first = await engine.run_workflow("metrics")
+        second = await engine.run_workflow("metrics")
+        assert resolve_task_id(engine, first.id[:5]) in (first.id, second.id)
+        assert resolve_task_id(engine, first.id) == first.id
+        with pytest.raises(TaskLookupError, match=r"^task id prefix '' is ambiguous: it matches "):
+            resolve_task_id(engine, "")
+        with pytest.raises(TaskLookupError, match=r"^unknown task 'zz'$"):
+            resolve_task_id(engine, "zz")
+    assert sorted(store.task_ids("", limit=5)) == sorted([first.id, second.id])
+    assert store.task_ids(second.id[:6], limit=5)[0] == second.id
+    assert store.task_ids("zz", limit=5) == []
+    store.close()
+
+
+async def test_engine_events_about_definitions_cannot_be_forged() -> None:
+    from engine import PhasebusError
+
+    async with open_engine() as engine:
+        for event_type in ("workflow-updated", "workflow-deleted", "job-updated", "job-deleted"):
+            with pytest.raises(PhasebusError, match=f"only the engine publishes '{event_type}'"):
+                engine.publish(Event(event_type, {"id": "x"}))
+
+
+def test_pruning_the_history_removes_the_logs(tmp_path: Path) -> None:
+    import orjson
+
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    store.finish_task("old", "w", "done", T0.timestamp(), T0.timestamp(), b'{"errors": []}')
+    for number in range(5):
+        store.add_log_entry("old", orjson.dumps({"n": number}), keep=3)
+    assert [e["n"] for e in store.task_log("old")] == [2, 3, 4]
+    assert store.prune(datetime(2026, 2, 1, tzinfo=UTC)) == 1
+    assert store.task_log("old") == []
+    store.close()
