@@ -415,7 +415,9 @@ class Engine:
 
         With ``replace``, a workflow of the same id is replaced: its running
         tasks finish on the definition they started with, a queued run waits
-        for the new one, and it stays paused if it was (see :meth:`set_paused`).
+        for the new one, and a workflow stays paused if it was (see
+        :meth:`set_paused`). A job is paused when declared inactive
+        (``active = false``).
 
         Raises:
             DeclarationError: the id is taken (unless ``replace``), or a step
@@ -454,8 +456,11 @@ class Engine:
             raise DeclarationError(problems, source=workflow.id)
         registered = _Registered(workflow, WorkflowMachine(workflow), job)
         previous = self._workflows.pop(workflow.id, None)
+        # a job's declaration says whether it is active; a workflow keeps its state
+        registered.paused = (
+            not job.active if job is not None else previous is not None and previous.paused
+        )
         if previous is not None:  # replaced: a queued run now waits for the new definition
-            registered.paused = previous.paused
             registered.queued, registered.queued_event = previous.queued, previous.queued_event
             previous.queued = previous.queued_event = None
             if registered.queued is not None:
@@ -473,6 +478,10 @@ class Engine:
         self._disarm(registered)
         if registered.queued is not None:
             self.stop_task(registered.queued, reason=f"workflow {workflow_id!r} was removed")
+
+    def is_paused(self, workflow_id: str) -> bool:
+        """Tell whether a workflow's triggers are off (see :meth:`set_paused`)."""
+        return self._registered(workflow_id).paused
 
     def set_paused(self, workflow_id: str, paused: bool) -> None:
         """Turn a workflow's triggers off or on again: schedules, events, its start event.

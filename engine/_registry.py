@@ -73,6 +73,8 @@ class _Engine(Protocol):
 
     def set_paused(self, workflow_id: str, paused: bool) -> None: ...
 
+    def is_paused(self, workflow_id: str) -> bool: ...
+
 
 @attrs.frozen
 class Definition:
@@ -112,7 +114,6 @@ class Registry:
         #: Ids declared in files, with the file.
         self._files: dict[str, str] = {}
         self._runtime: set[str] = set()
-        self._inactive: set[str] = set()
 
     # ------------------------------------------------------------ reading
 
@@ -132,7 +133,7 @@ class Registry:
         if workflow is None:
             raise UnknownWorkflowError(definition_id)
         job = self._engine.job(definition_id)
-        active = definition_id not in self._inactive
+        active = not self._engine.is_paused(definition_id)
         if job is not None:
             return Definition(definition_id, "job", self.origin(definition_id), active, job)
         return Definition(definition_id, "workflow", self.origin(definition_id), active, workflow)
@@ -144,24 +145,18 @@ class Registry:
 
     def is_active(self, definition_id: str) -> bool:
         """Tell whether a workflow's triggers start it (it was not deactivated)."""
-        return definition_id not in self._inactive
+        return not self._engine.is_paused(definition_id)
 
     # ------------------------------------------------------------ declared at start
 
     def declare(self, sources: Mapping[str, str]) -> None:
         """Record where the program's workflows and jobs come from (id to file or ``built-in``).
 
-        Those declared in files cannot be changed over the API. Inactive jobs
-        (``active = false``) start paused.
+        Those declared in files cannot be changed over the API.
         """
         for ident, source in sources.items():
             if source != BUILTIN:
                 self._files[ident] = source
-        for ident in self._engine.workflows:
-            job = self._engine.job(ident)
-            if job is not None and not job.active and ident not in self._inactive:
-                self._inactive.add(ident)
-                self._engine.set_paused(ident, True)
 
     def restore(self, records: Mapping[str, Mapping[str, Any]]) -> None:
         """Apply the definitions the store kept (at start, before tasks resume).
@@ -232,7 +227,10 @@ class Registry:
         exists = ident in self._engine.workflows
         if exists:
             self._check_change(ident, kind, "changed")
-        active = declaration.active if isinstance(declaration, Job) else ident not in self._inactive
+        if isinstance(declaration, Job):
+            active = declaration.active
+        else:
+            active = not exists or self.is_active(ident)
         self._apply(declaration, active=active)
         if not exists:
             self._runtime.add(ident)
@@ -256,7 +254,6 @@ class Registry:
             )
         self._engine.remove_workflow(definition_id)
         self._runtime.discard(definition_id)
-        self._inactive.discard(definition_id)
         if self._store is not None:
             self._store.delete_definition(definition_id)
         logger.info("deleted %s %r", kind, definition_id)
@@ -275,10 +272,6 @@ class Registry:
         job = self._engine.job(definition_id)
         if job is not None:  # a job's declaration says whether it is active
             self._engine.add_job(attrs.evolve(job, active=active), replace=True)
-        if active:
-            self._inactive.discard(definition_id)
-        else:
-            self._inactive.add(definition_id)
         self._engine.set_paused(definition_id, not active)
         self._save(definition_id)
         logger.info("%s %s %r", "activated" if active else "deactivated", kind, definition_id)
@@ -308,10 +301,6 @@ class Registry:
             self._engine.add_job(declaration, replace=replace)
         else:
             self._engine.add_workflow(declaration, replace=replace)
-        if active:
-            self._inactive.discard(ident)
-        else:
-            self._inactive.add(ident)
         self._engine.set_paused(ident, not active)
 
     def _save(self, definition_id: str) -> None:

@@ -316,3 +316,17 @@ def test_pruning_the_history_removes_the_logs(tmp_path: Path) -> None:
     assert store.prune(datetime(2026, 2, 1, tzinfo=UTC)) == 1
     assert store.task_log("old") == []
     store.close()
+
+
+async def test_a_job_declared_inactive_starts_paused(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with open_engine(workflows=[METRICS], jobs=[marker_job("j", marker, active=False)]) as e:
+        assert e.definitions.get("j").active is False
+        assert e.is_paused("j")
+        await e.run_workflow("metrics")
+        await trio.sleep(0.3)
+        assert runs(marker) == 0
+        e.definitions.set_active("job", "j", True)
+        assert e.job("j") == marker_job("j", marker)
+        await e.run_workflow("metrics")
+        await wait_runs(marker, 1)
