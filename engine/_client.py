@@ -237,7 +237,9 @@ def render_ledger(workflows: Sequence[Mapping[str, Any]], out: TextIO) -> None:
     for index, workflow in enumerate(workflows):
         if index:
             out.write("\n")
-        out.write(f"{workflow['id']}  {workflow['kind']}\n")
+        origin = workflow.get("origin")
+        state = "" if workflow.get("active", True) else ", inactive"
+        out.write(f"{workflow['id']}  {workflow['kind']}{f', {origin}' if origin else ''}{state}\n")
         schedules = ", ".join(f"{s['cron']} ({s['timezone']})" for s in workflow["schedules"])
         out.write(f"  schedules  {schedules or 'none'}\n")
         out.write(f"  next run   {workflow['next_run'] or 'not scheduled'}\n")

@@ -313,6 +313,21 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _routing(workflow_id: str, steps: Iterable[tuple[str, float, float]]) -> Mapping[str, Any]:
+    """Return the data sent with each action of a workflow: its id and ``timing``.
+
+    ``timing`` maps each step of the workflow's previous run to its
+    ``started_at`` and ``finished_at`` in whole seconds since the epoch (``steps``
+    gives name, start and end), as Resoto sends it, so that listeners can
+    estimate how long they will take.
+    """
+    timing = {
+        name: {"started_at": int(started), "finished_at": int(ended)}
+        for name, started, ended in steps
+    }
+    return MappingProxyType({"workflow": workflow_id, "timing": timing})
+
+
 def _encodable(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
@@ -572,23 +587,14 @@ class Engine:
             self._reschedule(registered)
 
     def _routing(self, workflow_id: str) -> Mapping[str, Any]:
-        """Return the data of a workflow's actions: its id and its last run's step timing.
-
-        ``timing`` maps each step of the last finished run of the workflow to
-        its ``started_at`` and ``finished_at`` (whole seconds since the epoch),
-        as Resoto sends it, so that listeners can estimate how long they take.
-        """
-        timing: dict[str, dict[str, int]] = {}
+        """Return the data of a workflow's actions, with its last finished run's timing."""
         last = self.history(workflow=workflow_id, limit=1)
-        if last:
-            timing = {
-                step.name: {
-                    "started_at": int(step.started_at.timestamp()),
-                    "finished_at": int(step.ended_at.timestamp()),
-                }
-                for step in last[0].steps
-            }
-        return MappingProxyType({"workflow": workflow_id, "timing": timing})
+        steps = (
+            ((s.name, s.started_at.timestamp(), s.ended_at.timestamp()) for s in last[0].steps)
+            if last
+            else ()
+        )
+        return _routing(workflow_id, steps)
 
     def _registered(self, workflow_id: str) -> _Registered:
         try:
@@ -1618,19 +1624,13 @@ class Engine:
                 logger.exception("task %s: its result is kept in memory only", task.id)
                 self._results[result.id] = result
         to_epoch = self.clock.to_epoch
-        current = self._workflows.get(task.workflow.id, registered)
-        current.routing = MappingProxyType(
-            {
-                "workflow": task.workflow.id,
-                "timing": {
-                    s.step.name: {
-                        "started_at": int(to_epoch(s.entered_at)),
-                        "finished_at": int(to_epoch(s.ended_at)),
-                    }
-                    for s in task.history
-                    if s.ended_at is not None
-                },
-            }
+        self._workflows.get(task.workflow.id, registered).routing = _routing(
+            task.workflow.id,
+            (
+                (s.step.name, to_epoch(s.entered_at), to_epoch(s.ended_at))
+                for s in task.history
+                if s.ended_at is not None
+            ),
         )
         errors = task.errors
         logger.info(

@@ -75,6 +75,7 @@ async def test_workflows_from_the_server_show_schedules_and_ledger() -> None:
     assert status == 0
     blocks = out.split("\n\n")
     hourly = next(block for block in blocks if block.startswith("hourly"))
+    assert hourly.startswith("hourly  workflow, built-in\n")
     assert "  schedules  0 * * * * (UTC)" in hourly
     assert "  next run   " in hourly
 
