@@ -26,12 +26,17 @@ from rich.text import Text
 from ._auth import make_token
 from ._catalog import UsageError, one_line
 from ._client import PSK_VARIABLE, ServerError, call, fetch, quoted
-from ._convert import structure_declaration, structure_strict, unstructure_declaration
+from ._convert import (
+    message_from_json,
+    structure_declaration,
+    structure_strict,
+    unstructure_declaration,
+)
 from ._definitions import Declarations, Job, Workflow
 from ._engine import TASK_END, StepInfo, TaskInfo
 from ._errors import DeclarationError, MessageError
 from ._machine import Outcome
-from ._messages import Message, Progress, message_from_json
+from ._messages import Message, Progress
 from ._records import StepResult, TaskResult
 from ._view import LiveView
 

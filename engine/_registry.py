@@ -28,7 +28,7 @@ import orjson
 
 from ._convert import structure_declaration, unstructure_declaration
 from ._definitions import Job, Workflow
-from ._errors import DeclarationError, PhasebusError, Problem, UnknownWorkflowError
+from ._errors import DeclarationError, DefinitionConflict, Problem, UnknownWorkflowError
 from ._store import Store
 
 logger = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ def _structure(kind: str, data: object, source: str | None) -> Workflow | Job:
     if kind == "job":
         return structure_declaration(data, Job, source=source)
     return structure_declaration(data, Workflow, source=source)
-
-
-class DefinitionConflict(PhasebusError):
-    """A change the definition's origin does not allow (HTTP 409)."""
 
 
 class _Engine(Protocol):

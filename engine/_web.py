@@ -41,21 +41,23 @@ from ._bus import ENGINE_CLOSED, LISTENER_DISCONNECTED, TOO_SLOW, Listener, List
 from ._bus import Subscriber as _Subscriber
 from ._bus import Subscription as _Subscription
 from ._config import ConfigConflict
-from ._convert import structure_strict, unstructure_declaration
+from ._convert import message_from_json, structure_strict, unstructure_declaration
 from ._engine import Engine, StepInfo, TaskInfo, TaskResult
+from ._errors import BadInput as BadInput
 from ._errors import (
     InvalidInputError,
     ListenerError,
     MessageError,
     PhasebusError,
+    TaskLookupError,
     UnknownTaskError,
     UnknownWorkflowError,
 )
 from ._json import JSONInputError, parse_json
 from ._machine import Outcome
-from ._messages import Action, ActionAbort, Event, Kind, Message, message_from_json
+from ._messages import Action, ActionAbort, Event, Kind, Message
 from ._metrics import CONTENT_TYPE, EngineMetrics
-from ._web_definitions import DefinitionRoutes, TaskLookupError, resolve_task_id
+from ._web_definitions import DefinitionRoutes, resolve_task_id
 
 logger = logging.getLogger(__name__)
 #: One line per HTTP request (method, path, status, milliseconds), at info.
@@ -91,28 +93,6 @@ _MAX_REASON = 123  # bytes of UTF-8 in a close frame's reason
 
 _TASK_QUERY = frozenset({"workflow", "outcome", "since", "has_errors", "limit"})
 _OUTCOMES = tuple(outcome.value for outcome in Outcome)
-
-
-class BadInput(PhasebusError):
-    """An HTTP request that gets an error answer: status, error and problems."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        problems: Iterable[str] = (),
-        *,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.status = status
-        self.error = error
-        self.problems = list(problems)
-        self.extra = dict(extra or {})
-        super().__init__(error)
-
-    def body(self) -> dict[str, Any]:
-        """Return the JSON body of the answer."""
-        return {"error": self.error, "problems": self.problems, **self.extra}
 
 
 def _describe(value: object) -> str:

@@ -11,8 +11,8 @@ nothing changes. Workflows and jobs declared in files cannot be changed (409
 naming the file); built-in ones cannot be deleted (409). Task ids may be
 given by any unique prefix (:func:`resolve_task_id`).
 
-The routes are mounted by :mod:`engine._web`, whose error handling and body
-limits apply to them.
+The routes are mounted by :mod:`engine._web`, whose error handling (of
+:class:`~engine._errors.BadInput`) and body limits apply to them.
 """
 
 from __future__ import annotations
@@ -25,19 +25,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ._engine import Engine
-from ._errors import DeclarationError, UnknownTaskError, UnknownWorkflowError
-from ._registry import DefinitionConflict, DefinitionKind
+from ._errors import (
+    BadInput,
+    DeclarationError,
+    DefinitionConflict,
+    TaskLookupError,
+    UnknownTaskError,
+    UnknownWorkflowError,
+)
+from ._registry import DefinitionKind
 
 #: Reads a request's JSON body (the application's reader: size limits, the JSON rule).
 BodyReader = Callable[[Request], Awaitable[Any]]
-
-
-class TaskLookupError(LookupError):
-    """A task id (or prefix) names no task, or more than one."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)
 
 
 def resolve_task_id(engine: Engine, given: str) -> str:
@@ -61,10 +60,6 @@ def resolve_task_id(engine: Engine, given: str) -> str:
             400, f"task id prefix {given!r} is ambiguous: it matches {listed}; give more of it"
         )
     return found[0]
-
-
-def _error(status: int, error: str, problems: list[str] | None = None) -> Response:
-    return JSONResponse({"error": error, "problems": problems or []}, status)
 
 
 class DefinitionRoutes:
@@ -99,13 +94,13 @@ class DefinitionRoutes:
     async def get_job(self, request: Request) -> Response:
         job_id = request.path_params["id"]
         if self.engine.job(job_id) is None:
-            return _error(404, f"unknown job {job_id!r}")
+            raise BadInput(404, f"unknown job {job_id!r}")
         return JSONResponse(self.engine.definitions.get(job_id).to_json())
 
     async def run_job(self, request: Request) -> Response:
         job_id = request.path_params["id"]
         if self.engine.job(job_id) is None:
-            return _error(404, f"unknown job {job_id!r}")
+            raise BadInput(404, f"unknown job {job_id!r}")
         result = self.engine.start_workflow(job_id, reason="api")
         body = {
             "workflow": result.workflow,
@@ -127,9 +122,9 @@ class DefinitionRoutes:
                 declaration = registry.parse(kind, definition_id, body)
                 definition, created = registry.put(declaration)
             except DeclarationError as error:
-                return _error(400, f"invalid {kind}", [str(p) for p in error.problems])
+                raise BadInput(400, f"invalid {kind}", [str(p) for p in error.problems]) from None
             except DefinitionConflict as error:
-                return _error(409, str(error))
+                raise BadInput(409, str(error)) from None
             return JSONResponse(definition.to_json(), 201 if created else 200)
 
         return put
@@ -140,9 +135,9 @@ class DefinitionRoutes:
             try:
                 self.engine.definitions.delete(kind, definition_id)
             except UnknownWorkflowError:
-                return _error(404, f"unknown {kind} {definition_id!r}")
+                raise BadInput(404, f"unknown {kind} {definition_id!r}") from None
             except DefinitionConflict as error:
-                return _error(409, str(error))
+                raise BadInput(409, str(error)) from None
             return Response(status_code=204)
 
         return delete
@@ -155,9 +150,9 @@ class DefinitionRoutes:
             try:
                 definition = self.engine.definitions.set_active(kind, definition_id, active)
             except UnknownWorkflowError:
-                return _error(404, f"unknown {kind} {definition_id!r}")
+                raise BadInput(404, f"unknown {kind} {definition_id!r}") from None
             except DefinitionConflict as error:
-                return _error(409, str(error))
+                raise BadInput(409, str(error)) from None
             return JSONResponse(definition.to_json())
 
         return activate
@@ -168,6 +163,6 @@ class DefinitionRoutes:
         try:
             task_id = resolve_task_id(self.engine, request.path_params["id"])
         except TaskLookupError as error:
-            return _error(error.status, str(error))
+            raise BadInput(error.status, str(error)) from None
         entries = self.engine.log.entries(task_id)
         return JSONResponse({"task_id": task_id, "entries": [e.to_json() for e in entries]})

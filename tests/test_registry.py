@@ -20,7 +20,8 @@ from engine import (
     Workflow,
     open_engine,
 )
-from engine._registry import BUILTIN, RUNTIME, DefinitionConflict
+from engine._errors import DefinitionConflict
+from engine._registry import BUILTIN, RUNTIME
 from engine._tasklog import LogKind
 from engine.testing import Done, Silent, scripted_listener
 from machines import METRICS
@@ -278,7 +279,8 @@ async def test_a_failed_command_is_logged_with_the_tail_of_its_output() -> None:
 
 
 async def test_task_ids_by_prefix_in_memory_and_in_the_store(tmp_path: Path) -> None:
-    from engine._web_definitions import TaskLookupError, resolve_task_id
+    from engine._errors import TaskLookupError
+    from engine._web_definitions import resolve_task_id
 
     store = SQLiteStore(tmp_path / "s.sqlite3")
     async with open_engine(workflows=[METRICS], store=store) as engine:
