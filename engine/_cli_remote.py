@@ -355,7 +355,7 @@ def print_token(psk: str | None, *, expires_in: float, stdout: TextIO) -> int:
 # ---------------------------------------------------------------- jobs
 
 
-def _cron_trigger(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _triggers(args: argparse.Namespace) -> list[dict[str, Any]]:
     triggers: list[dict[str, Any]] = []
     if args.schedule is not None:
         triggers.append({"cron": args.schedule, "timezone": args.timezone})
@@ -382,7 +382,7 @@ def job_body(args: argparse.Namespace, current: Mapping[str, Any] | None) -> dic
         body["callable"] = args.callable
         body.pop("command", None)
     if args.schedule is not None or args.event is not None:
-        body["triggers"] = _cron_trigger(args)
+        body["triggers"] = _triggers(args)
     if args.wait_for_event is not None:
         event, _, timeout = args.wait_for_event.partition(":")
         body["wait_for"] = {"message_type": event}

@@ -158,8 +158,9 @@ class Registry:
         """Apply the definitions the store kept (at start, before tasks resume).
 
         A stored definition whose id a file now declares is ignored (the file
-        wins); one the engine refuses (a command no longer registered) is
-        logged and left in the store.
+        wins); one whose id the program now declares counts as a change to a
+        built-in one; one the engine refuses (a command no longer registered)
+        is logged and left in the store.
         """
         for ident, record in sorted(records.items()):
             try:
@@ -173,11 +174,12 @@ class Registry:
                 if record.get("origin") == BUILTIN and ident not in self._engine.workflows:
                     logger.warning("ignoring the stored change of %s %r: not built in", kind, ident)
                     continue
+                declared = ident in self._engine.workflows
                 self._apply(declaration, active=bool(record.get("active", True)))
             except (DeclarationError, KeyError, TypeError, ValueError) as error:
                 logger.error("cannot restore the stored definition %r: %s", ident, error)
                 continue
-            if record.get("origin") != BUILTIN:
+            if not declared:  # the program declares it now: a change to a built-in one
                 self._runtime.add(ident)
 
     # ------------------------------------------------------------ changing

@@ -332,3 +332,25 @@ async def test_a_job_declared_inactive_starts_paused(tmp_path: Path) -> None:
         assert e.job("j") == marker_job("j", marker)
         await e.run_workflow("metrics")
         await wait_runs(marker, 1)
+
+
+async def test_stored_definitions_yield_to_files_and_count_as_changes_of_built_ins(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = SQLiteStore(path)
+    async with open_engine(store=store) as engine:
+        engine.definitions.put(Workflow("nightly", [Step("export", timeout=7)]))
+        engine.definitions.put(Workflow("weekly", [Step("export", timeout=7)]))
+    store.close()
+    store = SQLiteStore(path)
+    program = Workflow("nightly", [Step("export")])
+    from_file = Workflow("weekly", [Step("export")])
+    async with open_engine(
+        workflows=[program, from_file], store=store, sources={"weekly": "weekly.toml"}
+    ) as engine:
+        nightly = engine.definitions.get("nightly")
+        assert (nightly.origin, nightly.declaration.steps[0].timeout) == (BUILTIN, 7)
+        weekly = engine.definitions.get("weekly")
+        assert (weekly.origin, weekly.declaration) == ("weekly.toml", from_file)
+    store.close()
