@@ -87,6 +87,14 @@ TOO_BIG = 1009
 
 _MAX_REASON = 123  # bytes of UTF-8 in a close frame's reason
 
+#: The ASGI messages that answer a request, with the status they stand for.
+_STATUS_EVENTS = {
+    "http.response.start": 0,  # its own status
+    "websocket.accept": 101,
+    "websocket.http.response.start": 0,  # its own status
+    "websocket.close": 403,  # before the handshake was accepted: refused
+}
+
 
 # ---------------------------------------------------------------- input
 
@@ -270,32 +278,44 @@ class PhasebusApp:
     # ------------------------------------------------------------ ASGI entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and access_logger.isEnabledFor(logging.INFO):
+        if scope["type"] in ("http", "websocket") and access_logger.isEnabledFor(logging.INFO):
             await self._logged(scope, receive, send)
         else:
             await self._serve(scope, receive, send)
 
     async def _logged(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve an HTTP request and log one line for it: method, path, status, ms."""
+        """Serve a request and log one line for it: method, path, status, milliseconds.
+
+        A WebSocket is logged when its handshake is answered (``WS``, status
+        101 when accepted).
+        """
         started = time.perf_counter()
         status = 0
+        websocket = scope["type"] == "websocket"
+
+        def log() -> None:
+            access_logger.info(
+                "%s %s %s %.1fms",
+                "WS" if websocket else scope.get("method", "-"),
+                scope.get("path", "-"),
+                status or "-",
+                (time.perf_counter() - started) * 1000,
+            )
 
         async def send_logged(message: ASGIMessage) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            kind = message["type"]
+            if not status and kind in _STATUS_EVENTS:
+                status = message.get("status") or _STATUS_EVENTS[kind]
+                if websocket:
+                    log()
             await send(message)
 
         try:
             await self._serve(scope, receive, send_logged)
         finally:
-            access_logger.info(
-                "%s %s %s %.1fms",
-                scope.get("method", "-"),
-                scope.get("path", "-"),
-                status or "-",
-                (time.perf_counter() - started) * 1000,
-            )
+            if not websocket or not status:
+                log()
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -255,6 +255,9 @@ async def test_logging_at_info_is_one_line_per_request_and_per_task(
     async with running_server(workflows=[quick]) as server:
         await server.http.get("/jobs")
         await server.http.get("/job/none")
+        async with server.websocket("/events"):
+            pass
+        await server.rejection("/subscriber/nobody/handle")
         server.engine.subscribe("w", "work", timeout=0.2)
         task_id = (await server.http.post("/workflow/slow/run")).json()["task_id"]
         await server.engine.wait_task(task_id)
@@ -262,7 +265,9 @@ async def test_logging_at_info_is_one_line_per_request_and_per_task(
     access = [message for name, message in lines if name == "engine.access"]
     assert re.fullmatch(r"GET /jobs 200 \d+\.\dms", access[0])
     assert re.fullmatch(r"GET /job/none 404 \d+\.\dms", access[1])
-    assert re.fullmatch(r"POST /workflow/slow/run 202 \d+\.\dms", access[2])
+    assert re.fullmatch(r"WS /events 101 \d+\.\dms", access[2])
+    assert re.fullmatch(r"WS /subscriber/nobody/handle 404 \d+\.\dms", access[3])
+    assert re.fullmatch(r"POST /workflow/slow/run 202 \d+\.\dms", access[4])
     engine_lines = [message for name, message in lines if name == "engine._engine"]
     assert f"starting task {task_id} of slow (api)" in engine_lines
     (end,) = [m for m in engine_lines if m.startswith(f"task {task_id} of slow ended")]
