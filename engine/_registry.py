@@ -28,7 +28,13 @@ import orjson
 
 from ._convert import structure_declaration, unstructure_declaration
 from ._definitions import Job, Workflow
-from ._errors import DeclarationError, DefinitionConflict, Problem, UnknownWorkflowError
+from ._errors import (
+    DeclarationError,
+    DefinitionConflict,
+    EngineClosed,
+    Problem,
+    UnknownWorkflowError,
+)
 from ._store import Store
 
 logger = logging.getLogger(__name__)
@@ -58,6 +64,9 @@ class _Engine(Protocol):
 
     @property
     def workflows(self) -> dict[str, Workflow]: ...
+
+    @property
+    def closing(self) -> bool: ...
 
     def job(self, workflow_id: str) -> Job | None: ...
 
@@ -217,6 +226,7 @@ class Registry:
         Raises:
             DefinitionConflict: a file declares this id, or it names a
                 workflow where a job is given (or the reverse).
+            EngineClosed: the engine is stopping (nothing changes then).
             DeclarationError: the engine refuses it (an unregistered command);
                 nothing changed then.
         """
@@ -225,6 +235,8 @@ class Registry:
         exists = ident in self._engine.workflows
         if exists:
             self._check_change(ident, kind, "changed")
+        else:
+            self._check_open(ident, kind, "added")
         if isinstance(declaration, Job):
             active = declaration.active
         else:
@@ -277,6 +289,7 @@ class Registry:
         return self.get(definition_id)
 
     def _check_change(self, definition_id: str, kind: DefinitionKind, change: str) -> None:
+        self._check_open(definition_id, kind, change)
         if definition_id not in self._engine.workflows:
             raise UnknownWorkflowError(definition_id)
         actual: DefinitionKind = (
@@ -291,6 +304,10 @@ class Registry:
                 f"{kind} {definition_id!r} is declared in {self._files[definition_id]}:"
                 f" it cannot be {change} here; edit the file and restart"
             )
+
+    def _check_open(self, definition_id: str, kind: DefinitionKind, change: str) -> None:
+        if self._engine.closing:  # nothing is stored any more: the change would be lost
+            raise EngineClosed(f"the engine is stopping: {kind} {definition_id!r} not {change}")
 
     def _apply(self, declaration: Workflow | Job, *, active: bool) -> None:
         ident = declaration.id

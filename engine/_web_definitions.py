@@ -29,6 +29,7 @@ from ._errors import (
     BadInput,
     DeclarationError,
     DefinitionConflict,
+    EngineClosed,
     TaskLookupError,
     UnknownTaskError,
     UnknownWorkflowError,
@@ -125,6 +126,8 @@ class DefinitionRoutes:
                 raise BadInput(400, f"invalid {kind}", [str(p) for p in error.problems]) from None
             except DefinitionConflict as error:
                 raise BadInput(409, str(error)) from None
+            except EngineClosed as error:
+                raise BadInput(503, str(error)) from None
             return JSONResponse(definition.to_json(), 201 if created else 200)
 
         return put
@@ -138,6 +141,8 @@ class DefinitionRoutes:
                 raise BadInput(404, f"unknown {kind} {definition_id!r}") from None
             except DefinitionConflict as error:
                 raise BadInput(409, str(error)) from None
+            except EngineClosed as error:
+                raise BadInput(503, str(error)) from None
             return Response(status_code=204)
 
         return delete
@@ -153,6 +158,8 @@ class DefinitionRoutes:
                 raise BadInput(404, f"unknown {kind} {definition_id!r}") from None
             except DefinitionConflict as error:
                 raise BadInput(409, str(error)) from None
+            except EngineClosed as error:
+                raise BadInput(503, str(error)) from None
             return JSONResponse(definition.to_json())
 
         return activate

@@ -354,3 +354,15 @@ async def test_stored_definitions_yield_to_files_and_count_as_changes_of_built_i
         weekly = engine.definitions.get("weekly")
         assert (weekly.origin, weekly.declaration) == ("weekly.toml", from_file)
     store.close()
+
+
+async def test_no_definition_changes_while_the_engine_stops() -> None:
+    from engine import EngineClosed
+
+    async with open_engine(workflows=[METRICS]) as engine:
+        engine.freeze()
+        with pytest.raises(EngineClosed, match=r"^the engine is stopping: workflow 'w' not added$"):
+            engine.definitions.put(Workflow("w", [Step("a")]))
+        with pytest.raises(EngineClosed, match="workflow 'metrics' not deactivated"):
+            engine.definitions.set_active("workflow", "metrics", False)
+        assert "w" not in engine.workflows
