@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, cast
 
 import attrs
@@ -69,6 +70,11 @@ class StepEnd(enum.StrEnum):
     DONE = "done"
 
 
+#: The progress and sign-of-life maps of a step nobody reported in: most steps stay so,
+#: and a live task then holds fewer objects for the garbage collector to walk.
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
 @attrs.define(eq=False)
 class StepRun:
     """The live state of one step of a task.
@@ -85,16 +91,17 @@ class StepRun:
     owed_at_start: frozenset[str] = frozenset()
     answers: dict[str, Answer] = attrs.Factory(dict)
     errors: list[str] = attrs.Factory(list)
-    progress: dict[str, Progress] = attrs.Factory(dict)
+    #: Each owed listener's latest progress (a shared empty mapping until one reports).
+    progress: Mapping[str, Progress] = _NOTHING
     finished: bool = False
     timed_out: bool = False
     ended_at: float | None = None
     #: When each owed subscriber was last heard from (an answer, progress or info).
-    heard: dict[str, float] = attrs.Factory(dict)
+    heard: Mapping[str, float] = _NOTHING
     #: Whether the step was reported stalled (nobody heard from for too long).
     stalled: bool = False
     #: Owed subscribers that went away (removed, unsubscribed) before answering.
-    released: list[str] = attrs.Factory(list)
+    released: tuple[str, ...] = ()
     #: Whether the task was stopped (or replaced) while the step was under way.
     stopped: bool = False
 
@@ -121,12 +128,16 @@ class StepRun:
         """Record a listener's progress; return whether the step is waiting for it."""
         if self.ended_at is not None or subscriber_id not in self.owed_at_start:
             return False
+        if not isinstance(self.progress, dict):
+            self.progress = {}
         self.progress[subscriber_id] = progress
         return True
 
     def record_heard(self, subscriber_id: str, at: float) -> None:
         """Record a sign of life from a subscriber the step waited for."""
         if self.ended_at is None and subscriber_id in self.owed_at_start:
+            if not isinstance(self.heard, dict):
+                self.heard = {}
             self.heard[subscriber_id] = at
 
     def last_sign_of_life(self) -> float:
@@ -138,7 +149,7 @@ class StepRun:
         if self.ended_at is not None or subscriber_id not in self.waiting_for:
             return False
         self.waiting_for.discard(subscriber_id)
-        self.released.append(subscriber_id)
+        self.released = (*self.released, subscriber_id)
         return True
 
     def record_finished(self, error: str | None = None) -> None:
@@ -195,9 +206,13 @@ class StepRun:
         return bool(self.errors) or self.is_finished()
 
 
-@attrs.define(slots=False, eq=False)
+@attrs.define(eq=False)
 class Task:
-    """One run of a workflow: the model of the workflow's machine."""
+    """One run of a workflow: the model of the workflow's machine.
+
+    Tasks are never added to the machine as models (transitions would attach
+    trigger methods to them), so a task can do without an instance dict.
+    """
 
     id: str
     workflow: Workflow
