@@ -439,6 +439,13 @@ class _Connection:
         }
 
 
+def _phrase(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode("latin-1")
+    except ValueError:
+        return b""
+
+
 def _refusal(status: int) -> str:
     return {431: "request headers too large"}.get(status, "bad request")
 
@@ -475,9 +482,7 @@ class _HTTPExchange:
         try:
             await self.conn.server.app(scope, self.receive, self.send)
         except Exception as error:
-            if self.gone is not None:
-                logger.debug("%s: %s (%s)", self.conn.client, self.gone, type(error).__name__)
-            else:
+            if self.gone is None:  # (else the client's going is logged already)
                 logger.exception("error in the application answering %s", scope["path"])
                 if not self.started:
                     await self.conn.refuse(500, "internal error", f"server: {type(error).__name__}")
@@ -561,6 +566,8 @@ class _HTTPExchange:
                 data = await self.conn.receive()
             if data is None:
                 return await self._body_timed_out()
+            if not data:
+                return await self._client_gone("client disconnected mid-body")
             self.h11.receive_data(data)
 
     async def _client_gone(self, why: str) -> ASGIMessage:
@@ -596,7 +603,8 @@ class _HTTPExchange:
                 raise RuntimeError("http.response.start sent twice")
             self.started = True
             headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
-            response = h11.Response(status_code=int(message["status"]), headers=headers)
+            status = int(message["status"])
+            response = h11.Response(status_code=status, headers=headers, reason=_phrase(status))
             await self._write(self.h11.send(response))
         elif kind == "http.response.body":
             if not self.started:
@@ -798,7 +806,8 @@ class _WebSocket:
         headers = [(k, v) for k, v in headers if k.lower() not in (b"connection",)]
         headers.append((b"connection", b"close"))
         body = bytes(self._response["body"])
-        data = self.conn.h11.send(h11.Response(status_code=status, headers=headers)) or b""
+        response = h11.Response(status_code=status, headers=headers, reason=_phrase(status))
+        data = self.conn.h11.send(response) or b""
         if body:
             data += self.conn.h11.send(h11.Data(data=body)) or b""
         data += self.conn.h11.send(h11.EndOfMessage()) or b""

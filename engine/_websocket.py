@@ -86,12 +86,9 @@ class SlowConsumerPolicy:
     max_pending_age: float = DEFAULT_MAX_PENDING_AGE
 
     def __attrs_post_init__(self) -> None:
-        if isinstance(self.max_pending_bytes, bool) or not isinstance(self.max_pending_bytes, int):
-            raise ValueError(
-                f"max_pending_bytes must be a whole number, got {self.max_pending_bytes!r}"
-            )
-        if self.max_pending_bytes < 1:
-            raise ValueError(f"max_pending_bytes must be >= 1, got {self.max_pending_bytes!r}")
+        size = self.max_pending_bytes
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"max_pending_bytes must be a whole number >= 1, got {size!r}")
         if not 0 < self.max_pending_age < math.inf:
             raise ValueError(f"max_pending_age must be > 0 seconds, got {self.max_pending_age!r}")
 
