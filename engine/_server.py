@@ -645,6 +645,9 @@ class _WebSocket:
         self._queued = 0  # bytes queued since the start
         self._written = 0  # bytes written since the start
         self._broken = False
+        self._writing = False  # a write is under way (the writer's, or a sender's)
+        # plain TCP: senders may write at once (see _send_data); not through TLS
+        self._socket = conn.stream.socket if isinstance(conn.stream, trio.SocketStream) else None
         self._wake_writer = trio.Event()
         self._progress = trio.Event()
         self._to_app, self._from_reader = trio.open_memory_channel[ASGIMessage](16)
@@ -712,13 +715,15 @@ class _WebSocket:
 
     async def _writer(self) -> None:
         while True:
-            if not self._out:
+            if not self._out or self._writing:
                 self._wake_writer = trio.Event()
                 await self._wake_writer.wait()
                 continue
             data = bytes(self._out)
             self._out.clear()
+            self._writing = True
             ok = await self.conn.send(data)
+            self._writing = False
             self._written += len(data)
             if not ok:
                 self._broken = True
@@ -731,6 +736,36 @@ class _WebSocket:
     async def _flush(self, mark: int) -> None:
         while self._written < mark and not self._broken:
             await self._wait_progress()
+
+    async def _send_data(self, data: bytes) -> None:
+        """Send ``data`` after what is queued; return once it is written.
+
+        When nothing is queued or being written, it is sent at once from the
+        caller's task, by one attempt on the socket that either sends some
+        bytes or, if cancelled, none: whatever is left goes to the writer, so
+        a cancelled sender never leaves half a frame behind.
+        """
+        sock = self._socket
+        if sock is None or self._writing or self._out or self._broken or not data:
+            await self._flush(self._queue(data))
+            return
+        self._writing = True
+        try:
+            sent = await sock.send(data)
+        except OSError:
+            self._broken = True
+            sent = 0
+        finally:
+            self._writing = False
+        self._queued += sent
+        self._written += sent
+        if self._broken:
+            self._written = self._queued
+        self._progress.set()
+        if sent < len(data):
+            await self._flush(self._queue(data[sent:]))
+        elif self._out:
+            self._wake_writer.set()
 
     def _queue_close(self, code: int, reason: str) -> None:
         if self.closing or self.ws.state not in (
@@ -753,7 +788,7 @@ class _WebSocket:
         kind = message["type"]
         if kind == FRAMES_EXTENSION:
             if self.accepted and not self.closing:
-                await self._flush(self._queue(b"".join(message["frames"])))
+                await self._send_data(b"".join(message["frames"]))
         elif kind == "websocket.send":
             if self.accepted and not self.closing:
                 text = message.get("text")
@@ -761,7 +796,7 @@ class _WebSocket:
                     data = self.ws.send(TextMessage(data=text))
                 else:
                     data = self.ws.send(BytesMessage(data=bytes(message.get("bytes") or b"")))
-                await self._flush(self._queue(data))
+                await self._send_data(data)
         elif kind == "websocket.accept":
             await self._accept(message)
         elif kind == "websocket.close":

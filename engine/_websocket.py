@@ -220,12 +220,17 @@ class _Session:
         ended = False
         while not ended:
             oldest = self._oldest()
-            deadline = math.inf if oldest is None else oldest + policy.max_pending_age
-            with trio.move_on_at(deadline):
-                try:
-                    batch = [await listener.receive()]
-                except ListenerDropped:
-                    break
+            first: Message | None = None
+            try:
+                if oldest is None:  # nothing pending: no deadline (the common case)
+                    first = await listener.receive()
+                else:
+                    with trio.move_on_at(oldest + policy.max_pending_age):
+                        first = await listener.receive()
+            except ListenerDropped:
+                break
+            if first is not None:
+                batch = [first]
                 try:
                     while True:
                         batch.append(listener.receive_nowait())
