@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from typing import Any
 
 import pytest
 import trio
+import trio_websocket
 
 from engine import Event
 
@@ -138,3 +140,50 @@ def test_the_policy_is_checked() -> None:
         SlowConsumerPolicy(max_pending_bytes=0)
     with pytest.raises(ValueError, match=r"^max_pending_age must be > 0 seconds, got -1$"):
         SlowConsumerPolicy(max_pending_age=-1)
+
+
+async def test_without_the_frames_extension_the_standard_send_is_used() -> None:
+    """Any ASGI server will do: without phasebus's extension, frames go as websocket.send."""
+    from engine import open_engine
+    from engine._server import FRAMES_EXTENSION, serve_app
+    from engine._web import create_app
+
+    async with open_engine() as engine:
+        app = create_app(engine, max_pending_bytes=64 * 1024)
+        sent: list[str] = []
+
+        async def plain(scope: Any, receive: Any, send: Any) -> None:
+            scope = {**scope, "extensions": dict(scope.get("extensions") or {})}
+            scope["extensions"].pop(FRAMES_EXTENSION, None)
+
+            async def watch(message: Any) -> None:
+                sent.append(message["type"])
+                await send(message)
+
+            await app(scope, receive, watch)
+
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(functools.partial(serve_app, plain, port=0))
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with trio.open_nursery() as client:
+                ws = await trio_websocket.wrap_client_stream(client, stream, host, "/events")
+                with trio.fail_after(5):
+                    while not engine.listeners:
+                        await trio.sleep(0.01)
+                for index in range(100):
+                    engine.publish(Event("plain", {"n": index}))
+                got = []
+                with trio.fail_after(5):
+                    while len(got) < 100:
+                        message = json.loads(await ws.get_message())
+                        if message["message_type"] == "plain":
+                            got.append(message["data"]["n"])
+                await ws.aclose()
+                client.cancel_scope.cancel()
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+        app.close()
+    assert got == list(range(100))
+    assert "websocket.send" in sent
+    assert FRAMES_EXTENSION not in sent
