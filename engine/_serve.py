@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from starlette.types import ASGIApp
 
 from ._catalog import load_catalog
 from ._config import CORE_CONFIG

@@ -762,8 +762,13 @@ class _WebSocket:
         if self._broken:
             self._written = self._queued
         self._progress.set()
-        if sent < len(data):
-            await self._flush(self._queue(data[sent:]))
+        if sent < len(data) and not self._broken:
+            # the rest goes first: what was queued meanwhile (a pong) must not split the frame
+            rest = data[sent:]
+            self._out[0:0] = rest
+            self._queued += len(rest)
+            self._wake_writer.set()
+            await self._flush(self._queued)
         elif self._out:
             self._wake_writer.set()
 
