@@ -187,3 +187,49 @@ async def test_without_the_frames_extension_the_standard_send_is_used() -> None:
     assert got == list(range(100))
     assert "websocket.send" in sent
     assert FRAMES_EXTENSION not in sent
+
+
+async def test_a_burst_is_encoded_once_and_sent_in_one_event() -> None:
+    """Messages buffered for a connection go to the server together, as shared frames."""
+    from engine import open_engine
+    from engine._server import FRAMES_EXTENSION, serve_app
+    from engine._web import create_app
+
+    async with open_engine() as engine:
+        app = create_app(engine)
+        batches: list[list[bytes]] = []
+
+        async def watching(scope: Any, receive: Any, send: Any) -> None:
+            async def watch(message: Any) -> None:
+                if message["type"] == FRAMES_EXTENSION:
+                    batches.append(list(message["frames"]))
+                await send(message)
+
+            await app(scope, receive, watch)
+
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(functools.partial(serve_app, watching, port=0))
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            streams = [await trio.open_tcp_stream(host, int(port)) for _ in range(2)]
+            async with trio.open_nursery() as clients:
+                sockets = [
+                    await trio_websocket.wrap_client_stream(clients, s, host, "/events?show=burst")
+                    for s in streams
+                ]
+                with trio.fail_after(5):
+                    while len(engine.listeners) < 2:
+                        await trio.sleep(0.01)
+                for index in range(1000):  # no checkpoint: all buffered before a sender runs
+                    engine.publish(Event("burst", {"n": index}))
+                for ws in sockets:
+                    with trio.fail_after(5):
+                        got = [json.loads(await ws.get_message())["data"]["n"] for _ in range(1000)]
+                    assert got == list(range(1000))
+                    await ws.aclose()
+                clients.cancel_scope.cancel()
+            for stream in streams:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+        app.close()
+    assert [len(batch) for batch in batches] == [1000, 1000]  # one event per connection
+    assert all(a is b for a, b in zip(batches[0], batches[1], strict=True))  # encoded once
