@@ -13,7 +13,7 @@ import httpx
 import trio
 import trio_websocket
 
-from engine import Engine, Step, Workflow, open_engine
+from engine import Engine, Step, Store, Workflow, open_engine
 from engine._server import ServerLimits, serve_app
 from engine._web import PhasebusApp, create_app
 from machines import COLLECT_AND_CLEANUP
@@ -117,13 +117,16 @@ async def running_server(
     max_pending_bytes: int = 16 * 1024 * 1024,
     max_pending_age: float = 30.0,
     limits: ServerLimits | None = None,
+    store: Store | None = None,
 ) -> AsyncIterator[Server]:
     """Run an engine and its API on 127.0.0.1, port 0, with an HTTP client.
 
     ``close_grace`` is the server's ``close_timeout``: how long a closing
     WebSocket may take its close frame before its socket is aborted.
     """
-    async with open_engine(workflows=workflows, listener_buffer=listener_buffer) as engine:
+    async with open_engine(
+        workflows=workflows, listener_buffer=listener_buffer, store=store
+    ) as engine:
         app = create_app(
             engine,
             psk=psk,
