@@ -1,6 +1,6 @@
-"""Measure the network API against a bare server on the same stack, in the same run.
+"""Measure the network API against a bare reference server, in the same run.
 
-Run ``python benchmarks/api_bench.py`` (``--quick`` for a run under a minute).
+Run ``python benchmarks/api_bench.py`` (``--quick`` for a run of about a minute).
 Clients run in separate processes; everything is on 127.0.0.1. The last line
 is machine-readable::
 
@@ -129,7 +129,7 @@ class _Endpoint:
 
 
 class BareServer:
-    """The same stack without an engine: an echo endpoint and a fan-out of fixed frames."""
+    """The reference stack without an engine: an echo endpoint and a fan-out of fixed frames."""
 
     def __init__(self, frames: list[str]) -> None:
         self.frames = frames
@@ -455,7 +455,7 @@ async def load_case() -> tuple[float, int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer runs (under 60 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer runs (about a minute)")
     parser.add_argument("--client", nargs=3, metavar=("MODE", "URL", "COUNT"), help="internal")
     args = parser.parse_args(argv)
     if args.client:
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     ws_us, echo_us = statistics.median(ws_runs), statistics.median(echo_runs)
     print(f"collect_and_cleanup over a WebSocket, {runs} runs x {repeats}:")
     print(f"  phasebus {ws_us:8.1f} us/step (one external subscriber)")
-    print(f"  echo     {echo_us:8.1f} us/round trip (bare server, same stack and client)")
+    print(f"  echo     {echo_us:8.1f} us/round trip (bare reference server, same client)")
     print(f"  ratio    {ws_us / echo_us:8.2f}")
 
     fan_runs_phasebus, fan_runs_bare = [], []

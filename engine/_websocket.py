@@ -24,6 +24,7 @@ import json
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -171,6 +172,7 @@ class _Session:
             self._scope.cancel()
 
     async def run(self) -> None:
+        """Accept, then send and receive until either side ends; close with a reason."""
         connect = await self.receive()
         if connect["type"] != "websocket.connect":
             return
@@ -193,7 +195,8 @@ class _Session:
                 logger.info("closing %s with %d: %s", self.listener.id, code, reason)
             await self.send({"type": "websocket.close", "code": code, "reason": reason})
 
-    async def _guarded(self, loop: Any) -> None:
+    async def _guarded(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run the drainer or the writer; an error in it closes this connection with 1011."""
         try:
             await loop()
         except Exception as error:
