@@ -499,3 +499,37 @@ async def test_tls_serves_https_and_wss(tmp_path: Any) -> None:
             assert (await http.get("/again")).status_code == 200
     assert answer.json() == {"path": "/secure", "body": "over tls"}
     assert echoed == "hello"
+
+
+# ---------------------------------------------------------------- frame headers, without sockets
+
+
+def test_the_frame_guard_follows_frames_split_anywhere() -> None:
+    from engine._server import _FrameGuard
+
+    frames = (
+        _client_frame(1, b"a" * 300, fin=False)
+        + _client_frame(9, b"ping")  # a control frame between fragments
+        + _client_frame(0, b"b" * 70_000)
+        + _client_frame(2, b"c" * 10)
+    )
+    guard = _FrameGuard(limit=70_300)
+    for index in range(0, len(frames), 7):  # any split: headers cut in the middle too
+        chunk = frames[index : index + 7]
+        assert guard.scan(chunk) == (len(chunk), None)
+    guard = _FrameGuard(limit=70_299)
+    allowed, why = guard.scan(frames)
+    assert why == "fragmented message over the limit of 70299 bytes"
+    assert allowed == len(_client_frame(1, b"a" * 300, fin=False) + _client_frame(9, b"ping"))
+
+
+def test_the_frame_guard_refuses_from_the_header_alone() -> None:
+    from engine._server import _FrameGuard
+
+    header = _client_frame(1, b"", length=2**40)
+    guard = _FrameGuard(limit=1024)
+    assert guard.scan(header[:3]) == (3, None)  # not a whole header yet
+    assert guard.scan(header[3:]) == (
+        0,
+        "message of 1099511627776 bytes over the limit of 1024 bytes",
+    )
