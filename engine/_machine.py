@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import attrs
-from transitions import EventData, Machine, State
+from transitions import Event, EventData, Machine, MachineError, State, Transition
 
 from ._definitions import (
     EmitEvent,
@@ -383,13 +383,73 @@ def describe_state(step: Step) -> str:
     return f"{_describe_action(step)}, timeout {step.timeout:g}s, on error {step.on_error.value}"
 
 
+class _Transition(Transition):
+    """A transition of a workflow's machine, carried out without indirection.
+
+    The machine's transitions are built from callables (never names) and the
+    machine has no machine-wide callbacks, so the conditions and callbacks
+    are called directly, in transitions' order: conditions, ``before``, the
+    source's exit callbacks, the new state, its enter callbacks, ``after``.
+    Transitions' own ``execute`` resolves every callback by name and logs
+    each stage; on the path of every answer, that was most of a step's cost.
+    """
+
+    def execute(self, event_data: EventData) -> bool:
+        # every callback is a callable (machine_spec builds them): Any says so to mypy
+        conditions: Any = self.conditions
+        for condition in conditions:
+            if condition.func(event_data) != condition.target:
+                return False
+        callbacks: Any = self.before
+        for callback in callbacks:
+            callback(event_data)
+        states: Any = event_data.machine.states
+        for callback in states[self.source].on_exit:
+            callback(event_data)
+        task: Any = event_data.model
+        task.state = self.dest
+        dest = states[self.dest]
+        event_data.state = dest
+        for callback in dest.on_enter:
+            callback(event_data)
+        callbacks = self.after
+        for callback in callbacks:
+            callback(event_data)
+        return True
+
+
+class _Event(Event):
+    """A trigger of a workflow's machine: the first of its transitions from the task's
+    state whose conditions hold is taken (as transitions does, without its queue and
+    machine-wide callbacks, which these machines do not use)."""
+
+    def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
+        transitions = self.transitions.get(model.state)
+        if transitions is None:
+            raise MachineError(f"can't trigger {self.name} from state {model.state}")
+        event_data = EventData(
+            self.machine.states[model.state], self, self.machine, model, args, kwargs
+        )
+        for transition in transitions:
+            event_data.transition = transition
+            if transition.execute(event_data):
+                event_data.result = True
+                return True
+        return False
+
+
+class _Machine(Machine):
+    transition_cls = _Transition
+    event_cls = _Event
+
+
 class WorkflowMachine:
     """The machine of one workflow, shared by all of its tasks."""
 
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
         states, transitions = machine_spec(workflow)
-        self._machine = Machine(
+        self._machine = _Machine(
             model=None,
             states=states,
             transitions=[
@@ -407,7 +467,19 @@ class WorkflowMachine:
             send_event=True,
             model_override=True,
         )
-        events: Mapping[str, Any] = self._machine.events
+        machine = self._machine
+        # what _Event and _Transition leave out must be unused
+        unused = (
+            machine.prepare_event,
+            machine.finalize_event,
+            machine.before_state_change,
+            machine.after_state_change,
+            machine.on_exception,
+            machine.on_final,
+            machine.has_queue,
+        )
+        assert not any(unused)
+        events: Mapping[str, Any] = machine.events
         self._advance = events["advance"]
         self._stop = events["stop"]
         self._replace = events["replace"]
