@@ -46,7 +46,10 @@ class EchoApp:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [(b"content-type", b"application/json")],
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(data)).encode()),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": data})
@@ -533,3 +536,20 @@ def test_the_frame_guard_refuses_from_the_header_alone() -> None:
         0,
         "message of 1099511627776 bytes over the limit of 1024 bytes",
     )
+
+
+async def test_a_client_expecting_100_continue_gets_it_before_sending_the_body() -> None:
+    async with echo_server() as (url, _):
+        stream = await trio.open_tcp_stream(*_address(url))
+        await stream.send_all(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5\r\nConnection: close\r\n\r\n"
+        )
+        with trio.fail_after(5):
+            interim = await stream.receive_some(65536)
+        await stream.send_all(b"hello")
+        raw = await _read_all(stream)
+        await stream.aclose()
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    status, body = _json_answer(raw)
+    assert (status, body) == (200, {"path": "/upload", "body": "hello"})
