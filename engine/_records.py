@@ -15,6 +15,7 @@ import orjson
 
 from ._clock import Clock
 from ._definitions import Workflow
+from ._errors import RestoreError as RestoreError
 from ._machine import Answer, Outcome, StepEnd, StepRun, Task, step_end
 
 
@@ -278,10 +279,6 @@ def finished_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | Non
 def task_has_errors(task: Task) -> bool:
     """Tell whether a task's steps met errors or were released (see TaskResult.has_errors)."""
     return any(run.errors or run.released for run in task.history)
-
-
-class RestoreError(Exception):
-    """A stored task does not fit its workflow's current declaration."""
 
 
 def restore_task(record: Mapping[str, Any], workflow: Workflow, clock: Clock) -> Task:

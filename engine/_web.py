@@ -31,10 +31,10 @@ from ._bus import Subscription as _Subscription
 from ._config import ConfigConflict
 from ._convert import structure_strict, unstructure_declaration
 from ._engine import Engine, StepInfo, TaskInfo, TaskResult
+from ._errors import BadInput as BadInput
 from ._errors import (
     InvalidInputError,
     ListenerError,
-    PhasebusError,
     UnknownTaskError,
     UnknownWorkflowError,
 )
@@ -71,28 +71,6 @@ DEFAULT_MAX_MESSAGE = 1024 * 1024
 
 _TASK_QUERY = frozenset({"workflow", "outcome", "since", "has_errors", "limit"})
 _OUTCOMES = tuple(outcome.value for outcome in Outcome)
-
-
-class BadInput(PhasebusError):
-    """An HTTP request that gets an error answer: status, error and problems."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        problems: Iterable[str] = (),
-        *,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.status = status
-        self.error = error
-        self.problems = list(problems)
-        self.extra = dict(extra or {})
-        super().__init__(error)
-
-    def body(self) -> dict[str, Any]:
-        """Return the JSON body of the answer."""
-        return {"error": self.error, "problems": self.problems, **self.extra}
 
 
 # ---------------------------------------------------------------- output

@@ -33,10 +33,11 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
 from ._bus import ENGINE_CLOSED, TOO_SLOW, Listener, ListenerDropped
+from ._convert import message_from_json
 from ._engine import Engine
 from ._errors import MessageError, PhasebusError
 from ._json import JSONInputError, parse_json
-from ._messages import Action, ActionAbort, Message, message_from_json
+from ._messages import Action, ActionAbort, Message
 from ._server import FRAMES_EXTENSION, text_frame
 
 logger = logging.getLogger(__name__)
