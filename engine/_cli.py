@@ -70,9 +70,7 @@ from ._definitions import (
     CronTrigger,
     Declarations,
     EventTrigger,
-    ExecuteCommand,
     Trigger,
-    WaitForEvent,
     Workflow,
     action_kind,
 )
@@ -576,11 +574,7 @@ def _step_json(workflow: Workflow) -> list[dict[str, Any]]:
             "timeout": step.timeout,
             "on_error": step.on_error.value,
         }
-        if isinstance(action, ExecuteCommand):
-            entry["command"] = list(action.command) if action.command else None
-            entry["callable"] = action.callable
-        if isinstance(action, WaitForEvent) and action.filter:
-            entry["filter"] = dict(action.filter)
+        entry.update(action.fields())
         steps.append(entry)
     return steps
 
@@ -894,8 +888,11 @@ def _configure_logging(verbose: int) -> None:
     """Log on stderr: warnings; with -v phasebus's own info too; with -vv everything's debug.
 
     Libraries' internals (transitions' callbacks, the HTTP server's) stay at
-    warning unless -vv.
+    warning unless -vv. Logging already set up (by a program that runs the
+    command in-process, or by pytest) is left as it is.
     """
+    if logging.getLogger().handlers:
+        return
     root = logging.WARNING if verbose < 2 else logging.DEBUG
     logging.basicConfig(
         level=root,

@@ -283,15 +283,26 @@ def test_verbose_keeps_libraries_at_warning_unless_twice() -> None:
 
     from engine._cli import _configure_logging
 
-    engine_logger = logging.getLogger("engine")
-    level = engine_logger.level
+    engine_logger, root = logging.getLogger("engine"), logging.getLogger()
+    level, root_level, handlers = engine_logger.level, root.level, root.handlers[:]
     try:
-        _configure_logging(1)
-        assert logging.getLogger("engine.access").isEnabledFor(logging.INFO)
-        assert not logging.getLogger("transitions.core").isEnabledFor(logging.INFO)
-        _configure_logging(0)
-        assert not logging.getLogger("engine._engine").isEnabledFor(logging.INFO)
+        for verbose, engine_level, library_level in (
+            (0, logging.WARNING, logging.WARNING),
+            (1, logging.INFO, logging.WARNING),
+            (2, logging.DEBUG, logging.DEBUG),
+        ):
+            root.handlers.clear()  # as in a fresh process
+            _configure_logging(verbose)
+            assert logging.getLogger("engine.access").getEffectiveLevel() == engine_level
+            assert logging.getLogger("transitions.core").getEffectiveLevel() == library_level
+        # logging that is already set up is left alone
+        engine_logger.setLevel(logging.ERROR)
         _configure_logging(2)
-        assert logging.getLogger("engine._engine").isEnabledFor(logging.DEBUG)
+        assert engine_logger.level == logging.ERROR
     finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
         engine_logger.setLevel(level)
