@@ -119,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
         "--verbose",
         action="count",
         default=0,
-        help="log more (-v: info, -vv: debug) on stderr",
+        help="log more on stderr (-v: info, -vv: debug, libraries included); also after the"
+        " subcommand",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -378,10 +379,20 @@ def _jobs_parser(commands: Any, server_options: Any) -> None:
         ("update", "change a job: only the options given change"),
     ):
         sub = actions.add_parser(name, help=summary, description=summary)
-        sub.add_argument("id", metavar="ID")
-        sub.add_argument("command_line", metavar="COMMAND", nargs="*")
+        sub.add_argument("id", metavar="ID", help="the job's id")
+        sub.add_argument(
+            "command_line",
+            metavar="COMMAND",
+            nargs="*",
+            help="the command and its arguments, after '--' (no shell)",
+        )
         sub.add_argument("--callable", metavar="NAME", help="run this registered callable")
-        sub.add_argument("--schedule", metavar="CRON", help='cron schedule, e.g. "0 5 * * *"')
+        sub.add_argument(
+            "--schedule",
+            metavar="CRON",
+            help='cron schedule, e.g. "0 5 * * *" (with --event: both; on update they replace'
+            " the triggers)",
+        )
         sub.add_argument(
             "--timezone", default="UTC", metavar="ZONE", help="the schedule's time zone"
         )
@@ -397,10 +408,21 @@ def _jobs_parser(commands: Any, server_options: Any) -> None:
             metavar="TYPE[:SECONDS]",
             help="once triggered, run when this event arrives within SECONDS (default 60)",
         )
-        sub.add_argument("--timeout", type=_number, metavar="SECONDS", help="default 60")
-        sub.add_argument("--description", metavar="TEXT")
+        sub.add_argument(
+            "--timeout",
+            type=_number,
+            metavar="SECONDS",
+            help="how long the command may run (default 60)",
+        )
+        sub.add_argument("--description", metavar="TEXT", help="what the job is for")
         state = sub.add_mutually_exclusive_group()
-        state.add_argument("--active", dest="active", action="store_const", const=True)
+        state.add_argument(
+            "--active",
+            dest="active",
+            action="store_const",
+            const=True,
+            help="let its triggers start it (the default)",
+        )
         state.add_argument(
             "--inactive",
             dest="active",
