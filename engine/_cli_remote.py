@@ -8,6 +8,7 @@ and follows it with the same live view as an in-process run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import ssl
 import urllib.parse
@@ -487,10 +488,9 @@ async def workflows_command(
         ]
         if not items:
             raise UsageError(f"{args.file}: declares no workflow or job")
+        await _define_all(url, psk, items)
         for kind, item in items:
-            body = unstructure_declaration(item)
-            answer = await call(url, "PUT", f"/{kind}/{quoted(item.id)}", psk, body)
-            stdout.write(f"{kind} {answer['id']} defined on {url}\n")
+            stdout.write(f"{kind} {item.id} defined on {url}\n")
         return EXIT_OK
     path = f"/workflow/{quoted(args.id)}"
     if action == "delete":
@@ -500,6 +500,33 @@ async def workflows_command(
     answer = await call(url, "POST", f"{path}/{action}", psk)
     stdout.write(f"workflow {answer['id']} is {'active' if answer['active'] else 'inactive'}\n")
     return EXIT_OK
+
+
+async def _define_all(url: str, psk: str | None, items: Sequence[tuple[str, Any]]) -> None:
+    """PUT every definition; if the server refuses one, put back what was there before.
+
+    Raises:
+        ServerError: the refusal, naming the definition (nothing changed then).
+    """
+    existing = {entry["id"] for entry in await fetch(url, "/workflows", psk)}
+    done: list[tuple[str, Any]] = []  # (path, what it held before, or None)
+    for kind, item in items:
+        path = f"/{kind}/{quoted(item.id)}"
+        before = None
+        if item.id in existing:
+            with contextlib.suppress(ServerError):  # of the other kind: the PUT is refused
+                before = await fetch(url, path, psk)
+        try:
+            await call(url, "PUT", path, psk, unstructure_declaration(item))
+        except ServerError as error:
+            for undo, previous in reversed(done):
+                if previous is None:
+                    await call(url, "DELETE", undo, psk)
+                else:
+                    kept = {key: value for key, value in previous.items() if key != "origin"}
+                    await call(url, "PUT", undo, psk, kept)
+            raise ServerError(f"{kind} {item.id}: {error} (nothing was changed)") from None
+        done.append((path, before))
 
 
 # ---------------------------------------------------------------- task logs

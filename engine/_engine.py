@@ -441,7 +441,14 @@ class Engine:
         """Register a job (see :meth:`add_workflow`)."""
         if not isinstance(job, Job):
             raise TypeError(f"expected a Job, got {job!r}")
-        self._add(job.as_workflow(), job=job, replace=replace)
+        try:
+            self._add(job.as_workflow(), job=job, replace=replace)
+        except DeclarationError as error:  # name the job's fields, not its workflow's
+            problems = [
+                Problem("callable", p.message) if p.path.endswith("action.callable") else p
+                for p in error.problems
+            ]
+            raise DeclarationError(problems, source=error.source) from None
 
     def _add(self, workflow: Workflow, *, job: Job | None, replace: bool) -> None:
         if not isinstance(workflow, Workflow):

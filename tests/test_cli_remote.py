@@ -306,3 +306,21 @@ def test_verbose_keeps_libraries_at_warning_unless_twice() -> None:
         root.handlers[:] = handlers
         root.setLevel(root_level)
         engine_logger.setLevel(level)
+
+
+async def test_workflows_add_changes_nothing_when_the_server_refuses_one(tmp_path: Path) -> None:
+    flows = tmp_path / "flows.toml"
+    flows.write_text(
+        '[[workflows]]\nid = "slow"\ndescription = "changed"\n[[workflows.steps]]\nname = "x"\n'
+        '[[workflows]]\nid = "fresh"\n[[workflows.steps]]\nname = "y"\n'
+        '[[jobs]]\nid = "calls"\ncallable = "not_registered"\n'
+    )
+    async with running_server(workflows=[SLOW]) as server:
+        status, out, err = await cli("workflows", "add", str(flows), "--url", server.url)
+        assert (status, out) == (1, "")
+        assert err == (
+            "phasebus: error: job calls: invalid job: callable: no command is registered"
+            " as 'not_registered' (nothing was changed)\n"
+        )
+        assert server.engine.workflows["slow"] == SLOW
+        assert "fresh" not in server.engine.workflows
