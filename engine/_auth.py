@@ -4,7 +4,8 @@ A client proves it knows the pre-shared key (PSK) with a JWT in the header
 ``Authorization: Bearer <jwt>``. The JWT is signed with HS256; its key is
 derived from the PSK by PBKDF2-HMAC-SHA256 (100,000 iterations, 32 bytes) over
 a random 16-byte salt, which travels base64-encoded in the JWT header field
-``salt``. The claim ``exp`` is required and checked.
+``salt``. The claim ``exp`` is checked when present; a token without it is
+accepted, as Resoto's core accepts it (Resoto's clients always set it).
 
 Deriving a key costs tens of milliseconds, so derived keys are cached by salt
 (a client reuses its token, hence its salt, until it expires) and derivation
@@ -100,7 +101,7 @@ class TokenVerifier:
 
         Raises:
             AuthError: the token is malformed, has no salt, has a bad signature,
-                has no ``exp`` or has expired.
+                or has expired (``exp`` is optional).
         """
         try:
             header = jwt.get_unverified_header(token)
@@ -117,14 +118,10 @@ class TokenVerifier:
             raise AuthError("the token's 'salt' must be 1 to 64 bytes")
         key = await self._key(salt)
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[ALGORITHM], options={"require": ["exp"]}
-            )
+            claims: dict[str, Any] = jwt.decode(token, key, algorithms=[ALGORITHM])
         except jwt.ExpiredSignatureError:
             self._remember(salt, key)
             raise AuthError("the token has expired") from None
-        except jwt.MissingRequiredClaimError:
-            raise AuthError("the token has no 'exp' claim") from None
         except jwt.InvalidSignatureError:
             raise AuthError("the token's signature does not match the pre-shared key") from None
         except jwt.InvalidTokenError as error:

@@ -351,6 +351,11 @@ class Engine:
         self._closed = False
 
     @property
+    def store(self) -> Store | None:
+        """The store the engine keeps its state in (None: nothing is kept)."""
+        return self._store
+
+    @property
     def nursery(self) -> trio.Nursery:
         """The engine's nursery: what runs in it is cancelled when the engine closes."""
         return self._nursery

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 from ._auth import AuthError, TokenVerifier, bearer_token
 from ._bus import ENGINE_CLOSED, LISTENER_DISCONNECTED, TOO_SLOW, Listener, ListenerDropped
 from ._bus import Subscription as _Subscription
-from ._config import ConfigConflict
+from ._config_model import ConfigModels
 from ._convert import structure_strict, unstructure_declaration
 from ._engine import Engine, StepInfo, TaskInfo, TaskResult
 from ._errors import (
@@ -49,18 +49,28 @@ from ._errors import (
     UnknownTaskError,
     UnknownWorkflowError,
 )
+from ._http import BadInput, describe, read_json
 from ._json import JSONInputError, parse_json
 from ._machine import Outcome
 from ._messages import Action, ActionAbort, Event, Kind, Message, message_from_json
 from ._metrics import CONTENT_TYPE, EngineMetrics
+from ._resoto_api import REVISION_HEADER as REVISION_HEADER
+from ._resoto_api import ResotoRoutes
 
 logger = logging.getLogger(__name__)
 
-#: The response header carrying a config's revision.
-REVISION_HEADER = "Resoto-Config-Revision"
+#: Paths served without authentication, as Resoto's core serves them: the health
+#: checks, the CA certificate (a client needs it before it can trust anything) and
+#: the metrics (a Prometheus scraper cannot make tokens). Everything under
+#: :data:`PUBLIC_PREFIXES` is public too.
+PUBLIC_PATHS = frozenset({"/ca/cert", "/metrics"})
+PUBLIC_PREFIXES = ("/system/",)
 
-#: Paths served without authentication.
-PUBLIC_PATHS = frozenset({"/system/ping", "/system/ready"})
+
+def is_public(path: str) -> bool:
+    """Return whether ``path`` is served without a token."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
 
 #: Largest request body accepted, in bytes, unless told otherwise.
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -88,31 +98,7 @@ _TASK_QUERY = frozenset({"workflow", "outcome", "since", "limit"})
 _OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
-class BadInput(PhasebusError):
-    """An HTTP request that gets an error answer: status, error and problems."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        problems: Iterable[str] = (),
-        *,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.status = status
-        self.error = error
-        self.problems = list(problems)
-        self.extra = dict(extra or {})
-        super().__init__(error)
-
-    def body(self) -> dict[str, Any]:
-        """Return the JSON body of the answer."""
-        return {"error": self.error, "problems": self.problems, **self.extra}
-
-
-def _describe(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+_describe = describe
 
 
 def _close_reason(text: str) -> str:
@@ -261,6 +247,8 @@ class PhasebusApp:
         self._close_grace = close_grace
         self._verifier = TokenVerifier(psk) if psk else None
         self._encoder = _Encoder()
+        #: Resoto's config, config model and graph routes.
+        self.resoto = ResotoRoutes(engine, ConfigModels(engine.store), max_body_size=max_body_size)
         self._connections: dict[str, _Connection] = {}
         self._stop_observing = engine.add_observer(
             self._observe, message_types=(LISTENER_DISCONNECTED,), kinds=(Kind.EVENT,)
@@ -283,7 +271,7 @@ class PhasebusApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind in ("http", "websocket"):
-            if self._verifier is not None and scope["path"] not in PUBLIC_PATHS:
+            if self._verifier is not None and not is_public(scope["path"]):
                 try:
                     await self._verifier.verify(bearer_token(_header(scope, b"authorization")))
                 except AuthError as error:
@@ -367,12 +355,8 @@ class PhasebusApp:
             Route("/subscriber/{id}/{message_type}", self.unsubscribe, methods=["DELETE"]),
             WebSocketRoute("/subscriber/{id}/handle", _WebSocketEndpoint(self.handle_subscriber)),
             WebSocketRoute("/events", _WebSocketEndpoint(self.handle_events)),
+            *self.resoto.routes(),
             WebSocketRoute("/{path:path}", _WebSocketEndpoint(self.no_websocket)),
-            Route("/configs", self.list_configs, methods=["GET"]),
-            Route("/config/{id}", self.get_config, methods=["GET"]),
-            Route("/config/{id}", self.put_config, methods=["PUT"]),
-            Route("/config/{id}", self.patch_config, methods=["PATCH"]),
-            Route("/config/{id}", self.delete_config, methods=["DELETE"]),
             Route("/workflows", self.list_workflows, methods=["GET"]),
             Route("/workflow/{id}", self.get_workflow, methods=["GET"]),
             Route("/workflow/{id}/run", self.run_workflow, methods=["POST"]),
@@ -382,25 +366,7 @@ class PhasebusApp:
         ]
 
     async def _json_body(self, request: Request) -> Any:
-        size = 0
-        chunks = []
-        async with contextlib.aclosing(request.stream()) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size > self.max_body_size:
-                    raise BadInput(
-                        413,
-                        "request body too large",
-                        [f"body: more than {self.max_body_size} bytes"],
-                    )
-                chunks.append(chunk)
-        body = b"".join(chunks)
-        if not body.strip():
-            raise BadInput(400, "invalid JSON body", ["body: empty, expected JSON"])
-        try:
-            return parse_json(body, path="body")
-        except JSONInputError as error:
-            raise BadInput(400, "invalid JSON body", [str(p) for p in error.problems]) from None
+        return await read_json(request, self.max_body_size)
 
     # ------------------------------------------------------------ health and metrics
 
@@ -496,65 +462,6 @@ class PhasebusApp:
             return call()
         except InvalidInputError as error:
             raise BadInput(400, "invalid input", [str(p) for p in error.problems]) from None
-
-    # ------------------------------------------------------------ configs
-
-    async def list_configs(self, request: Request) -> Response:
-        return JSONResponse(self.engine.configs.ids())
-
-    async def get_config(self, request: Request) -> Response:
-        config_id = request.path_params["id"]
-        config = self.engine.configs.get(config_id)
-        if config is None:
-            raise BadInput(404, f"unknown config {config_id!r}")
-        return JSONResponse(dict(config.data), headers={REVISION_HEADER: config.revision})
-
-    def _if_match(self, request: Request) -> str | None:
-        value = request.headers.get("if-match")
-        if value is None:
-            return None
-        value = value.strip()
-        if value.startswith("W/"):
-            value = value[2:]
-        value = value.strip('"')
-        if value == "*":
-            current = self.engine.configs.get(request.path_params["id"])
-            return current.revision if current is not None else "*"
-        return value
-
-    async def _write_config(self, request: Request, *, patch: bool) -> Response:
-        config_id = request.path_params["id"]
-        body = await self._json_body(request)
-        if not isinstance(body, dict):
-            raise BadInput(
-                400, "invalid config", [f"body: must be a JSON object, got {_describe(body)}"]
-            )
-        configs = self.engine.configs
-        write = configs.patch if patch else configs.put
-        try:
-            config = write(config_id, body, if_match=self._if_match(request))
-        except ConfigConflict as error:
-            raise BadInput(409, str(error), extra={"revision": error.actual}) from None
-        except InvalidInputError as error:
-            raise BadInput(400, "invalid config", [str(p) for p in error.problems]) from None
-        return JSONResponse(dict(config.data), headers={REVISION_HEADER: config.revision})
-
-    async def put_config(self, request: Request) -> Response:
-        return await self._write_config(request, patch=False)
-
-    async def patch_config(self, request: Request) -> Response:
-        return await self._write_config(request, patch=True)
-
-    async def delete_config(self, request: Request) -> Response:
-        config_id = request.path_params["id"]
-        if_match = self._if_match(request)
-        if if_match is None and self.engine.configs.get(config_id) is None:
-            raise BadInput(404, f"unknown config {config_id!r}")
-        try:
-            self.engine.configs.delete(config_id, if_match=if_match)
-        except ConfigConflict as error:
-            raise BadInput(409, str(error), extra={"revision": error.actual}) from None
-        return Response(status_code=204)
 
     # ------------------------------------------------------------ workflows and tasks
 

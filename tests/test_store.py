@@ -24,7 +24,7 @@ from engine import (
     Workflow,
     open_engine,
 )
-from engine._store import _SCHEMA_V1, APPLICATION_ID, SQLiteStore, StoreError
+from engine._store import _SCHEMA_V1, APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, StoreError
 
 from .test_engine import drain, events
 
@@ -258,9 +258,21 @@ def test_a_store_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
     assert state.revision_counter == 7
     store.save_schedule_mark(("wf", "0 * * * *", "UTC"), T0)
     assert store.load().schedule_marks == {("wf", "0 * * * *", "UTC"): T0}
+    store.save_config_kinds([{"fqn": "app", "properties": []}])
+    store.save_config_validation({"id": "app", "external_validation": True})
     store.close()
-    (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
-    assert version == 2
+    check = sqlite3.connect(path)
+    (version,) = check.execute("PRAGMA user_version").fetchone()
+    check.close()
+    assert version == SCHEMA_VERSION
+    store = SQLiteStore(path)
+    assert store.load_config_models() == (
+        [{"fqn": "app", "properties": []}],
+        [{"id": "app", "external_validation": True}],
+    )
+    store.delete_config_validation("app")
+    assert store.load_config_models()[1] == []
+    store.close()
 
 
 def test_a_store_in_use_by_another_engine_is_refused(tmp_path: Path) -> None:

@@ -55,7 +55,6 @@ async def test_a_resoto_token_is_accepted_over_http_and_websocket() -> None:
         ("Bearer not-a-jwt", "malformed token: "),
         ("Bearer " + resoto_token("another key"), "the token's signature does not match"),
         ("Bearer " + resoto_token(PSK, exp=-60), "the token has expired"),
-        ("Bearer " + resoto_token(PSK, exp=None), "the token has no 'exp' claim"),
         (
             "Bearer " + jwt.encode({"exp": time.time() + 60}, "k" * 32, algorithm="HS256"),
             "the token header has no 'salt'",
@@ -80,11 +79,21 @@ async def test_requests_without_a_valid_token_get_401(
         assert server.engine.listeners == []
 
 
-async def test_health_checks_need_no_token() -> None:
+async def test_a_token_without_exp_is_accepted_as_resoto_accepts_it() -> None:
+    async with running_server(psk=PSK, token=resoto_token(PSK, exp=None)) as server:
+        assert (await server.http.get("/configs")).status_code == 200
+
+
+async def test_health_checks_metrics_and_the_ca_certificate_need_no_token() -> None:
     async with running_server(psk=PSK) as server:
         assert (await server.http.get("/system/ping")).text == "pong"
         assert (await server.http.get("/system/ready")).text == "ok"
-        assert (await server.http.get("/metrics")).status_code == 401
+        metrics = await server.http.get("/metrics")
+        assert metrics.status_code == 200
+        assert "phasebus" in metrics.text
+        # anything else still needs one
+        assert (await server.http.get("/system/other")).status_code == 404
+        assert (await server.http.get("/metrics/other")).status_code == 401
 
 
 async def test_verifier_caches_keys_only_for_good_signatures() -> None:
