@@ -56,6 +56,7 @@ from ._messages import Action, ActionAbort, Event, Kind, Message, message_from_j
 from ._metrics import CONTENT_TYPE, EngineMetrics
 from ._resoto_api import REVISION_HEADER as REVISION_HEADER
 from ._resoto_api import ResotoRoutes
+from ._workqueue import WorkQueue, WorkRoutes
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +250,14 @@ class PhasebusApp:
         self._encoder = _Encoder()
         #: Resoto's config, config model and graph routes.
         self.resoto = ResotoRoutes(engine, ConfigModels(engine.store), max_body_size=max_body_size)
+        #: Resoto's worker task queue.
+        self.work = WorkRoutes(
+            WorkQueue(),
+            engine.clock,
+            max_body_size=max_body_size,
+            max_message_size=max_message_size,
+        )
+        self.resoto.approver = self.work.approve_config
         self._connections: dict[str, _Connection] = {}
         self._stop_observing = engine.add_observer(
             self._observe, message_types=(LISTENER_DISCONNECTED,), kinds=(Kind.EVENT,)
@@ -356,6 +365,7 @@ class PhasebusApp:
             WebSocketRoute("/subscriber/{id}/handle", _WebSocketEndpoint(self.handle_subscriber)),
             WebSocketRoute("/events", _WebSocketEndpoint(self.handle_events)),
             *self.resoto.routes(),
+            *self.work.routes(),
             WebSocketRoute("/{path:path}", _WebSocketEndpoint(self.no_websocket)),
             Route("/workflows", self.list_workflows, methods=["GET"]),
             Route("/workflow/{id}", self.get_workflow, methods=["GET"]),
