@@ -12,11 +12,14 @@ of a directory), creates the ``phasebus.core`` config and serves the API.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
 import signal
+import ssl
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +39,7 @@ from ._definitions import Job, Workflow
 from ._engine import Engine, open_engine
 from ._errors import PhasebusError
 from ._store import Store, open_store
+from ._tls import Authority
 from ._web import DEFAULT_MAX_MESSAGE, STREAM_KEY, create_app
 
 logger = logging.getLogger(__name__)
@@ -63,9 +67,9 @@ def _hypercorn_config(max_message_size: int) -> HypercornConfig:
     return config
 
 
-def _url(sockname: Any) -> str:
+def _url(sockname: Any, scheme: str = "http") -> str:
     host, port = sockname[0], sockname[1]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def serve_app(
@@ -74,6 +78,7 @@ async def serve_app(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     max_message_size: int = DEFAULT_MAX_MESSAGE,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve an ASGI application on ``host``:``port`` until cancelled.
@@ -88,6 +93,8 @@ async def serve_app(
         port: the port (0 for any free port).
         max_message_size: largest WebSocket message; larger ones close the
             connection with 1009.
+        ssl_context: serve HTTPS and WSS with this server-side context (the
+            URL reported is then ``https://``).
     """
     config = _hypercorn_config(max_message_size)
     context = WorkerContext(None)
@@ -95,13 +102,17 @@ async def serve_app(
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def handle(stream: trio.SocketStream) -> None:
-        state: LifespanState = {STREAM_KEY: stream}
-        await TCPServer(wrapped, config, context, state, stream).run()  # type: ignore[arg-type]
+        served: trio.abc.Stream = stream
+        if ssl_context is not None:
+            served = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
+        state: LifespanState = {STREAM_KEY: served}
+        await TCPServer(wrapped, config, context, state, served).run()  # type: ignore[arg-type]
 
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, handle, listeners)
-            task_status.started(_url(listeners[0].socket.getsockname()))
+            scheme = "http" if ssl_context is None else "https"
+            task_status.started(_url(listeners[0].socket.getsockname(), scheme))
     finally:
         for listener in listeners:
             await listener.aclose()
@@ -130,6 +141,10 @@ async def serve(
     store: str = "memory",
     retention_days: float = DEFAULT_RETENTION_DAYS,
     announce: bool = True,
+    tls: bool = False,
+    cert: Path | None = None,
+    key: Path | None = None,
+    metrics: bool = True,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run an engine and serve its API until cancelled; report the base URL.
@@ -140,7 +155,10 @@ async def serve(
     resume. The config ``phasebus.core`` is created with the schedules in
     force unless it exists. With ``demo``, simulated listeners
     answer every step of the built-in workflows. With ``announce``, the URL
-    is printed on stdout once the server listens.
+    is printed on stdout once the server listens. With ``tls``, HTTPS and WSS
+    are served with a certificate of the server's own CA, both kept beside the
+    store (:mod:`engine._tls`); ``cert`` and ``key`` serve the user's
+    certificate instead. Without ``metrics``, ``/metrics`` is not served.
 
     Raises:
         PhasebusError: a bad declaration file, or a store file that cannot be used.
@@ -152,21 +170,35 @@ async def serve(
         )
     if not 0 <= port <= 65535:
         raise PhasebusError(f"--port: must be from 0 to 65535, got {port}")
+    if (cert is None) != (key is None):
+        raise PhasebusError("--cert and --key: give both or neither")
     catalog = load_catalog(workflows_dir)
     workflows, jobs = list(catalog.workflows.values()), list(catalog.jobs.values())
     durable = open_store(store, retention=timedelta(days=retention_days))
     try:
-        await _serve_engine(
-            workflows,
-            jobs,
-            durable,
-            host=host,
-            port=port,
-            psk=psk,
-            demo=demo,
-            announce=announce,
-            task_status=task_status,
-        )
+        with contextlib.ExitStack() as stack:
+            authority = None
+            if cert is not None and key is not None:
+                authority = Authority.from_files(cert, key)
+            elif tls:
+                if durable is None:  # nothing is kept: a CA for this run only
+                    directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                else:
+                    directory = Path(f"{store}.tls")
+                authority = Authority.load_or_create(directory)
+            await _serve_engine(
+                workflows,
+                jobs,
+                durable,
+                host=host,
+                port=port,
+                psk=psk,
+                demo=demo,
+                announce=announce,
+                authority=authority,
+                metrics=metrics,
+                task_status=task_status,
+            )
     finally:
         if durable is not None:
             durable.close()
@@ -182,12 +214,15 @@ async def _serve_engine(
     psk: str | None,
     demo: bool,
     announce: bool,
+    authority: Authority | None,
+    metrics: bool,
     task_status: trio.TaskStatus[str],
 ) -> None:
     async with open_engine(workflows=workflows, jobs=jobs, store=store) as engine:
         if engine.configs.get(CORE_CONFIG) is None:
             engine.configs.put(CORE_CONFIG, core_config(engine))
-        app = create_app(engine, psk=psk)
+        app = create_app(engine, psk=psk, tls=authority, metrics=metrics)
+        context = None if authority is None else authority.server_context()
         try:
             async with trio.open_nursery() as nursery:
                 if demo:
@@ -196,7 +231,9 @@ async def _serve_engine(
                     from ._demo import serve_demo
 
                     await nursery.start(serve_demo, engine, COLLECT_AND_CLEANUP)
-                url = await nursery.start(functools.partial(serve_app, app, host=host, port=port))
+                url = await nursery.start(
+                    functools.partial(serve_app, app, host=host, port=port, ssl_context=context)
+                )
                 if announce:
                     auth = "PSK required" if psk else "no authentication"
                     print(f"phasebus listening on {url} ({auth})", flush=True)
@@ -248,6 +285,28 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="also load the workflows and jobs declared in DIR/*.toml and DIR/*.json",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS and WSS with a certificate of the server's own CA, created on first"
+        " start and kept beside the store (components fetch the CA from /ca/cert)",
+    )
+    parser.add_argument(
+        "--cert",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="serve HTTPS with this PEM certificate (chain); needs --key",
+    )
+    parser.add_argument(
+        "--key", metavar="FILE", type=Path, default=None, help="the PEM private key of --cert"
+    )
+    parser.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        help="do not serve /metrics (it needs no token, as in Resoto's core)",
+    )
+    parser.add_argument(
         "--demo",
         action="store_true",
         help="attach simulated listeners that answer every step of the built-in workflows",
@@ -270,6 +329,10 @@ def serve_options(
         "demo": args.demo,
         "store": args.store,
         "retention_days": args.retention,
+        "tls": args.tls,
+        "cert": args.cert,
+        "key": args.key,
+        "metrics": args.metrics,
     }
 
 

@@ -56,6 +56,7 @@ from ._messages import Action, ActionAbort, Event, Kind, Message, message_from_j
 from ._metrics import CONTENT_TYPE, EngineMetrics
 from ._resoto_api import REVISION_HEADER as REVISION_HEADER
 from ._resoto_api import ResotoRoutes
+from ._tls import Authority, CertificateRoutes
 from ._workqueue import WorkQueue, WorkRoutes
 
 logger = logging.getLogger(__name__)
@@ -240,8 +241,11 @@ class PhasebusApp:
         max_body_size: int,
         max_message_size: int,
         close_grace: float,
+        tls: Authority | None = None,
+        metrics: bool = True,
     ) -> None:
         self.engine = engine
+        self._serve_metrics = metrics
         self.metrics = EngineMetrics(engine)
         self.max_body_size = max_body_size
         self.max_message_size = max_message_size
@@ -258,6 +262,8 @@ class PhasebusApp:
             max_message_size=max_message_size,
         )
         self.resoto.approver = self.work.approve_config
+        #: /ca/cert and /ca/sign.
+        self.certificates = CertificateRoutes(tls, psk, max_body_size=max_body_size)
         self._connections: dict[str, _Connection] = {}
         self._stop_observing = engine.add_observer(
             self._observe, message_types=(LISTENER_DISCONNECTED,), kinds=(Kind.EVENT,)
@@ -366,6 +372,7 @@ class PhasebusApp:
             WebSocketRoute("/events", _WebSocketEndpoint(self.handle_events)),
             *self.resoto.routes(),
             *self.work.routes(),
+            *self.certificates.routes(),
             WebSocketRoute("/{path:path}", _WebSocketEndpoint(self.no_websocket)),
             Route("/workflows", self.list_workflows, methods=["GET"]),
             Route("/workflow/{id}", self.get_workflow, methods=["GET"]),
@@ -387,6 +394,8 @@ class PhasebusApp:
         return PlainTextResponse("ok")
 
     async def get_metrics(self, request: Request) -> Response:
+        if not self._serve_metrics:
+            raise BadInput(404, "metrics are turned off (phasebus serve --no-metrics)")
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     # ------------------------------------------------------------ subscribers
@@ -765,6 +774,8 @@ def create_app(
     max_body_size: int = DEFAULT_MAX_BODY,
     max_message_size: int = DEFAULT_MAX_MESSAGE,
     close_grace: float = 2.0,
+    tls: Authority | None = None,
+    metrics: bool = True,
 ) -> PhasebusApp:
     """Return the ASGI application serving ``engine`` (PROTOCOL.md).
 
@@ -777,6 +788,9 @@ def create_app(
             close the connection with 1009). Give the server the same limit.
         close_grace: seconds a dropped connection has to take its close frame
             before its socket is aborted.
+        tls: the server's CA and certificate, served at ``/ca/cert`` (and
+            used by ``/ca/sign``); None for a server without TLS.
+        metrics: serve ``/metrics`` (open to all, as in Resoto's core).
 
     Call :meth:`PhasebusApp.close` when done, to stop observing the engine.
     """
@@ -786,4 +800,6 @@ def create_app(
         max_body_size=max_body_size,
         max_message_size=max_message_size,
         close_grace=close_grace,
+        tls=tls,
+        metrics=metrics,
     )

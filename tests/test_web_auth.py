@@ -91,6 +91,12 @@ async def test_health_checks_metrics_and_the_ca_certificate_need_no_token() -> N
         metrics = await server.http.get("/metrics")
         assert metrics.status_code == 200
         assert "phasebus" in metrics.text
+        # without --tls there is no CA: the answer says so, it does not ask for a token
+        ca = await server.http.get("/ca/cert")
+        assert ca.status_code == 404
+        assert "without TLS" in ca.json()["error"]
+        # /ca/sign is not open
+        assert (await server.http.post("/ca/sign", content=b"x")).status_code == 401
         # anything else still needs one
         assert (await server.http.get("/system/other")).status_code == 404
         assert (await server.http.get("/metrics/other")).status_code == 401
