@@ -67,6 +67,7 @@ from ._errors import Problem as Problem
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import UnknownWorkflowError as UnknownWorkflowError
 from ._machine import Outcome as Outcome
+from ._machine import StepEnd as StepEnd
 from ._machine import Task as Task
 from ._machine import WorkflowMachine as WorkflowMachine
 from ._messages import Action as Action

@@ -6,7 +6,7 @@ states are the phases: each step sits inside the group of its phase (steps
 without a phase sit at the top level). ``start`` names the triggers and the
 surpass behaviour; every step names its action kind, timeout and error
 behaviour; edges name the error paths and, into ``end``, the task's outcome.
-``stop`` and ``replace`` leave from a whole phase group when they leave from
+``stop``, ``replace`` and ``fail`` leave from a whole phase group when they leave from
 every step in it.
 
 Mermaid and DOT are text and need no program; SVG runs Graphviz's ``dot``.
@@ -56,7 +56,7 @@ _SURPASS = {
     Surpass.WAIT: "wait (one more run waits for the active one)",
 }
 
-_OUTCOMES = {"stop": "stopped", "replace": "replaced"}
+_OUTCOMES = {"stop": "stopped", "replace": "replaced", "fail": "failed"}
 
 #: Triggers whose edges are drawn from a phase group when they leave every step in it.
 _GROUPED_TRIGGERS = frozenset(_OUTCOMES)

@@ -57,6 +57,7 @@ from ._definitions import (
 )
 from ._errors import (
     DeclarationError,
+    InvalidInputError,
     PhasebusError,
     Problem,
     UnknownTaskError,
@@ -77,10 +78,11 @@ from ._messages import (
     ProgressLeaf,
     ProgressTree,
 )
-from ._records import RestoreError, finished_record, restore_task, task_record
+from ._records import RestoreError, finished_record, restore_task, task_has_errors, task_record
 from ._records import StepResult as StepResult  # re-exported: views import it from here
 from ._records import TaskResult as TaskResult
-from ._store import Store, StoredState, subscriptions_json
+from ._store import Store, StoredState
+from ._subscribers import SubscriptionChange
 from ._timers import Timers
 
 logger = logging.getLogger(__name__)
@@ -145,6 +147,8 @@ class StepInfo:
     errors: tuple[str, ...]
     last_heard: Mapping[str, datetime] = attrs.field(factory=dict, hash=False)
     stalled: bool = False
+    #: Owed subscribers that went away (removed, unsubscribed): the step no longer waits.
+    released: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -299,6 +303,18 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _replace_unencodable(task: Task) -> None:
+    """Replace what UTF-8 cannot hold (lone surrogates) in a task's texts, in place."""
+    if task.error is not None:
+        task.error = _encodable(task.error)
+    for run in task.history:
+        run.errors[:] = [_encodable(error) for error in run.errors]
+
+
 # ---------------------------------------------------------------- the engine
 
 
@@ -319,6 +335,9 @@ class Engine:
     ) -> None:
         self._nursery = nursery
         self._store = store
+        #: Where writes go: the store, until the engine freezes (then None: nothing is written).
+        self._writer = store
+        self._frozen = False
         self.clock = clock
         self._commands: dict[str, Command] = dict(commands)
         self._progress_interval = progress_interval
@@ -522,9 +541,11 @@ class Engine:
                 for planned in run:
                     self._fire(workflow_id, trigger, planned, now, catching_up=True)
             last = due[-1]
+            if self._frozen:
+                return
             self._schedule_marks[key] = last
-            if self._store is not None:
-                self._store.save_schedule_mark(key, last)
+            if self._writer is not None:
+                self._writer.save_schedule_mark(key, last)
 
     def _fire(
         self,
@@ -598,17 +619,23 @@ class Engine:
         """Remove a subscriber; steps stop waiting for it. Return whether it existed."""
         return self.subscribers.remove_subscriber(subscriber_id)
 
-    def _subscriptions_changed(self, subscriber_id: str, removed: frozenset[str]) -> None:
-        if self._store is not None and not self._restoring:
-            subscriber = self.subscribers.get(subscriber_id)
-            if subscriber is None:
-                self._store.delete_subscriber(subscriber_id)
+    def _subscriptions_changed(self, change: SubscriptionChange) -> None:
+        subscriber_id, removed = change.subscriber_id, change.removed
+        writer = self._writer
+        if writer is not None and not self._restoring:
+            if not change.exists:
+                writer.delete_subscriber(subscriber_id)
+            elif change.replaced:
+                writer.save_subscriber(subscriber_id, [s.to_json() for s in change.added])
             else:
-                self._store.save_subscriber(
-                    subscriber_id, subscriptions_json(subscriber.subscriptions.values())
-                )
-        self._bus.refresh(subscriber_id)
-        if not removed:
+                for subscription in change.added:
+                    writer.save_subscription(subscriber_id, subscription.to_json())
+                for message_type in removed:
+                    writer.delete_subscription(subscriber_id, message_type)
+        self._bus.refresh(subscriber_id, (s.message_type for s in change.added), removed)
+        if not removed or self._frozen:
+            # A subscriber leaving because the program stops releases no step:
+            # the tasks resume where they were, still waiting for it.
             return
         for run in self._running.values():
             step = run.task.step
@@ -640,10 +667,10 @@ class Engine:
         Raises:
             ListenerError: the subscriber already has a listener.
         """
-        types: frozenset[str] | None
+        types: frozenset[str] | set[str] | None
         if subscriber_id is not None:
             subscriber = self.subscribers.get(subscriber_id)
-            types = frozenset(subscriber.subscriptions) if subscriber else frozenset()
+            types = set(subscriber.subscriptions) if subscriber else set()  # kept current
             kinds = SUBSCRIBER_KINDS
         else:
             types = None if message_types is None else frozenset(message_types)
@@ -804,8 +831,14 @@ class Engine:
         Answers count when they match a running task's current step and a
         subscriber it waits for; any other answer changes nothing. Events start
         the workflows they trigger and finish the steps waiting for them.
+        Once the engine is stopping (see :meth:`freeze`) nothing is published.
         """
         kind = type(message)
+        if self._frozen:
+            # stopping: nothing may move a task on or start one; an answer is not
+            # recorded, so the subscriber still owes it after a restart
+            logger.debug("stopping: ignoring %s %s", message.kind.value, message.message_type)
+            return
         if kind in _ANSWER_TYPES:
             # the answer goes out before what it causes (the next step's action)
             self._bus.publish(message)
@@ -835,6 +868,8 @@ class Engine:
         )
 
     def _on_event(self, event: Event) -> None:
+        if self._frozen:
+            return
         message_type = event.message_type
         waiters = self._event_waiters.get(message_type)
         if waiters:
@@ -891,15 +926,8 @@ class Engine:
         if run.sleeper is None or run.moving:
             run.wake()  # the driver is running, or this is inside its own move: it will see
             return
-        try:
-            waiting = self._move_on(run)
-        except Exception:
-            # Not the answering listener's fault: the driver meets the same
-            # failure and stops the engine, as it would have on its own.
-            logger.exception("task %s could not move on; its driver takes over", run.task.id)
-            waiting = False
-        if not waiting:
-            run.wake()  # the task ended (or failed to move): the driver takes it from here
+        if not self._move_on_safely(run):
+            run.wake()  # the task ended (or failed): the driver takes it from here
 
     def _emit_error(self, run: _Run, message: str, subscriber_id: str | None = None) -> None:
         if self._wanted(ERROR):
@@ -917,6 +945,8 @@ class Engine:
             UnknownWorkflowError: nothing is registered under ``workflow_id``.
         """
         registered = self._registered(workflow_id)
+        if self._frozen:
+            raise EngineClosed(f"the engine is stopping: workflow {workflow_id!r} not started")
         surpass = registered.workflow.surpass
         active = (
             []
@@ -937,8 +967,8 @@ class Engine:
                     )
                 queued = _new_id()
                 self._queue(registered, queued)
-                if self._store is not None:  # a queued run survives a restart too
-                    self._store.save_task(
+                if self._writer is not None:  # a queued run survives a restart too
+                    self._writer.save_task(
                         queued,
                         workflow_id,
                         orjson.dumps(
@@ -1102,6 +1132,7 @@ class Engine:
                 errors=tuple(step.errors),
                 last_heard={sid: self.clock.to_wall(t) for sid, t in step.heard.items()},
                 stalled=step.stalled,
+                released=tuple(step.released),
             )
         return TaskInfo(
             task.id,
@@ -1117,20 +1148,43 @@ class Engine:
     async def _drive(self, run: _Run) -> None:
         task = run.task
         try:
-            if not run.replay and self._wanted(TASK_STARTED):
-                self._emit(
-                    TASK_STARTED,
-                    {
-                        "task": task.workflow.name,
-                        "task_id": task.id,
-                        "workflow": task.workflow.id,
-                        "started_at": self.clock.to_wall(task.created_at).isoformat(),
-                    },
-                )
-            while self._move_on(run):
+            try:
+                if not run.replay and self._wanted(TASK_STARTED):
+                    self._emit(
+                        TASK_STARTED,
+                        {
+                            "task": task.workflow.name,
+                            "task_id": task.id,
+                            "workflow": task.workflow.id,
+                            "started_at": self.clock.to_wall(task.created_at).isoformat(),
+                        },
+                    )
+            except Exception as error:
+                self._fail(run, error)
+            while self._move_on_safely(run):
                 await self._sleep(run)
         finally:
             self._finish(run)
+
+    def _move_on_safely(self, run: _Run) -> bool:
+        """Run :meth:`_move_on`; a failure in it (writing the task's record, publishing its
+        messages) fails that task, never the engine or another task."""
+        try:
+            return self._move_on(run)
+        except Exception as error:
+            self._fail(run, error)
+            return False
+
+    def _fail(self, run: _Run, error: Exception) -> None:
+        run.moving = False
+        task = run.task
+        reason = f"internal error: {type(error).__name__}: {error}"
+        logger.error("task %s of %s failed: %s", task.id, task.workflow.id, reason, exc_info=error)
+        step = task.step
+        if run.registered.machine.fail(task, now=trio.current_time(), reason=reason):
+            self._emit_error(run, reason)
+            if step is not None:
+                self._step_ended(run, step)
 
     def _move_on(self, run: _Run) -> bool:
         """Take every transition the task can take now; return whether it must wait.
@@ -1139,6 +1193,8 @@ class Engine:
         each wake-up, and an answer that finishes a step runs it at once
         (see :meth:`_on_answer`), never both at a time.
         """
+        if self._frozen:
+            return True  # stopped where it is: it waits for the engine to close
         task = run.task
         machine = run.registered.machine
         run.moving = True
@@ -1204,11 +1260,11 @@ class Engine:
 
     def _save(self, run: _Run) -> None:
         run.dirty = False
-        if self._store is not None:
+        if self._writer is not None:
             if run.encoded_steps is None:
                 run.encoded_steps = []
             task = run.task
-            self._store.save_task(
+            self._writer.save_task(
                 task.id, task.workflow.id, task_record(task, self.clock, run.encoded_steps)
             )
 
@@ -1262,6 +1318,8 @@ class Engine:
 
     async def _sleep(self, run: _Run) -> None:
         await run.sleep()
+        if self._frozen:
+            return
         step = run.task.step  # the current one: an answer may have moved the task on
         if step is None or step.deadline is None:
             return
@@ -1407,13 +1465,28 @@ class Engine:
         del registered.active[run]
         if run.ended is not None:
             run.ended.set()
-        if task.state != END:
-            return  # cancelled: the engine is closing
+        if task.state != END or self._frozen:
+            return  # the engine is closing: the task stays where the store has it
         result = TaskResult.of(task, self.clock)
-        record = None
-        if self._store is not None:
-            record = finished_record(task, self.clock, run.encoded_steps)
-        self._record(result, record)
+        try:
+            record = None
+            if self._writer is not None:
+                record = finished_record(task, self.clock, run.encoded_steps)
+            self._record(result, record, has_errors=task_has_errors(task))
+        except Exception as error:
+            # its texts may hold what JSON cannot carry (a lone surrogate from an
+            # in-process answer): keep it with those replaced, rather than lose it
+            logger.error("task %s: cannot store its result as it is: %s", task.id, error)
+            _replace_unencodable(task)
+            result = TaskResult.of(task, self.clock)
+            try:
+                record = None
+                if self._writer is not None:
+                    record = finished_record(task, self.clock)
+                self._record(result, record, has_errors=task_has_errors(task))
+            except Exception:
+                logger.exception("task %s: its result is kept in memory only", task.id)
+                self._results[result.id] = result
         if self._wanted(TASK_END):
             data: dict[str, Any] = {
                 "task_id": task.id,
@@ -1432,16 +1505,19 @@ class Engine:
         ):
             self._start_queued(registered)
 
-    def _record(self, result: TaskResult, record: bytes | None = None) -> None:
+    def _record(
+        self, result: TaskResult, record: bytes | None = None, *, has_errors: bool | None = None
+    ) -> None:
         """Keep a finished task's result (in the store's history, when there is one)."""
-        if self._store is not None:
-            self._store.finish_task(
+        if self._writer is not None:
+            self._writer.finish_task(
                 result.id,
                 result.workflow,
                 result.outcome.value,
                 result.started_at.timestamp(),
                 result.ended_at.timestamp(),
                 record if record is not None else orjson.dumps(result.to_record()),
+                has_errors=result.has_errors if has_errors is None else has_errors,
             )
         self._results[result.id] = result
         while len(self._results) > self._keep_results:
@@ -1450,21 +1526,40 @@ class Engine:
     # ------------------------------------------------------------ durable state
 
     def _persist_config(self, config_id: str, config: Config | None) -> None:
-        assert self._store is not None
+        if self._writer is None:
+            raise EngineClosed(f"the engine is stopping: config {config_id!r} not changed")
         if config is None:
-            self._store.delete_config(config_id)
+            self._writer.delete_config(config_id)
         else:
-            self._store.save_config(config)
+            self._writer.save_config(config)
 
     def _restore(self, state: StoredState) -> None:
         """Load what the store kept and resume the interrupted tasks."""
         self._restoring = True
         try:
-            self.configs.restore(state.configs, state.revision_counter)
-            for subscriber_id, subscriptions in state.subscribers.items():
-                self.subscribers.replace(
-                    subscriber_id, [Subscription(**entry) for entry in subscriptions]
+            for config_id in self.configs.restore(state.configs, state.revision_counter):
+                logger.error(
+                    "the stored config %r cannot be served: %s (stored by an older version;"
+                    " replace it with PUT /config/%s or delete it)",
+                    config_id,
+                    "; ".join(map(str, self.configs.unreadable[config_id])),
+                    config_id,
                 )
+            for subscriber_id, subscriptions in state.subscribers.items():
+                try:
+                    self.subscribers.replace(
+                        subscriber_id, [Subscription(**entry) for entry in subscriptions]
+                    )
+                except (InvalidInputError, TypeError) as error:
+                    # kept by an older version that took any id: it cannot be served
+                    # (nor named in a URL) now, so it is dropped, loudly
+                    logger.error(
+                        "removing the stored subscriber %r: it cannot be used (%s)",
+                        subscriber_id,
+                        "; ".join(str(error).splitlines()),
+                    )
+                    if self._writer is not None:
+                        self._writer.delete_subscriber(subscriber_id)
             self._schedule_marks.update(state.schedule_marks)
         finally:
             self._restoring = False
@@ -1544,6 +1639,7 @@ class Engine:
         workflow: str | None = None,
         outcome: Outcome | str | None = None,
         since: datetime | None = None,
+        has_errors: bool | None = None,
         limit: int = 100,
     ) -> list[TaskResult]:
         """Return finished tasks, newest first, filtered as asked.
@@ -1559,6 +1655,7 @@ class Engine:
                     workflow=workflow,
                     outcome=None if wanted is None else wanted.value,
                     since=since,
+                    has_errors=has_errors,
                     limit=limit,
                 )
             ]
@@ -1568,17 +1665,45 @@ class Engine:
             if (workflow is None or r.workflow == workflow)
             and (wanted is None or r.outcome is wanted)
             and (since is None or r.ended_at >= since)
+            and (has_errors is None or r.has_errors is has_errors)
         ]
         return results[:limit]
 
     async def _prune_history(self, store: Store) -> None:
-        while True:
+        while not self._frozen:
             pruned = store.prune(self.clock.now() - store.retention)
             if pruned:
                 logger.info("removed %d finished tasks older than %s", pruned, store.retention)
             await trio.sleep(3600)
 
+    @property
+    def closing(self) -> bool:
+        """Whether the engine is stopping (see :meth:`freeze`)."""
+        return self._frozen
+
+    def freeze(self) -> None:
+        """Stop every task where it is, because the program is stopping.
+
+        From now on no task moves, nothing is published for a task, nothing is
+        written to the store and nothing starts; answers and events are
+        refused (:class:`EngineClosed`), and a subscriber removed now releases
+        no step. Call it before anything goes away (listeners, subscribers):
+        a restart on the same store then resumes every task where it was.
+        Leaving :func:`open_engine` freezes the engine first. Idempotent.
+        """
+        if self._frozen:
+            return
+        self._frozen = True
+        self._writer = None
+        for run in self._running.values():
+            if run.timer is not None:
+                self._timers.cancel(run.timer)
+                run.timer = None
+        for registered in self._workflows.values():
+            registered.scope.cancel()  # no schedule fires any more
+
     def _close(self) -> None:
+        self.freeze()
         self._closed = True
         for run in list(self._running.values()):
             if run.ended is not None:

@@ -120,6 +120,14 @@ class ResotoRoutes:
         config_id = request.path_params["id"]
         config = self.engine.configs.get(config_id)
         if config is None:
+            unreadable = self.engine.configs.unreadable.get(config_id)
+            if unreadable is not None:
+                raise BadInput(
+                    409,
+                    f"the stored config {config_id!r} cannot be read back: replace it (PUT)"
+                    " or delete it",
+                    [str(p) for p in unreadable],
+                )
             raise BadInput(404, f"unknown config {config_id!r}")
         return config
 
@@ -219,7 +227,7 @@ class ResotoRoutes:
     async def delete_config(self, request: Request) -> Response:
         config_id = request.path_params["id"]
         if_match = self._if_match(request)
-        if if_match is None and self.engine.configs.get(config_id) is None:
+        if if_match is None and config_id not in self.engine.configs.ids():
             raise BadInput(404, f"unknown config {config_id!r}")
         try:
             self.engine.configs.delete(config_id, if_match=if_match)

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -37,6 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from ._auth import AuthError, TokenVerifier, bearer_token
 from ._bus import ENGINE_CLOSED, LISTENER_DISCONNECTED, TOO_SLOW, Listener, ListenerDropped
+from ._bus import Subscriber as _Subscriber
 from ._bus import Subscription as _Subscription
 from ._config_model import ConfigModels
 from ._convert import structure_strict, unstructure_declaration
@@ -96,7 +97,7 @@ _MAX_REASON = 123  # bytes of UTF-8 in a close frame's reason
 # ---------------------------------------------------------------- input
 
 
-_TASK_QUERY = frozenset({"workflow", "outcome", "since", "limit"})
+_TASK_QUERY = frozenset({"workflow", "outcome", "since", "has_errors", "limit"})
 _OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
@@ -155,6 +156,7 @@ def _step_json(step: StepInfo) -> dict[str, Any]:
         "errors": list(step.errors),
         "last_heard": {sid: _time(moment) for sid, moment in step.last_heard.items()},
         "stalled": step.stalled,
+        "released": list(step.released),
     }
 
 
@@ -176,6 +178,7 @@ def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
         "running": False,
         "state": "end",
         "outcome": task.outcome.value,
+        "has_errors": task.has_errors,
         "error": task.error,
         "errors": list(task.errors),
         "started_at": _time(task.started_at),
@@ -190,6 +193,8 @@ def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
                 "answered": dict(step.answered),
                 "errors": list(step.errors),
                 "timed_out": step.timed_out,
+                "released": list(step.released),
+                "ended": step.ended.value,
             }
             for step in task.steps
         ],
@@ -400,19 +405,30 @@ class PhasebusApp:
 
     # ------------------------------------------------------------ subscribers
 
+    def _subscribers_json(self, subscribers: Iterable[_Subscriber]) -> Response:
+        registry = self.engine.subscribers
+        parts = (registry.encoded(s.id) or b"" for s in subscribers)
+        return Response(b"[%b]" % b",".join(parts), media_type="application/json")
+
+    def _subscriber_json(self, subscriber: _Subscriber) -> Response:
+        # built from each subscription's JSON as it was added: an answer costs
+        # little more however many subscriptions the subscriber has
+        body = self.engine.subscribers.encoded(subscriber.id) or b"null"
+        return Response(body, media_type="application/json")
+
     async def list_subscribers(self, request: Request) -> Response:
-        return JSONResponse([s.to_json() for s in self.engine.subscribers])
+        return self._subscribers_json(self.engine.subscribers)
 
     async def subscribers_for(self, request: Request) -> Response:
         message_type = request.path_params["message_type"]
-        return JSONResponse([s.to_json() for s in self.engine.subscribers.for_type(message_type)])
+        return self._subscribers_json(self.engine.subscribers.for_type(message_type))
 
     async def get_subscriber(self, request: Request) -> Response:
         subscriber_id = request.path_params["id"]
         subscriber = self.engine.subscribers.get(subscriber_id)
         if subscriber is None:
             raise BadInput(404, f"unknown subscriber {subscriber_id!r}")
-        return JSONResponse(subscriber.to_json())
+        return self._subscriber_json(subscriber)
 
     async def put_subscriber(self, request: Request) -> Response:
         body = await self._json_body(request)
@@ -434,7 +450,7 @@ class PhasebusApp:
         subscriber = self._checked(
             lambda: self.engine.set_subscriptions(request.path_params["id"], subscriptions)
         )
-        return JSONResponse(subscriber.to_json())
+        return self._subscriber_json(subscriber)
 
     async def delete_subscriber(self, request: Request) -> Response:
         subscriber_id = request.path_params["id"]
@@ -466,14 +482,14 @@ class PhasebusApp:
                 timeout=int(timeout) if timeout.is_integer() else timeout,
             )
         )
-        return JSONResponse(subscriber.to_json())
+        return self._subscriber_json(subscriber)
 
     async def unsubscribe(self, request: Request) -> Response:
         subscriber_id = request.path_params["id"]
         subscriber = self.engine.unsubscribe(subscriber_id, request.path_params["message_type"])
         if subscriber is None:
             raise BadInput(404, f"unknown subscriber {subscriber_id!r}")
-        return JSONResponse(subscriber.to_json())
+        return self._subscriber_json(subscriber)
 
     @staticmethod
     def _checked(call: Callable[[], Any]) -> Any:
@@ -537,8 +553,10 @@ class PhasebusApp:
         """The running tasks, then finished ones (newest first), filtered by the query.
 
         Query: ``workflow``, ``outcome`` (only finished tasks then), ``since``
-        (ISO 8601 with a UTC offset: finished tasks that ended then or later)
-        and ``limit`` (finished tasks, default 100, at most 10000).
+        (ISO 8601 with a UTC offset: finished tasks that ended then or later),
+        ``has_errors`` (``true`` or ``false``: only finished tasks whose steps
+        met errors or were released, or only the others) and ``limit``
+        (finished tasks, default 100, at most 10000).
         """
         params = request.query_params
         problems = [f"{key}: unknown query parameter" for key in params if key not in _TASK_QUERY]
@@ -555,6 +573,12 @@ class PhasebusApp:
             else:
                 if since.tzinfo is None:
                     problems.append(f"since: needs a UTC offset: {params['since']!r}")
+        has_errors = None
+        if params.get("has_errors"):
+            text = params["has_errors"].lower()
+            if text not in ("true", "false"):
+                problems.append(f"has_errors: must be true or false, got {params['has_errors']!r}")
+            has_errors = text == "true"
         limit = 100
         if params.get("limit"):
             text = params["limit"]
@@ -566,7 +590,7 @@ class PhasebusApp:
             raise BadInput(400, "bad query", problems)
         running = (
             []
-            if outcome is not None
+            if outcome is not None or has_errors is not None
             else [
                 task_json(task)
                 for task in self.engine.tasks()
@@ -574,7 +598,9 @@ class PhasebusApp:
             ]
         )
         finished = (
-            self.engine.history(workflow=workflow, outcome=outcome, since=since, limit=limit)
+            self.engine.history(
+                workflow=workflow, outcome=outcome, since=since, has_errors=has_errors, limit=limit
+            )
             if limit
             else []
         )

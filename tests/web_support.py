@@ -13,9 +13,8 @@ import httpx
 import trio
 import trio_websocket
 
-from engine import Engine, Step, Workflow, open_engine
+from engine import Engine, Step, Store, Workflow, open_engine
 from engine._serve import serve_app
-from engine._store import Store
 from engine._web import PhasebusApp, create_app
 from machines import COLLECT_AND_CLEANUP
 
