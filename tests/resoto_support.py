@@ -9,8 +9,10 @@ reason, when that environment is missing; with ``CI=true`` it fails instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import Engine, open_engine
 from engine._catalog import load_catalog
+from engine._config import CORE_CONFIG
 from engine._serve import serve_app
 from engine._store import SQLiteStore
 from engine._tls import Authority
@@ -105,6 +108,10 @@ async def resoto_server(
     try:
         catalog = load_catalog(None)
         async with open_engine(workflows=list(catalog.workflows.values()), store=store) as engine:
+            # no hourly run of collect_and_cleanup in the middle of a test
+            engine.configs.put(
+                CORE_CONFIG, {"workflows": {"collect_and_cleanup": {"schedule": None}}}
+            )
             authority = Authority.load_or_create(tmp_path / "tls") if tls else None
             app = create_app(engine, psk=psk, tls=authority)
             recorder = Recorder(app)
@@ -122,6 +129,21 @@ async def resoto_server(
         store.close()
 
 
+async def stop_process(process: trio.Process) -> None:
+    """Stop one of Resoto's programs: SIGTERM (they shut their threads and helper
+    processes down, which takes a few seconds), then SIGKILL to its process group
+    (resotoworker makes its own, for its helpers) if it is still there after 20 s."""
+    process.terminate()
+    with trio.move_on_after(20):
+        await process.wait()
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        group = os.getpgid(process.pid)
+        if group == process.pid and group != os.getpgid(0):
+            os.killpg(group, signal.SIGKILL)
+    process.kill()
+
+
 @asynccontextmanager
 async def resoto_process(
     argv: list[str], log: Path, env: dict[str, str] | None = None
@@ -137,6 +159,7 @@ async def resoto_process(
                     stderr=output,
                     check=False,
                     env={**os.environ, **(env or {})},
+                    deliver_cancel=stop_process,
                 )
             )
             yield process

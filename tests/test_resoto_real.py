@@ -143,13 +143,14 @@ async def run_worker_once(
         )
         with trio.fail_after(180):
             result = await engine.run_workflow("collect_and_cleanup")
-    assert result.outcome is Outcome.DONE
+    context = f"requests: {server.recorder.seen}\nworker log: {log.read_text()[-3000:]}"
+    assert result.outcome is Outcome.DONE, context
     steps = {step.name: step for step in result.steps}
     # collect reaches the worker and is answered: with an error, since the
     # inventory graph it would send its resources to is not part of phasebus
-    assert steps["collect"].answered == {"resoto.worker-collector": "error"}
-    assert GRAPH_REFUSAL in steps["collect"].errors[0]
-    assert steps["cleanup"].answered == {"resoto.worker-collector": "done"}
+    assert steps["collect"].answered == {"resoto.worker-collector": "error"}, context
+    assert GRAPH_REFUSAL in steps["collect"].errors[0], context
+    assert steps["cleanup"].answered == {"resoto.worker-collector": "done"}, context
     seen = server.recorder
     assert seen.statuses("PATCH", "/configs/model")[-1] == 200
     assert seen.statuses("PUT", "/config/resoto.worker")[-1] == 200
