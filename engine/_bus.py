@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from ._errors import ListenerDropped as ListenerDropped
 from ._errors import ListenerError
 from ._messages import (
     Action,
@@ -54,10 +55,6 @@ TOO_SLOW = "too slow"
 
 LISTENER_CONNECTED = "message-listener-connected"
 LISTENER_DISCONNECTED = "message-listener-disconnected"
-
-
-class ListenerDropped(ListenerError):
-    """The listener was dropped (too slow, or the engine closed) and receives no more."""
 
 
 # ---------------------------------------------------------------- listeners

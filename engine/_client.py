@@ -20,16 +20,12 @@ from typing import Any, TextIO
 import trio
 
 from ._auth import make_token
-from ._errors import PhasebusError
+from ._errors import ServerError as ServerError
 
 #: Where the commands look for a server unless told otherwise.
 DEFAULT_URL = "http://127.0.0.1:8900"
 URL_VARIABLE = "PHASEBUS_URL"
 PSK_VARIABLE = "PHASEBUS_PSK"
-
-
-class ServerError(PhasebusError):
-    """The server could not be asked, or refused the question."""
 
 
 def server_url(url: str | None, environ: Mapping[str, str] | None = None) -> str:

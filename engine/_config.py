@@ -25,7 +25,8 @@ from typing import Any
 import attrs
 
 from ._definitions import CronTrigger
-from ._errors import InvalidInputError, PhasebusError, Problem
+from ._errors import ConfigConflict as ConfigConflict
+from ._errors import InvalidInputError, Problem
 from ._json import value_problems
 
 CONFIG_UPDATED = "config-updated"
@@ -35,20 +36,6 @@ CONFIG_DELETED = "config-deleted"
 CORE_CONFIG = "phasebus.core"
 
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
-
-
-class ConfigConflict(PhasebusError):
-    """A config changed since the revision the writer expected."""
-
-    def __init__(self, config_id: str, expected: str, actual: str | None) -> None:
-        self.config_id = config_id
-        self.expected = expected
-        self.actual = actual
-        super().__init__(
-            f"config {config_id!r} is at revision {actual!r}, not {expected!r}"
-            if actual is not None
-            else f"config {config_id!r} does not exist (expected revision {expected!r})"
-        )
 
 
 @attrs.frozen

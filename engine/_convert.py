@@ -36,6 +36,7 @@ from ._definitions import (
     Workflow,
     action_kind,
     duplicate_problems,
+    set_readers,
 )
 from ._errors import DeclarationError, InvalidInputError, MessageError, Problem, join_path
 from ._json import JSONInputError, check_value, parse_json
@@ -504,3 +505,19 @@ def structure_strict(data: object, type_: type[T]) -> T:
     if attrs.has(type_) and not isinstance(data, Mapping):
         raise InvalidInputError([Problem("", f"must be a JSON object, got {_describe(data)}")])
     return _structure_checked(data, type_, InvalidInputError)
+
+
+def message_from_json(data: object) -> Message:
+    """Read a message from its wire form (a parsed JSON object).
+
+    Raises:
+        MessageError: naming each field that is missing, unknown or of the wrong type.
+    """
+    return structure_message(data)
+
+
+set_readers(
+    lambda data, type_, source: structure_declaration(data, type_, source=source),
+    lambda text, source: load_toml(text, source=source),
+    lambda text, source: load_json(text, source=source),
+)

@@ -37,7 +37,8 @@ from ._definitions import (
     Workflow,
     action_kind,
 )
-from ._errors import PhasebusError
+from ._errors import DiagramError as DiagramError
+from ._errors import GraphvizNotFound as GraphvizNotFound
 from ._machine import END, START, TransitionSpec, machine_spec
 
 Format = Literal["mermaid", "dot", "svg"]
@@ -63,20 +64,6 @@ _GROUPED_TRIGGERS = frozenset(_OUTCOMES)
 
 # Mermaid's lexer reads these at the start of a token as keywords, whatever follows.
 _MERMAID_KEYWORD_PREFIXES = ("default", "acc")
-
-
-class DiagramError(PhasebusError):
-    """A diagram could not be drawn."""
-
-
-class GraphvizNotFound(DiagramError):
-    """Graphviz's ``dot`` program, needed for SVG, is not installed."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "SVG needs Graphviz's 'dot' program, which is not on the PATH"
-            " (install Graphviz, e.g. 'apt-get install graphviz'), or use --format mermaid or dot"
-        )
 
 
 class _DiagramState(NestedState):

@@ -63,6 +63,7 @@ from ._errors import (
     UnknownTaskError,
     UnknownWorkflowError,
 )
+from ._errors import EngineClosed as EngineClosed
 from ._machine import END, Answer, Outcome, StepRun, Task, WorkflowMachine
 from ._messages import (
     Action,
@@ -123,10 +124,6 @@ RESERVED_EVENTS = frozenset(
         "config-deleted",
     }
 )
-
-
-class EngineClosed(PhasebusError):
-    """The engine closed before the awaited task ended."""
 
 
 # ---------------------------------------------------------------- views

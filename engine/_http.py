@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 from starlette.requests import Request
 
-from ._errors import PhasebusError
+from ._errors import BadInput as BadInput
 from ._json import JSONInputError, parse_json
-
-
-class BadInput(PhasebusError):
-    """An HTTP request that gets an error answer: status, error and problems."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        problems: Iterable[str] = (),
-        *,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.status = status
-        self.error = error
-        self.problems = list(problems)
-        self.extra = dict(extra or {})
-        super().__init__(error)
-
-    def body(self) -> dict[str, Any]:
-        """Return the JSON body of the answer."""
-        return {"error": self.error, "problems": self.problems, **self.extra}
 
 
 def describe(value: object) -> str:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, cast
 
 import attrs
-from transitions import EventData, Machine, State
+from transitions import Event, EventData, Machine, MachineError, State, Transition
 
 from ._definitions import (
     EmitEvent,
@@ -69,6 +70,11 @@ class StepEnd(enum.StrEnum):
     DONE = "done"
 
 
+#: The progress and sign-of-life maps of a step nobody reported in: most steps stay so,
+#: and a live task then holds fewer objects for the garbage collector to walk.
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
 @attrs.define(eq=False)
 class StepRun:
     """The live state of one step of a task.
@@ -85,16 +91,17 @@ class StepRun:
     owed_at_start: frozenset[str] = frozenset()
     answers: dict[str, Answer] = attrs.Factory(dict)
     errors: list[str] = attrs.Factory(list)
-    progress: dict[str, Progress] = attrs.Factory(dict)
+    #: Each owed listener's latest progress (a shared empty mapping until one reports).
+    progress: Mapping[str, Progress] = _NOTHING
     finished: bool = False
     timed_out: bool = False
     ended_at: float | None = None
     #: When each owed subscriber was last heard from (an answer, progress or info).
-    heard: dict[str, float] = attrs.Factory(dict)
+    heard: Mapping[str, float] = _NOTHING
     #: Whether the step was reported stalled (nobody heard from for too long).
     stalled: bool = False
     #: Owed subscribers that went away (removed, unsubscribed) before answering.
-    released: list[str] = attrs.Factory(list)
+    released: tuple[str, ...] = ()
     #: Whether the task was stopped (or replaced) while the step was under way.
     stopped: bool = False
 
@@ -121,12 +128,16 @@ class StepRun:
         """Record a listener's progress; return whether the step is waiting for it."""
         if self.ended_at is not None or subscriber_id not in self.owed_at_start:
             return False
+        if not isinstance(self.progress, dict):
+            self.progress = {}
         self.progress[subscriber_id] = progress
         return True
 
     def record_heard(self, subscriber_id: str, at: float) -> None:
         """Record a sign of life from a subscriber the step waited for."""
         if self.ended_at is None and subscriber_id in self.owed_at_start:
+            if not isinstance(self.heard, dict):
+                self.heard = {}
             self.heard[subscriber_id] = at
 
     def last_sign_of_life(self) -> float:
@@ -138,7 +149,7 @@ class StepRun:
         if self.ended_at is not None or subscriber_id not in self.waiting_for:
             return False
         self.waiting_for.discard(subscriber_id)
-        self.released.append(subscriber_id)
+        self.released = (*self.released, subscriber_id)
         return True
 
     def record_finished(self, error: str | None = None) -> None:
@@ -195,9 +206,13 @@ class StepRun:
         return bool(self.errors) or self.is_finished()
 
 
-@attrs.define(slots=False, eq=False)
+@attrs.define(eq=False)
 class Task:
-    """One run of a workflow: the model of the workflow's machine."""
+    """One run of a workflow: the model of the workflow's machine.
+
+    Tasks are never added to the machine as models (transitions would attach
+    trigger methods to them), so a task can do without an instance dict.
+    """
 
     id: str
     workflow: Workflow
@@ -383,13 +398,73 @@ def describe_state(step: Step) -> str:
     return f"{_describe_action(step)}, timeout {step.timeout:g}s, on error {step.on_error.value}"
 
 
+class _Transition(Transition):
+    """A transition of a workflow's machine, carried out without indirection.
+
+    The machine's transitions are built from callables (never names) and the
+    machine has no machine-wide callbacks, so the conditions and callbacks
+    are called directly, in transitions' order: conditions, ``before``, the
+    source's exit callbacks, the new state, its enter callbacks, ``after``.
+    Transitions' own ``execute`` resolves every callback by name and logs
+    each stage; on the path of every answer, that was most of a step's cost.
+    """
+
+    def execute(self, event_data: EventData) -> bool:
+        # every callback is a callable (machine_spec builds them): Any says so to mypy
+        conditions: Any = self.conditions
+        for condition in conditions:
+            if condition.func(event_data) != condition.target:
+                return False
+        callbacks: Any = self.before
+        for callback in callbacks:
+            callback(event_data)
+        states: Any = event_data.machine.states
+        for callback in states[self.source].on_exit:
+            callback(event_data)
+        task: Any = event_data.model
+        task.state = self.dest
+        dest = states[self.dest]
+        event_data.state = dest
+        for callback in dest.on_enter:
+            callback(event_data)
+        callbacks = self.after
+        for callback in callbacks:
+            callback(event_data)
+        return True
+
+
+class _Event(Event):
+    """A trigger of a workflow's machine: the first of its transitions from the task's
+    state whose conditions hold is taken (as transitions does, without its queue and
+    machine-wide callbacks, which these machines do not use)."""
+
+    def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
+        transitions = self.transitions.get(model.state)
+        if transitions is None:
+            raise MachineError(f"can't trigger {self.name} from state {model.state}")
+        event_data = EventData(
+            self.machine.states[model.state], self, self.machine, model, args, kwargs
+        )
+        for transition in transitions:
+            event_data.transition = transition
+            if transition.execute(event_data):
+                event_data.result = True
+                return True
+        return False
+
+
+class _Machine(Machine):
+    transition_cls = _Transition
+    event_cls = _Event
+
+
 class WorkflowMachine:
     """The machine of one workflow, shared by all of its tasks."""
 
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
         states, transitions = machine_spec(workflow)
-        self._machine = Machine(
+        self._machine = _Machine(
             model=None,
             states=states,
             transitions=[
@@ -407,7 +482,19 @@ class WorkflowMachine:
             send_event=True,
             model_override=True,
         )
-        events: Mapping[str, Any] = self._machine.events
+        machine = self._machine
+        # what _Event and _Transition leave out must be unused
+        unused = (
+            machine.prepare_event,
+            machine.finalize_event,
+            machine.before_state_change,
+            machine.after_state_change,
+            machine.on_exception,
+            machine.on_final,
+            machine.has_queue,
+        )
+        assert not any(unused)
+        events: Mapping[str, Any] = machine.events
         self._advance = events["advance"]
         self._stop = events["stop"]
         self._replace = events["replace"]

@@ -15,6 +15,7 @@ import orjson
 
 from ._clock import Clock
 from ._definitions import Workflow
+from ._errors import RestoreError as RestoreError
 from ._machine import Answer, Outcome, StepEnd, StepRun, Task, step_end
 
 
@@ -280,10 +281,6 @@ def task_has_errors(task: Task) -> bool:
     return any(run.errors or run.released for run in task.history)
 
 
-class RestoreError(Exception):
-    """A stored task does not fit its workflow's current declaration."""
-
-
 def restore_task(record: Mapping[str, Any], workflow: Workflow, clock: Clock) -> Task:
     """Rebuild a running task from :func:`task_record` data.
 
@@ -306,7 +303,7 @@ def restore_task(record: Mapping[str, Any], workflow: Workflow, clock: Clock) ->
         run.answers = {sid: Answer(answer) for sid, answer in entry["answers"].items()}
         run.errors = list(entry["errors"])
         run.timed_out = entry["timed_out"]
-        run.released = list(entry.get("released", ()))
+        run.released = tuple(entry.get("released", ()))
         run.stopped = entry.get("stopped", False)
         run.ended_at = trio_time(entry["ended_at"])
         # an ended step is stored without its waits (see _step_records)

@@ -1,12 +1,9 @@
 """Serve an engine over HTTP and WebSocket: ``phasebus serve``.
 
-:func:`serve_app` runs any ASGI application with Hypercorn's HTTP/1.1 and
-WebSocket protocol on trio listeners that phasebus accepts itself, so that
-each connection's stream is known to the application (under
-:data:`~engine._web.STREAM_KEY` in the scope's ``state``): a listener dropped
-for being too slow can then be cut off even when its client reads nothing
-at all. :func:`serve` opens an engine with the built-in workflows (and those
-of a directory), creates the ``phasebus.core`` config and serves the API.
+:func:`serve_app` (from :mod:`engine._server`) runs any ASGI application on
+phasebus's own HTTP/1.1 and WebSocket server. :func:`serve` opens an engine
+with the built-in workflows (and those of a directory), creates the
+``phasebus.core`` config and serves the API.
 """
 
 from __future__ import annotations
@@ -23,14 +20,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ASGIFramework, LifespanState
-from hypercorn.utils import wrap_app
 from starlette.types import ASGIApp
 
 from ._catalog import load_catalog
@@ -38,9 +30,11 @@ from ._config import CORE_CONFIG
 from ._definitions import Job, Workflow
 from ._engine import Engine, open_engine
 from ._errors import PhasebusError
+from ._server import ServerLimits as ServerLimits
+from ._server import serve_app as serve_app
 from ._store import Store, open_store
 from ._tls import Authority
-from ._web import DEFAULT_MAX_MESSAGE, STREAM_KEY, create_app
+from ._web import create_app
 
 logger = logging.getLogger(__name__)
 
@@ -57,65 +51,6 @@ DEFAULT_STORE = "phasebus.sqlite3"
 DEFAULT_RETENTION_DAYS = 60
 #: The longest retention: a century.
 MAX_RETENTION_DAYS = 36500
-
-
-def _hypercorn_config(max_message_size: int) -> HypercornConfig:
-    config = HypercornConfig()
-    config.websocket_max_message_size = max_message_size
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler
-    return config
-
-
-def _url(sockname: Any, scheme: str = "http") -> str:
-    host, port = sockname[0], sockname[1]
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
-async def serve_app(
-    app: ASGIApp,
-    *,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    max_message_size: int = DEFAULT_MAX_MESSAGE,
-    ssl_context: ssl.SSLContext | None = None,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve an ASGI application on ``host``:``port`` until cancelled.
-
-    Start it with ``url = await nursery.start(serve_app, app, port=0)``: it
-    reports the base URL it listens on (``http://127.0.0.1:<port>``), with
-    the port chosen by the system when ``port`` is 0.
-
-    Args:
-        app: the ASGI application.
-        host: the address to listen on (loopback by default).
-        port: the port (0 for any free port).
-        max_message_size: largest WebSocket message; larger ones close the
-            connection with 1009.
-        ssl_context: serve HTTPS and WSS with this server-side context (the
-            URL reported is then ``https://``).
-    """
-    config = _hypercorn_config(max_message_size)
-    context = WorkerContext(None)
-    wrapped = wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi")
-    listeners = await trio.open_tcp_listeners(port, host=host)
-
-    async def handle(stream: trio.SocketStream) -> None:
-        served: trio.abc.Stream = stream
-        if ssl_context is not None:
-            served = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
-        state: LifespanState = {STREAM_KEY: served}
-        await TCPServer(wrapped, config, context, state, served).run()  # type: ignore[arg-type]
-
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, handle, listeners)
-            scheme = "http" if ssl_context is None else "https"
-            task_status.started(_url(listeners[0].socket.getsockname(), scheme))
-    finally:
-        for listener in listeners:
-            await listener.aclose()
 
 
 def core_config(engine: Engine) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import attrs
 
 from ._config import Config
-from ._errors import PhasebusError
+from ._errors import StoreError as StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,6 @@ SCHEMA_VERSION = 5
 
 #: How long finished tasks are kept, unless told otherwise.
 DEFAULT_RETENTION = timedelta(days=60)
-
-
-class StoreError(PhasebusError):
-    """The store cannot be used: it names the file and what is wrong."""
 
 
 @attrs.frozen
