@@ -9,9 +9,11 @@ program made was answered 404.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -115,6 +117,7 @@ async def run_worker_once(
     log: Path,
     *,
     config_absent: str | None = None,
+    while_running: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     argv = [
         str(venv / "bin" / "resotoworker"),
@@ -141,6 +144,8 @@ async def run_worker_once(
             timeout=30,
             log=log,
         )
+        if while_running is not None:
+            await while_running()
         with trio.fail_after(180):
             result = await engine.run_workflow("collect_and_cleanup")
     context = f"requests: {server.recorder.seen}\nworker log: {log.read_text()[-3000:]}"
@@ -163,6 +168,26 @@ async def test_resotoworker_collects_and_cleans_up_on_an_empty_store_and_with_it
 ) -> None:
     # an empty store, plain HTTP, no PSK: the worker stores its model and default config
     async with resoto_server(tmp_path) as server:
+
+        async def tag_through_the_work_queue() -> None:
+            # the worker offers "tag" for its collector's cloud; the task reaches it and
+            # its answer comes back (an error: this node is nothing the plugin knows)
+            (worker,) = server.app.work.queue.workers
+            assert {(o.name, tuple(o.filter.get("cloud", ()))) for o in worker.offers} >= {
+                ("tag", ("example",))
+            }
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+                answer = await http.post(
+                    "/work/tag",
+                    json={
+                        "attrs": {"cloud": "example"},
+                        "data": {"node": {"id": "n1", "reported": {"kind": "nothing"}}},
+                        "timeout": 30,
+                    },
+                )
+            assert answer.status_code == 502, answer.text
+            assert "Do not know how to handle" in answer.json()["error"]
+
         await run_worker_once(
             venv,
             server,
@@ -170,6 +195,7 @@ async def test_resotoworker_collects_and_cleans_up_on_an_empty_store_and_with_it
             None,
             tmp_path / "worker-1.log",
             config_absent="resoto.worker",
+            while_running=tag_through_the_work_queue,
         )
         assert server.recorder.statuses("GET", "/config/resoto.worker")[0] == 404
         stored = server.engine.configs.get("resoto.worker")
