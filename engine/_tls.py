@@ -128,8 +128,8 @@ def _load_certificates(path: Path) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(path.read_bytes())
     except OSError as error:
         raise TLSError(f"cannot read certificate {path}: {error.strerror}") from None
-    except ValueError as error:
-        raise TLSError(f"{path} holds no PEM certificate: {error}") from None
+    except ValueError:
+        raise TLSError(f"{path} holds no PEM certificate") from None
 
 
 def _load_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
@@ -137,8 +137,8 @@ def _load_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as error:
         raise TLSError(f"cannot read key {path}: {error.strerror}") from None
-    except (ValueError, TypeError) as error:
-        raise TLSError(f"{path} holds no unencrypted PEM private key: {error}") from None
+    except (ValueError, TypeError):
+        raise TLSError(f"{path} holds no unencrypted PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise TLSError(f"{path}: only RSA keys are supported")
     return key

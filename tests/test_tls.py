@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from engine._auth import TokenVerifier, make_token
 from engine._errors import PhasebusError
 from engine._serve import serve
-from engine._tls import Authority, fingerprint, host_names
+from engine._tls import Authority, TLSError, fingerprint, host_names
 
 PSK = "tls-secret"
 
@@ -181,4 +181,19 @@ async def test_without_tls_there_is_no_ca_and_metrics_can_be_turned_off(tmp_path
         assert answer.status_code == 404
         assert (
             answer.json()["error"] == "this server runs without TLS: start it with --tls for a CA"
+        )
+
+
+async def test_files_that_are_not_certificates_or_keys_are_refused_by_name(tmp_path: Path) -> None:
+    own = Authority.load_or_create(tmp_path / "own")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(TLSError, match=rf"^{text} holds no PEM certificate$"):
+        await serve(port=0, store="memory", cert=text, key=own.key_file, announce=False)
+    with pytest.raises(TLSError, match=rf"^{text} holds no unencrypted PEM private key$"):
+        await serve(port=0, store="memory", cert=own.certificate_file, key=text, announce=False)
+    other = Authority.load_or_create(tmp_path / "other")
+    with pytest.raises(TLSError, match=r"does not belong to"):
+        await serve(
+            port=0, store="memory", cert=own.certificate_file, key=other.key_file, announce=False
         )
