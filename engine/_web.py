@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from ._auth import AuthError, TokenVerifier, bearer_token
+from ._auth import DEFERRED_PATHS, AuthError, FirstMessageAuth, TokenVerifier, bearer_token
 from ._bus import Subscriber as _Subscriber
 from ._bus import Subscription as _Subscription
 from ._config_model import ConfigModels
@@ -216,6 +216,15 @@ class PhasebusApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind in ("http", "websocket"):
+            if (
+                self._verifier is not None
+                and kind == "websocket"
+                and scope["path"] in DEFERRED_PATHS
+                and _header(scope, b"authorization") is None
+            ):
+                deferred = FirstMessageAuth(self._verifier, receive, send)
+                await self._router(scope, deferred.receive, deferred.send)
+                return
             if self._verifier is not None and not is_public(scope["path"]):
                 try:
                     await self._verifier.verify(bearer_token(_header(scope, b"authorization")))

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
+import json
 import os
 import time
 from typing import Any
 
 import jwt
 import pytest
+import trio
+import trio_websocket
 
 from engine._auth import AuthError, TokenVerifier, make_token
 
@@ -73,7 +77,9 @@ async def test_requests_without_a_valid_token_get_401(
         assert answer.json()["error"] == "unauthorized"
         assert answer.json()["problems"][0].startswith(problem)
         ws_headers = [] if authorization is None else [(b"authorization", authorization.encode())]
-        for path in ("/events", "/subscriber/w/handle"):
+        # without any header, /events and /work/queue wait for an authorization message
+        paths = ["/subscriber/w/handle"] + ([] if authorization is None else ["/events"])
+        for path in paths:
             rejected = await server.rejection(path, headers=ws_headers)
             assert rejected.status_code == 401
         assert server.engine.listeners == []
@@ -112,3 +118,50 @@ async def test_verifier_caches_keys_only_for_good_signatures() -> None:
     assert list(verifier._keys) == [salt]
     with pytest.raises(ValueError, match=r"^psk must be a non-empty string$"):
         TokenVerifier("")
+
+
+async def test_events_and_the_work_queue_may_authorize_with_their_first_message() -> None:
+    async with running_server(workflows=[quick_workflow()], psk=PSK) as server:
+        authorize = json.dumps({"kind": "authorization", "jwt": f"Bearer {resoto_token(PSK)}"})
+        async with server.websocket("/events?show=config-updated", headers=[]) as ws:
+            # nothing reaches a client that has not authorized yet
+            server.engine.configs.put("before", {"a": 1})
+            await ws.send_message(authorize)
+            # the token is checked in a worker thread: publish until one arrives
+            event = None
+            with trio.fail_after(10):
+                for number in itertools.count():
+                    server.engine.configs.put(f"after-{number}", {"a": 1})
+                    with trio.move_on_after(0.2):
+                        event = await receive_json(ws)
+                        break
+            assert event is not None
+            assert event["data"]["id"].startswith("after-")
+        async with server.websocket("/work/queue", headers=[]) as ws:
+            await ws.send_message(authorize)
+            await ws.send_message(json.dumps([{"name": "tag", "filter": {}}]))
+            with trio.fail_after(5):
+                while not server.app.work.queue.workers:
+                    await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        json.dumps({"kind": "authorization", "jwt": "Bearer " + resoto_token("wrong")}),
+        json.dumps({"kind": "authorization"}),
+        json.dumps([{"name": "tag"}]),
+        "not json",
+    ],
+)
+async def test_a_bad_first_message_closes_the_unauthorized_websocket(first: str) -> None:
+    async with running_server(psk=PSK) as server:
+        for path in ("/events", "/work/queue"):
+            async with server.websocket(path, headers=[]) as ws:
+                await ws.send_message(first)
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    with trio.fail_after(5):
+                        await ws.get_message()
+                assert closed.value.reason.code == 1008
+                assert (closed.value.reason.reason or "").startswith("unauthorized: ")
+        assert server.app.work.queue.workers == []
