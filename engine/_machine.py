@@ -24,12 +24,9 @@ import attrs
 from transitions import Event, EventData, Machine, MachineError, State, Transition
 
 from ._definitions import (
-    EmitEvent,
-    ExecuteCommand,
+    Ends,
     OnError,
-    PerformAction,
     Step,
-    WaitForEvent,
     Workflow,
 )
 from ._messages import Progress
@@ -111,7 +108,7 @@ class StepRun:
         self.deadline = deadline
         self.waiting_for = set(waiting_for)
         self.owed_at_start = waiting_for
-        if not isinstance(self.step.action, PerformAction | WaitForEvent | ExecuteCommand):
+        if self.step.action.ends is Ends.AT_ONCE:
             self.finished = True
 
     def record_answer(self, subscriber_id: str, answer: Answer, error: str | None = None) -> bool:
@@ -164,22 +161,13 @@ class StepRun:
         if self.ended_at is not None or self.is_finished():
             return
         self.timed_out = True
-        action = self.step.action
-        if isinstance(action, PerformAction):
-            owed = ", ".join(sorted(self.waiting_for))
-            self.errors.append(f"step {self.step.name!r} timed out waiting for {owed}")
-        elif isinstance(action, WaitForEvent):
-            self.errors.append(
-                f"step {self.step.name!r} timed out waiting for event {action.message_type!r}"
-            )
-        else:
-            self.errors.append(f"step {self.step.name!r} timed out: the command was cancelled")
+        self.errors.append(self.step.action.timeout_error(self.step.name, self.waiting_for))
 
     def is_finished(self) -> bool:
         """Tell whether the step's work is over (answered, arrived, ended or timed out)."""
         if self.timed_out:
             return True
-        if isinstance(self.step.action, PerformAction):
+        if self.step.action.ends is Ends.ANSWERS:
             return self.began and not self.waiting_for
         return self.finished
 
@@ -313,19 +301,6 @@ def _has_error(event: EventData) -> bool:
     return step is not None and step.has_error()
 
 
-def _describe_action(step: Step) -> str:
-    action = step.action
-    if isinstance(action, PerformAction):
-        return f"perform action {action.message_type}"
-    if isinstance(action, EmitEvent):
-        return f"emit event {action.message_type}"
-    if isinstance(action, WaitForEvent):
-        return f"wait for event {action.message_type}"
-    if action.callable is not None:
-        return f"execute {action.callable}()"
-    return "execute " + " ".join(action.command)
-
-
 @attrs.frozen
 class TransitionSpec:
     """One transition of a workflow's machine, described as data (for diagrams)."""
@@ -395,7 +370,7 @@ def machine_spec(workflow: Workflow) -> tuple[list[State], list[TransitionSpec]]
 
 def describe_state(step: Step) -> str:
     """Describe a step's state for views: its action and timeout."""
-    return f"{_describe_action(step)}, timeout {step.timeout:g}s, on error {step.on_error.value}"
+    return f"{step.action.describe()}, timeout {step.timeout:g}s, on error {step.on_error.value}"
 
 
 class _Transition(Transition):
