@@ -324,3 +324,33 @@ async def test_workflows_add_changes_nothing_when_the_server_refuses_one(tmp_pat
         )
         assert server.engine.workflows["slow"] == SLOW
         assert "fresh" not in server.engine.workflows
+
+
+async def test_jobs_add_like_resoto_schedule_time_zone_and_wait_for_event() -> None:
+    async with running_server(workflows=[SLOW]) as server:
+        status, out, err = await cli(
+            "jobs", "add", "nightly", "--url", server.url, "--schedule", "0 5 * * *",
+            "--timezone", "Europe/Berlin", "--wait-for-event", "post_collect:90",
+            "--inactive", "--", "echo", "collected",
+        )  # fmt: skip
+        assert (status, err) == (0, "")
+        assert out.splitlines()[0] == "added nightly  inactive  api"
+        assert "  schedule   0 5 * * * (Europe/Berlin)" in out
+        assert "  wait for   post_collect (within 90s)" in out
+        job = server.engine.job("nightly")
+        assert job is not None
+        assert job.wait_for is not None
+        assert (job.wait_for.message_type, job.wait_timeout, job.active) == (
+            "post_collect",
+            90,
+            False,
+        )
+        assert server.engine.next_run("nightly") is None  # inactive: no schedule runs
+        status, _, err = await cli(
+            "jobs", "update", "nightly", "--url", server.url, "--wait-for-event", "x:soon"
+        )
+        assert (status, err) == (
+            2,
+            "phasebus: error: --wait-for-event: the timeout after ':' must be seconds, got"
+            " 'soon'\n",
+        )
