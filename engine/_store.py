@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 #: Marks the file as a phasebus store (SQLite's application_id).
 APPLICATION_ID = 0x50484253  # "PHBS"
 #: The schema this code writes; older files are migrated forward on open.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 5
 
 #: How long finished tasks are kept, unless told otherwise.
 DEFAULT_RETENTION = timedelta(days=60)
@@ -190,18 +190,17 @@ _MIGRATIONS: dict[int, str] = {
         FROM subscribers AS s, json_each(s.subscriptions) AS e;
     ALTER TABLE subscribers DROP COLUMN subscriptions;
     """,
-    # Version 5 keeps the config models components register (Resoto's kinds,
+    # Version 4 keeps the config models components register (Resoto's kinds,
     # one row per kind) and the validation setting of each config id.
-    5: """
+    4: """
     CREATE TABLE config_kinds (fqn TEXT PRIMARY KEY, data TEXT NOT NULL);
     CREATE TABLE config_validations (id TEXT PRIMARY KEY, data TEXT NOT NULL);
     """,
-    # Version 6 keeps the workflows and jobs defined while the engine runs (and
-    # changes to built-in ones), and every task's log (a version 4 store of an
-    # earlier build may hold these tables already).
-    6: """
-    CREATE TABLE IF NOT EXISTS definitions (id TEXT PRIMARY KEY, data TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS task_log (
+    # Version 5 keeps the workflows and jobs defined while the engine runs (and
+    # changes to built-in ones), and every task's log.
+    5: """
+    CREATE TABLE definitions (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE task_log (
         task_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
         PRIMARY KEY (task_id, seq)
     );
@@ -301,7 +300,7 @@ class SQLiteStore:
                     self._run_script(_SCHEMA_V1)
                     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     version = 1
-                for target in sorted(t for t in _MIGRATIONS if version < t <= SCHEMA_VERSION):
+                for target in range(version + 1, SCHEMA_VERSION + 1):
                     self._run_script(_MIGRATIONS[target])
                     logger.info("migrated store %s to schema version %d", self.path, target)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
