@@ -34,6 +34,7 @@ from ._convert import structure_strict, unstructure_declaration
 from ._engine import Engine, StepInfo, TaskInfo, TaskResult
 from ._errors import BadInput as BadInput
 from ._errors import (
+    EngineClosed,
     InvalidInputError,
     ListenerError,
     TaskLookupError,
@@ -218,6 +219,7 @@ class PhasebusApp:
             exception_handlers={
                 BadInput: self._bad_input,
                 HTTPException: self._http_exception,
+                EngineClosed: self._stopping,
             },
         )
 
@@ -340,6 +342,10 @@ class PhasebusApp:
     async def _bad_input(self, request: Request, error: Exception) -> Response:
         assert isinstance(error, BadInput)
         return JSONResponse(error.body(), error.status)
+
+    async def _stopping(self, request: Request, error: Exception) -> Response:
+        # the engine froze (the server is stopping): nothing was changed
+        return JSONResponse({"error": str(error), "problems": []}, 503, {"Retry-After": "1"})
 
     async def _http_exception(self, request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
