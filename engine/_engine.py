@@ -78,6 +78,7 @@ from ._messages import (
     ProgressLeaf,
     ProgressTree,
 )
+from ._persistence import Persistence
 from ._records import RestoreError, finished_record, restore_task, task_has_errors, task_record
 from ._records import StepResult as StepResult  # re-exported: views import it from here
 from ._records import TaskResult as TaskResult
@@ -85,7 +86,7 @@ from ._registry import DEFINITION_EVENTS, Registry
 from ._schedules import SCHEDULE_FIRED as SCHEDULE_FIRED
 from ._schedules import MarkKey, Schedules
 from ._schedules import ScheduleFiring as ScheduleFiring
-from ._store import Store, StoredState
+from ._store import Finished, Store, StoredState, TaskWrite
 from ._subscribers import SubscriptionChange
 from ._tasklog import LogKind, TaskLog
 from ._timers import Timers
@@ -216,6 +217,9 @@ class _Run:
     woken: bool = False
     #: Whether the task's transitions are being taken right now (see Engine._move_on).
     moving: bool = False
+    #: Whether the task's new state waits to be committed before its effects go out;
+    #: it moves no further until they have.
+    committing: bool = False
     #: Set when the task ends; made only when someone waits for it.
     ended: trio.Event | None = None
     stop_request: tuple[bool, str | None] | None = None
@@ -366,6 +370,9 @@ class Engine:
         )
         self._timers = Timers()
         nursery.start_soon(self._timers.serve)
+        #: Task writes and what they cause: committed in groups, effects after (an outbox).
+        self._persistence = Persistence(store)
+        nursery.start_soon(self._persistence.serve, self._write_failed)
         self._closed = False
         #: The workflows and jobs by origin, changed at run time (see engine._registry).
         self.definitions = Registry(self, store, self._emit)
@@ -1086,6 +1093,7 @@ class Engine:
         while True:
             result = self._finished(task_id)
             if result is not None:
+                await self._persistence.settled(task_id)  # its task_end has gone out
                 return result
             run = self._running.get(task_id)
             if run is not None:
@@ -1143,6 +1151,7 @@ class Engine:
                     if len(found) >= limit:
                         return list(found)
         if self._store is not None:
+            self._persistence.flush()  # reads see every write staged before them
             found.update(dict.fromkeys(self._store.task_ids(prefix, limit=limit)))
         return list(found)[:limit]
 
@@ -1150,6 +1159,7 @@ class Engine:
         if task_id in self._results:
             return self._results[task_id]
         if self._store is not None:
+            self._persistence.flush()
             record = self._store.finished_task(task_id)
             if record is not None:
                 return TaskResult.from_record(record)
@@ -1233,8 +1243,10 @@ class Engine:
         each wake-up, and an answer that finishes a step runs it at once
         (see :meth:`_on_answer`), never both at a time.
         """
-        if self._frozen:
-            return True  # stopped where it is: it waits for the engine to close
+        if self._frozen or run.committing:
+            # stopped where it is (the engine closes), or its state is not yet
+            # committed: what it causes has not gone out, so it moves no further
+            return True
         task = run.task
         machine = run.registered.machine
         run.moving = True
@@ -1250,6 +1262,8 @@ class Engine:
                     self._prepare_step(run, step, now)
                     self._save(run)  # durable before its side effects are published
                     self._act(run, step, now)
+                    if self._wait_for_commit(run):
+                        return True
                 elif step is not None and run.replay:
                     self._act(run, step, now)
                 run.replay = False
@@ -1282,31 +1296,64 @@ class Engine:
         task = run.task
         action = step.step.action
         if isinstance(action, PerformAction):
-            self._bus.publish(self._action(run))
+            self._after(run, functools.partial(self._bus.publish, self._action(run)))
             if self._stall_fraction is not None and step.waiting_for:
                 assert step.deadline is not None
                 window = self._stall_fraction * (step.deadline - step.entered_at)
                 run.stall_due = max(now, step.entered_at + window)
         elif isinstance(action, EmitEvent):
-            self._emit(
-                action.message_type, {**action.data, "workflow": task.workflow.id, "task": task.id}
-            )
+            data = {**action.data, "workflow": task.workflow.id, "task": task.id}
+            self._after(run, functools.partial(self._emit, action.message_type, data))
         elif isinstance(action, WaitForEvent):
             if not step.finished:
                 self._event_waiters.setdefault(action.message_type, set()).add(run)
         elif not step.finished:
-            self._nursery.start_soon(self._run_command, run, step)
-        self._publish_progress(run)
+            self._after(
+                run, functools.partial(self._nursery.start_soon, self._run_command, run, step)
+            )
+        self._publish_progress(run, after_commit=True)
 
     def _save(self, run: _Run) -> None:
         run.dirty = False
-        if self._writer is not None:
+        if self._persistence.durable:
             if run.encoded_steps is None:
                 run.encoded_steps = []
             task = run.task
-            self._writer.save_task(
-                task.id, task.workflow.id, task_record(task, self.clock, run.encoded_steps)
+            self._persistence.stage(
+                TaskWrite(
+                    task.id, task.workflow.id, task_record(task, self.clock, run.encoded_steps)
+                )
             )
+
+    def _wait_for_commit(self, run: _Run) -> bool:
+        """Hold the task until its new state is committed and what it causes went out.
+
+        Each state's effects then go out before the task reaches the next state:
+        a crash never loses what a state caused, whatever the next commit holds.
+        Returns whether the task waits (only with a store).
+        """
+        if not self._persistence.durable:
+            return False
+        run.committing = True
+        self._after(run, functools.partial(self._committed, run))
+        return True
+
+    def _committed(self, run: _Run) -> None:
+        run.committing = False
+        run.wake()
+
+    def _after(self, run: _Run, effect: Callable[[], object]) -> None:
+        """Carry out ``effect`` of the task's state once that state is committed."""
+        self._persistence.after(run.task.id, effect)
+
+    def _write_failed(self, task_id: str, error: Exception) -> None:
+        run = self._running.get(task_id)
+        if run is None:  # its result could not be filed: it is kept in memory only
+            logger.error("task %s: its result is kept in memory only: %s", task_id, error)
+            return
+        run.committing = False  # what its state caused is dropped: it waits for nothing
+        self._fail(run, error)
+        run.wake()
 
     def _check_stall(self, run: _Run, step: StepRun) -> None:
         run.stall_due = None
@@ -1390,12 +1437,13 @@ class Engine:
         run.stall_due = None
         if run.task.state != END:
             return
-        self._publish_progress(run)
+        self._publish_progress(run, after_commit=True)
 
     def _abort(self, run: _Run, step: StepRun) -> None:
         task = run.task
         abort = ActionAbort(step.step.message_type, task.id, step.step.name, extra=run.routing)
-        self._bus.publish(abort, subscribers=step.waiting_for)
+        owed = frozenset(step.waiting_for)
+        self._after(run, functools.partial(self._bus.publish, abort, subscribers=owed))
 
     def _stop_now(self, run: _Run) -> None:
         assert run.stop_request is not None
@@ -1465,25 +1513,27 @@ class Engine:
             run.progress_due = run.last_progress + self._progress_interval
             run.wake()
 
-    def _publish_progress(self, run: _Run) -> None:
+    def _publish_progress(self, run: _Run, *, after_commit: bool = False) -> None:
+        """Publish the task's progress, now or (``after_commit``) once its state is committed."""
         run.progress_due = None
         if not self._wanted(PROGRESS):
             return
         run.last_progress = trio.current_time()
         task = run.task
         step = task.step
-        self._emit(
-            PROGRESS,
-            {
-                "workflow": task.workflow.name,
-                "task": task.id,
-                "message": self.progress_of(task).to_json(),
-                "step": task.state if task.state == END or step is None else step.step.name,
-                "waiting_for": sorted(step.waiting_for)
-                if step is not None and task.state != END
-                else [],
-            },
-        )
+        data = {
+            "workflow": task.workflow.name,
+            "task": task.id,
+            "message": self.progress_of(task).to_json(),
+            "step": task.state if task.state == END or step is None else step.step.name,
+            "waiting_for": (
+                sorted(step.waiting_for) if step is not None and task.state != END else []
+            ),
+        }
+        if after_commit:
+            self._after(run, functools.partial(self._emit, PROGRESS, data))
+        else:
+            self._emit(PROGRESS, data)
 
     @staticmethod
     def progress_of(task: Task) -> ProgressTree:
@@ -1519,7 +1569,7 @@ class Engine:
         result = TaskResult.of(task, self.clock)
         try:
             record = None
-            if self._writer is not None:
+            if self._persistence.durable:
                 record = finished_record(task, self.clock, run.encoded_steps)
             self._record(result, record, has_errors=task_has_errors(task))
         except Exception as error:
@@ -1530,7 +1580,7 @@ class Engine:
             result = TaskResult.of(task, self.clock)
             try:
                 record = None
-                if self._writer is not None:
+                if self._persistence.durable:
                     record = finished_record(task, self.clock)
                 self._record(result, record, has_errors=task_has_errors(task))
             except Exception:
@@ -1564,7 +1614,7 @@ class Engine:
             }
             if result.error is not None:
                 data["error"] = result.error
-            self._emit(TASK_END, data)
+            self._after(run, functools.partial(self._emit, TASK_END, data))
         if (
             registered.queued is not None
             and not registered.active
@@ -1576,15 +1626,19 @@ class Engine:
         self, result: TaskResult, record: bytes | None = None, *, has_errors: bool | None = None
     ) -> None:
         """Keep a finished task's result (in the store's history, when there is one)."""
-        if self._writer is not None:
-            self._writer.finish_task(
-                result.id,
-                result.workflow,
-                result.outcome.value,
-                result.started_at.timestamp(),
-                result.ended_at.timestamp(),
-                record if record is not None else orjson.dumps(result.to_record()),
-                has_errors=result.has_errors if has_errors is None else has_errors,
+        if self._persistence.durable:
+            self._persistence.stage(
+                TaskWrite(
+                    result.id,
+                    result.workflow,
+                    record if record is not None else orjson.dumps(result.to_record()),
+                    Finished(
+                        result.outcome.value,
+                        result.started_at.timestamp(),
+                        result.ended_at.timestamp(),
+                        result.has_errors if has_errors is None else has_errors,
+                    ),
+                )
             )
         self._results[result.id] = result
         while len(self._results) > self._keep_results:
@@ -1724,6 +1778,7 @@ class Engine:
         """
         wanted = None if outcome is None else Outcome(outcome)
         if self._store is not None:
+            self._persistence.flush()  # reads see every write staged before them
             return [
                 TaskResult.from_record(record)
                 for record in self._store.history(
@@ -1769,6 +1824,7 @@ class Engine:
         if self._frozen:
             return
         self._frozen = True
+        self._persistence.close()
         self._writer = None
         for run in self._running.values():
             if run.timer is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +35,30 @@ SCHEMA_VERSION = 5
 
 #: How long finished tasks are kept, unless told otherwise.
 DEFAULT_RETENTION = timedelta(days=60)
+
+
+@attrs.frozen
+class Finished:
+    """How a finished task is filed in the history."""
+
+    outcome: str
+    #: Seconds since the epoch.
+    started_at: float
+    ended_at: float
+    #: Whether its steps met errors or were released (``history --has-errors``).
+    has_errors: bool = False
+
+
+@attrs.frozen
+class TaskWrite:
+    """One task's new state in a group commit: running (its record) or finished."""
+
+    task_id: str
+    workflow: str
+    #: The running task's state, or the finished task's result, as JSON.
+    record: bytes
+    #: Set when the task has ended: it moves from the running tasks to the history.
+    finished: Finished | None = None
 
 
 @attrs.frozen
@@ -77,6 +101,9 @@ class Store(Protocol):
 
     def delete_subscriber(self, subscriber_id: str) -> None:
         """Forget a subscriber and its subscriptions."""
+
+    def commit(self, writes: Sequence[TaskWrite]) -> None:
+        """Apply every task's write in one transaction: all of them, or none (raising)."""
 
     def save_task(self, task_id: str, workflow: str, record: bytes) -> None:
         """Store a running task's state, as JSON (replacing its previous state)."""
@@ -425,14 +452,21 @@ class SQLiteStore:
             self._db.execute("DELETE FROM subscriptions WHERE subscriber = ?", (subscriber_id,))
             self._db.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,))
 
+    def commit(self, writes: Sequence[TaskWrite]) -> None:
+        if len(writes) == 1 and writes[0].finished is None:
+            write = writes[0]
+            self.save_task(write.task_id, write.workflow, write.record)
+            return
+        with self._transaction():
+            for write in writes:
+                if write.finished is None:
+                    self._db.execute(_SAVE_TASK, (write.task_id, write.workflow, write.record))
+                else:
+                    self._file(write, write.finished)
+
     def save_task(self, task_id: str, workflow: str, record: bytes) -> None:
-        # one statement, its own transaction; an upsert updates the row in place
-        # (INSERT OR REPLACE deletes and re-inserts it, ten times slower here)
-        self._db.execute(
-            "INSERT INTO running_tasks (id, workflow, data) VALUES (?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET data = excluded.data",
-            (task_id, workflow, record),
-        )
+        # one statement, its own transaction
+        self._db.execute(_SAVE_TASK, (task_id, workflow, record))
 
     def finish_task(
         self,
@@ -445,16 +479,28 @@ class SQLiteStore:
         *,
         has_errors: bool = False,
     ) -> None:
+        write = TaskWrite(task_id, workflow, record)
         with self._transaction():
-            self._db.execute("DELETE FROM running_tasks WHERE id = ?", (task_id,))
-            self._db.execute(
-                "INSERT INTO history (id, workflow, outcome, started_at, ended_at, data,"
-                " has_errors) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-                " workflow = excluded.workflow, outcome = excluded.outcome,"
-                " started_at = excluded.started_at, ended_at = excluded.ended_at,"
-                " data = excluded.data, has_errors = excluded.has_errors",
-                (task_id, workflow, outcome, started_at, ended_at, record, int(has_errors)),
-            )
+            self._file(write, Finished(outcome, started_at, ended_at, has_errors))
+
+    def _file(self, write: TaskWrite, finished: Finished) -> None:
+        self._db.execute("DELETE FROM running_tasks WHERE id = ?", (write.task_id,))
+        self._db.execute(
+            "INSERT INTO history (id, workflow, outcome, started_at, ended_at, data,"
+            " has_errors) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " workflow = excluded.workflow, outcome = excluded.outcome,"
+            " started_at = excluded.started_at, ended_at = excluded.ended_at,"
+            " data = excluded.data, has_errors = excluded.has_errors",
+            (
+                write.task_id,
+                write.workflow,
+                finished.outcome,
+                finished.started_at,
+                finished.ended_at,
+                write.record,
+                int(finished.has_errors),
+            ),
+        )
 
     def save_schedule_mark(self, key: tuple[str, str, str], moment: datetime) -> None:
         with self._transaction():
@@ -549,6 +595,13 @@ class SQLiteStore:
     def close(self) -> None:
         self._db.close()
 
+
+# an upsert updates the row in place (INSERT OR REPLACE deletes and re-inserts
+# it, ten times slower here)
+_SAVE_TASK = (
+    "INSERT INTO running_tasks (id, workflow, data) VALUES (?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET data = excluded.data"
+)
 
 _SAVE_SUBSCRIPTION = (
     "INSERT INTO subscriptions (subscriber, message_type, wait_for_completion, timeout)"

@@ -1,4 +1,4 @@
-"""Run ``phasebus`` but die (SIGKILL) right after the store writes that a given step began.
+"""Run ``phasebus`` but die (SIGKILL) right after the store commits that a given step began.
 
 Usage: python tests/crash_after_write.py STEP phasebus-arguments...
 
@@ -11,22 +11,21 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Sequence
 
 from engine import _store
 from engine._cli import main
 
 step = sys.argv[1]
 marker = f'"state":"{step}"'.encode()
-write = _store.SQLiteStore.save_task
+commit = _store.SQLiteStore.commit
 
 
-def save_task_then_die(
-    self: _store.SQLiteStore, task_id: str, workflow: str, record: bytes
-) -> None:
-    write(self, task_id, workflow, record)
-    if marker in record:
+def commit_then_die(self: _store.SQLiteStore, writes: Sequence[_store.TaskWrite]) -> None:
+    commit(self, writes)
+    if any(marker in write.record for write in writes):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-_store.SQLiteStore.save_task = save_task_then_die  # type: ignore[method-assign]
+_store.SQLiteStore.commit = commit_then_die  # type: ignore[method-assign]
 sys.exit(main(sys.argv[2:]))
