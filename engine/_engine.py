@@ -77,7 +77,7 @@ from ._messages import (
     ProgressLeaf,
     ProgressTree,
 )
-from ._records import RestoreError, finished_record, restore_task, task_record
+from ._records import RestoreError, finished_record, restore_task, step_results, task_record
 from ._records import StepResult as StepResult  # re-exported: views import it from here
 from ._records import TaskResult as TaskResult
 from ._store import Store, StoredState, subscriptions_json
@@ -157,6 +157,8 @@ class TaskInfo:
     state: str
     started_at: datetime
     step: StepInfo | None
+    #: The steps passed so far, in order, as they ended.
+    steps: tuple[StepResult, ...] = ()
 
 
 class StartDecision(enum.StrEnum):
@@ -1104,6 +1106,7 @@ class Engine:
             task.state,
             self.clock.to_wall(task.created_at),
             step_info,
+            step_results(task, self.clock),
         )
 
     # ------------------------------------------------------------ driving a task

@@ -35,12 +35,13 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-from ._auth import AuthError, TokenVerifier, bearer_token
+from ._auth import AuthError, TokenVerifier
 from ._bus import ENGINE_CLOSED, LISTENER_DISCONNECTED, TOO_SLOW, Listener, ListenerDropped
 from ._bus import Subscription as _Subscription
 from ._config import ConfigConflict
+from ._console import Console
 from ._convert import structure_strict, unstructure_declaration
-from ._engine import Engine, StepInfo, TaskInfo, TaskResult
+from ._engine import Engine, StepInfo, StepResult, TaskInfo, TaskResult
 from ._errors import (
     InvalidInputError,
     ListenerError,
@@ -181,6 +182,7 @@ def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
             "state": task.state,
             "started_at": _time(task.started_at),
             "step": None if task.step is None else _step_json(task.step),
+            "steps": [_result_json(step) for step in task.steps],
         }
     return {
         "id": task.id,
@@ -193,18 +195,19 @@ def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
         "started_at": _time(task.started_at),
         "ended_at": _time(task.ended_at),
         "duration": task.duration,
-        "steps": [
-            {
-                "name": step.name,
-                "started_at": _time(step.started_at),
-                "ended_at": _time(step.ended_at),
-                "duration": step.duration,
-                "answered": dict(step.answered),
-                "errors": list(step.errors),
-                "timed_out": step.timed_out,
-            }
-            for step in task.steps
-        ],
+        "steps": [_result_json(step) for step in task.steps],
+    }
+
+
+def _result_json(step: StepResult) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "started_at": _time(step.started_at),
+        "ended_at": _time(step.ended_at),
+        "duration": step.duration,
+        "answered": dict(step.answered),
+        "errors": list(step.errors),
+        "timed_out": step.timed_out,
     }
 
 
@@ -262,6 +265,7 @@ class PhasebusApp:
         self._verifier = TokenVerifier(psk) if psk else None
         self._encoder = _Encoder()
         self._connections: dict[str, _Connection] = {}
+        self.console = Console(engine, psk=psk)
         self._stop_observing = engine.add_observer(
             self._observe, message_types=(LISTENER_DISCONNECTED,), kinds=(Kind.EVENT,)
         )
@@ -283,9 +287,12 @@ class PhasebusApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind in ("http", "websocket"):
-            if self._verifier is not None and scope["path"] not in PUBLIC_PATHS:
+            send = Console.accepting(scope, send)
+            public = scope["path"] in PUBLIC_PATHS or Console.is_public(scope)
+            if self._verifier is not None and not public:
                 try:
-                    await self._verifier.verify(bearer_token(_header(scope, b"authorization")))
+                    token = Console.token(scope, _header(scope, b"authorization"))
+                    await self._verifier.verify(token)
                 except AuthError as error:
                     await self._deny(
                         scope,
@@ -368,6 +375,7 @@ class PhasebusApp:
             WebSocketRoute("/subscriber/{id}/handle", _WebSocketEndpoint(self.handle_subscriber)),
             WebSocketRoute("/events", _WebSocketEndpoint(self.handle_events)),
             WebSocketRoute("/{path:path}", _WebSocketEndpoint(self.no_websocket)),
+            *self.console.routes(),
             Route("/configs", self.list_configs, methods=["GET"]),
             Route("/config/{id}", self.get_config, methods=["GET"]),
             Route("/config/{id}", self.put_config, methods=["PUT"]),
