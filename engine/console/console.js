@@ -9,7 +9,7 @@
     "message-listener-connected", "message-listener-disconnected",
   ];
   const MARKS = {
-    current: "▶ now", done: "✓ done", error: "✗ error", timed_out: "⏱ timed out",
+    current: "▶ now", done: "✓ done", error: "✗ error", timed_out: "◔ timed out",
     released: "↩ released", stopped: "■ stopped", stalled: "⚠ stalled",
   };
   const OUTCOME_MARKS = {
@@ -115,7 +115,7 @@
   // ---------------------------------------------------------------- sign-in
 
   function showOnly(id) {
-    for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== id;
+    for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${id}`;
     for (const link of document.querySelectorAll("#nav a")) {
       const target = link.getAttribute("href").slice(1);
       if (target === id || (id === "task" && target === "live")) link.setAttribute("aria-current", "page");
@@ -237,10 +237,10 @@
       case "message-listener-connected":
       case "message-listener-disconnected":
         busLog(message.message_type, data);
-        if (!$("#bus").hidden) loadBus().catch(report);
+        if (!$("#view-bus").hidden) loadBus().catch(report);
         break;
       case "schedule_fired":
-        if (!$("#bus").hidden || !$("#workflows").hidden) loadWorkflows().catch(report);
+        if (!$("#view-bus").hidden || !$("#view-workflows").hidden) loadWorkflows().catch(report);
         break;
       default:
     }
@@ -284,7 +284,7 @@
     const channels = data.channels ? data.channels.join(", ") : "every message type";
     list.prepend(el("li", {},
       `${new Date().toLocaleTimeString([], { hour12: false })} `,
-      badge(connected ? "done" : "stopped", connected ? "⇄ connected" : "⨯ disconnected"),
+      badge(connected ? "done" : "stopped", connected ? "⇄ connected" : "✕ disconnected"),
       ` ${data.subscriber_id} (${channels})`));
     while (list.children.length > 50) list.lastChild.remove();
   }
@@ -309,7 +309,10 @@
     const parts = [];
     const facts = el("dl", { class: "facts" });
     const phase = phaseOf(task.workflow, step.name);
-    facts.append(el("dt", {}, "Step"), el("dd", {}, phase ? `${phase} › ${step.name}` : step.name, " ",
+    const entry = state.workflows.get(task.workflow);
+    const names = entry && entry.declaration ? entry.declaration.steps.map((s) => s.name) : [];
+    const place = names.includes(step.name) ? ` (${names.indexOf(step.name) + 1} of ${names.length})` : "";
+    facts.append(el("dt", {}, "Step"), el("dd", {}, phase ? `${phase} › ${step.name}` : step.name, place, " ",
       badge("current"), step.stalled ? badge("stalled") : null,
       (step.released || []).length ? badge("released") : null));
     facts.append(el("dt", {}, "Action"), el("dd", {}, `${step.action} ${step.message_type}`));
@@ -323,7 +326,7 @@
     if (owed.length || answered.length || released.length) {
       const list = el("ul", { class: "owed", "aria-label": "Listeners of this step" });
       for (const id of owed) {
-        list.append(el("li", {}, badge("current", "⌛ owed"), ` ${id} — last heard `,
+        list.append(el("li", {}, badge("current", "◌ owed"), ` ${id} — last heard `,
           el("span", { "data-heard": (step.last_heard || {})[id] || "" }, ago((step.last_heard || {})[id]))));
       }
       for (const [id, answer] of answered) {
@@ -469,10 +472,9 @@
 
   async function showDiagram(container, workflowId) {
     if (container.dataset.workflow === workflowId && container.firstElementChild) return container.firstElementChild;
-    const text = await diagram(workflowId);
+    // the page's style sheet draws it: its own defaults go (inline styles break the CSP)
+    const text = (await diagram(workflowId)).replace(/<style>[^<]*<\/style>/g, "");
     const parsed = new DOMParser().parseFromString(text, "image/svg+xml").documentElement;
-    // the page's style sheet draws it (an inline <style> would also break the CSP)
-    for (const style of parsed.querySelectorAll("style")) style.remove();
     const svg = document.importNode(parsed, true);
     container.replaceChildren(svg);
     container.dataset.workflow = workflowId;
@@ -745,7 +747,7 @@
     const connected = new Set(listeners.listeners.map((l) => l.subscriber_id).filter(Boolean));
     $("#subscribers tbody").replaceChildren(...subscribers.map((s) => el("tr", { "data-subscriber": s.id },
       el("th", { scope: "row" }, s.id),
-      el("td", {}, connected.has(s.id) ? badge("done", "⇄ connected") : badge("stopped", "⨯ not connected")),
+      el("td", {}, connected.has(s.id) ? badge("done", "⇄ connected") : badge("stopped", "✕ not connected")),
       el("td", {}, Object.values(s.subscriptions).map((sub) =>
         `${sub.message_type}: ${sub.wait_for_completion ? "waits" : "does not wait"}, ${sub.timeout} s`).join("; ")))));
     $("#listeners tbody").replaceChildren(...listeners.listeners.map((l) => el("tr", {},
