@@ -14,10 +14,12 @@ needs:
 - ``GET /ui/listeners``: the listeners connected to the bus (``listeners``:
   id, subscriber id, message types or null for all) and how many were
   dropped for being too slow (``dropped``);
-- ``POST /ui/sign-in`` (body ``{"psk": "..."}``): with a pre-shared key,
-  answers a token like the ones Resoto's clients make (HS256 over a key
-  derived from the PSK, ``exp`` in :data:`TOKEN_LIFETIME` seconds). The page
-  keeps the token in memory only and sends it as ``Authorization: Bearer``.
+- ``POST /ui/sign-in`` (body ``{"psk": "...", "expires_in": seconds?}``):
+  with a pre-shared key, answers a token like the ones Resoto's clients make
+  (HS256 over a key derived from the PSK, ``exp`` in ``expires_in`` seconds,
+  at most and by default :data:`TOKEN_LIFETIME`) with ``expires_at`` (Unix
+  time). The page keeps the token in memory only and sends it as
+  ``Authorization: Bearer``; ``/ui/?session=SECONDS`` asks for a shorter one.
 
 The page, its files and the sign-in need no token (they hold no data); the
 diagrams and the whole API do. A browser cannot set headers on a WebSocket,
@@ -34,9 +36,9 @@ from __future__ import annotations
 
 import hmac
 import importlib.resources
-import time
 from typing import Any
 
+import jwt
 import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -196,7 +198,8 @@ class Console:
         return JSONResponse({"listeners": listeners, "dropped": self.engine.dropped_listeners})
 
     async def sign_in(self, request: Request) -> Response:
-        if self._psk is None:
+        key = self._psk
+        if key is None:
             return _error(404, "the server has no pre-shared key: the console needs no sign-in")
         try:
             body: Any = parse_json(await request.body(), path="body")
@@ -205,17 +208,24 @@ class Console:
         psk = body.get("psk") if isinstance(body, dict) else None
         if not isinstance(psk, str) or not psk:
             return _error(400, "invalid sign-in", "psk: must be a non-empty string")
-        if len(psk) > _MAX_PSK or not hmac.compare_digest(
-            psk.encode("utf-8"), self._psk.encode("utf-8")
+        lifetime = body.get("expires_in", TOKEN_LIFETIME)
+        if (
+            isinstance(lifetime, bool)
+            or not isinstance(lifetime, int | float)
+            or not 1 <= lifetime <= TOKEN_LIFETIME
         ):
+            return _error(
+                400,
+                "invalid sign-in",
+                f"expires_in: must be from 1 to {TOKEN_LIFETIME:g} seconds, got {lifetime!r}",
+            )
+        if len(psk) > _MAX_PSK or not hmac.compare_digest(psk.encode("utf-8"), key.encode("utf-8")):
             async with self._wrong_key:
                 await trio.sleep(WRONG_KEY_PAUSE)
             return _error(401, "wrong pre-shared key", "psk: does not match the server's key")
-        expires_at = int(time.time() + TOKEN_LIFETIME)
-        token = await trio.to_thread.run_sync(
-            lambda: make_token(self._psk or "", expires_in=TOKEN_LIFETIME)
-        )
+        token = await trio.to_thread.run_sync(lambda: make_token(key, expires_in=lifetime))
+        expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
         return JSONResponse(
-            {"token": token, "expires_at": expires_at, "expires_in": TOKEN_LIFETIME},
+            {"token": token, "expires_at": expires_at, "expires_in": lifetime},
             headers={"Cache-Control": "no-store"},
         )

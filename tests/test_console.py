@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import jwt
 import pytest
 import trio
 import trio_websocket
@@ -133,6 +135,22 @@ async def test_sign_in_answers_a_token_for_the_right_key_only(
         assert PSK not in token
         tasks = await server.http.get("/tasks", headers={"authorization": f"Bearer {token}"})
         assert tasks.status_code == 200
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert body["expires_at"] == claims["exp"]
+        assert time.time() + _console.TOKEN_LIFETIME - claims["exp"] < 5
+
+        # a shorter sign-in when asked, never a longer one
+        short = (await server.http.post("/ui/sign-in", json={"psk": PSK, "expires_in": 5})).json()
+        assert short["expires_in"] == 5
+        assert short["expires_at"] - time.time() <= 5
+        for lifetime in (0, -1, _console.TOKEN_LIFETIME + 1, "5", True, None):
+            answer = await server.http.post(
+                "/ui/sign-in", json={"psk": PSK, "expires_in": lifetime}
+            )
+            assert answer.status_code == 400
+            assert answer.json()["problems"] == [
+                f"expires_in: must be from 1 to 900 seconds, got {lifetime!r}"
+            ]
 
 
 async def test_sign_in_without_a_psk_is_not_found() -> None:

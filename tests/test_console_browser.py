@@ -260,3 +260,13 @@ def test_with_a_psk_nothing_loads_before_signing_in(page: Any) -> None:
         one(page, "#sign-out").click()
         assert one(page, "#sign-in-form").is_displayed()
         assert not one(page, "#view-live").is_displayed()
+
+        # a sign-in that expires sends the console back to the sign-in
+        page.get(f"{url}/ui/?session=2")
+        one(page, "#psk").send_keys(PSK)
+        one(page, "#sign-in-form button").click()
+        wait_for(lambda: one(page, "#view-live").is_displayed(), what="the console")
+        wait_for(lambda: one(page, "#sign-in-form").is_displayed(), what="the sign-in", timeout=6)
+        assert "expired" in text_of(page, "#sign-in-error")
+        assert not one(page, "#view-live").is_displayed()
+        assert css(page, "#live-tasks li") == []

@@ -145,6 +145,12 @@
     $("#psk").focus();
   }
 
+  function sessionLength() {
+    // /ui/?session=SECONDS asks for a sign-in shorter than the server's longest
+    const asked = Number(new URLSearchParams(location.search).get("session"));
+    return asked > 0 ? { expires_in: asked } : {};
+  }
+
   async function signIn(event) {
     event.preventDefault();
     const input = $("#psk");
@@ -155,7 +161,7 @@
       const response = await fetch("/ui/sign-in", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ psk: input.value }),
+        body: JSON.stringify({ psk: input.value, ...sessionLength() }),
         cache: "no-store",
       });
       const body = await response.json().catch(() => ({}));
