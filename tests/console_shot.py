@@ -1,6 +1,6 @@
 """Take the README's screenshot of the web console from a real run.
 
-    python -m tests.console_shot [--out docs/console.png] [--width 1280] [--height 900]
+    python -m tests.console_shot [--out docs/console.png] [--width 1280] [--height 1500]
 
 It starts ``phasebus serve --demo --store memory --port 0``, finishes one run of
 ``collect`` (for the history), subscribes an ``ops.approver`` that never answers
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.console_shot")
     parser.add_argument("--out", type=Path, default=Path("docs/console.png"))
     parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--height", type=int, default=1500)
     args = parser.parse_args(argv)
     reason = missing_browser()
     if reason is not None:

@@ -588,8 +588,12 @@
         step.duration, who, step.errors || []);
     });
     if (current) {
+      const who = [
+        ...Object.entries(current.answered || {}).map(([id, answer]) => `${id}: ${answer}`),
+        ...current.waiting_for.map((id) => `${id}: owed`),
+      ];
       rows.push(row(current.name, time(current.started_at).getTime(), end, "current",
-        (end - time(current.started_at).getTime()) / 1000, current.waiting_for.map((id) => `${id}: owed`), []));
+        (end - time(current.started_at).getTime()) / 1000, who, current.errors || []));
     }
     if (!rows.length) rows.push(el("li", { class: "empty" }, "No step has ended yet."));
     return rows;
