@@ -54,6 +54,9 @@ METRICS_EXPORTER = "demo.metrics"
 CORE = "demo.core"
 HOOKS = "demo.hooks"
 
+#: Every subscriber the simulated listeners use.
+DEMO_SUBSCRIBERS = (COLLECTOR, CLEANUP_PLANNER, METRICS_EXPORTER, CORE, HOOKS)
+
 Work = Callable[[Listener, Action], Awaitable[None]]
 
 
@@ -204,5 +207,7 @@ async def serve_demo(
             )
             task_status.started(sorted([*(d.subscriber_id for d in listeners), CORE]))
     finally:
+        # When the program stops, the engine is frozen by now: the removal is
+        # neither stored nor releases a step, and a restart resumes the tasks.
         for subscriber_id in (*(demo.subscriber_id for demo in listeners), CORE):
             engine.remove_subscriber(subscriber_id)

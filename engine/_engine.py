@@ -321,6 +321,9 @@ class Engine:
     ) -> None:
         self._nursery = nursery
         self._store = store
+        #: Where writes go: the store, until the engine freezes (then None: nothing is written).
+        self._writer = store
+        self._frozen = False
         self.clock = clock
         self._commands: dict[str, Command] = dict(commands)
         self._progress_interval = progress_interval
@@ -519,9 +522,11 @@ class Engine:
                 for planned in run:
                     self._fire(workflow_id, trigger, planned, now, catching_up=True)
             last = due[-1]
+            if self._frozen:
+                return
             self._schedule_marks[key] = last
-            if self._store is not None:
-                self._store.save_schedule_mark(key, last)
+            if self._writer is not None:
+                self._writer.save_schedule_mark(key, last)
 
     def _fire(
         self,
@@ -596,16 +601,18 @@ class Engine:
         return self.subscribers.remove_subscriber(subscriber_id)
 
     def _subscriptions_changed(self, subscriber_id: str, removed: frozenset[str]) -> None:
-        if self._store is not None and not self._restoring:
+        if self._writer is not None and not self._restoring:
             subscriber = self.subscribers.get(subscriber_id)
             if subscriber is None:
-                self._store.delete_subscriber(subscriber_id)
+                self._writer.delete_subscriber(subscriber_id)
             else:
-                self._store.save_subscriber(
+                self._writer.save_subscriber(
                     subscriber_id, subscriptions_json(subscriber.subscriptions.values())
                 )
         self._bus.refresh(subscriber_id)
-        if not removed:
+        if not removed or self._frozen:
+            # A subscriber leaving because the program stops releases no step:
+            # the tasks resume where they were, still waiting for it.
             return
         for run in self._running.values():
             step = run.task.step
@@ -801,8 +808,14 @@ class Engine:
         Answers count when they match a running task's current step and a
         subscriber it waits for; any other answer changes nothing. Events start
         the workflows they trigger and finish the steps waiting for them.
+        Once the engine is stopping (see :meth:`freeze`) nothing is published.
         """
         kind = type(message)
+        if self._frozen:
+            # stopping: nothing may move a task on or start one; an answer is not
+            # recorded, so the subscriber still owes it after a restart
+            logger.debug("stopping: ignoring %s %s", message.kind.value, message.message_type)
+            return
         if kind in _ANSWER_TYPES:
             # the answer goes out before what it causes (the next step's action)
             self._bus.publish(message)
@@ -832,6 +845,8 @@ class Engine:
         )
 
     def _on_event(self, event: Event) -> None:
+        if self._frozen:
+            return
         message_type = event.message_type
         waiters = self._event_waiters.get(message_type)
         if waiters:
@@ -913,6 +928,8 @@ class Engine:
             UnknownWorkflowError: nothing is registered under ``workflow_id``.
         """
         registered = self._registered(workflow_id)
+        if self._frozen:
+            raise EngineClosed(f"the engine is stopping: workflow {workflow_id!r} not started")
         surpass = registered.workflow.surpass
         active = (
             []
@@ -933,8 +950,8 @@ class Engine:
                     )
                 queued = _new_id()
                 self._queue(registered, queued)
-                if self._store is not None:  # a queued run survives a restart too
-                    self._store.save_task(
+                if self._writer is not None:  # a queued run survives a restart too
+                    self._writer.save_task(
                         queued,
                         workflow_id,
                         orjson.dumps(
@@ -1136,6 +1153,8 @@ class Engine:
         each wake-up, and an answer that finishes a step runs it at once
         (see :meth:`_on_answer`), never both at a time.
         """
+        if self._frozen:
+            return True  # stopped where it is: it waits for the engine to close
         task = run.task
         machine = run.registered.machine
         run.moving = True
@@ -1201,11 +1220,11 @@ class Engine:
 
     def _save(self, run: _Run) -> None:
         run.dirty = False
-        if self._store is not None:
+        if self._writer is not None:
             if run.encoded_steps is None:
                 run.encoded_steps = []
             task = run.task
-            self._store.save_task(
+            self._writer.save_task(
                 task.id, task.workflow.id, task_record(task, self.clock, run.encoded_steps)
             )
 
@@ -1259,6 +1278,8 @@ class Engine:
 
     async def _sleep(self, run: _Run) -> None:
         await run.sleep()
+        if self._frozen:
+            return
         step = run.task.step  # the current one: an answer may have moved the task on
         if step is None or step.deadline is None:
             return
@@ -1404,11 +1425,11 @@ class Engine:
         del registered.active[run]
         if run.ended is not None:
             run.ended.set()
-        if task.state != END:
-            return  # cancelled: the engine is closing
+        if task.state != END or self._frozen:
+            return  # the engine is closing: the task stays where the store has it
         result = TaskResult.of(task, self.clock)
         record = None
-        if self._store is not None:
+        if self._writer is not None:
             record = finished_record(task, self.clock, run.encoded_steps)
         self._record(result, record)
         if self._wanted(TASK_END):
@@ -1431,8 +1452,8 @@ class Engine:
 
     def _record(self, result: TaskResult, record: bytes | None = None) -> None:
         """Keep a finished task's result (in the store's history, when there is one)."""
-        if self._store is not None:
-            self._store.finish_task(
+        if self._writer is not None:
+            self._writer.finish_task(
                 result.id,
                 result.workflow,
                 result.outcome.value,
@@ -1447,11 +1468,12 @@ class Engine:
     # ------------------------------------------------------------ durable state
 
     def _persist_config(self, config_id: str, config: Config | None) -> None:
-        assert self._store is not None
+        if self._writer is None:
+            raise EngineClosed(f"the engine is stopping: config {config_id!r} not changed")
         if config is None:
-            self._store.delete_config(config_id)
+            self._writer.delete_config(config_id)
         else:
-            self._store.save_config(config)
+            self._writer.save_config(config)
 
     def _restore(self, state: StoredState) -> None:
         """Load what the store kept and resume the interrupted tasks."""
@@ -1569,13 +1591,40 @@ class Engine:
         return results[:limit]
 
     async def _prune_history(self, store: Store) -> None:
-        while True:
+        while not self._frozen:
             pruned = store.prune(self.clock.now() - store.retention)
             if pruned:
                 logger.info("removed %d finished tasks older than %s", pruned, store.retention)
             await trio.sleep(3600)
 
+    @property
+    def closing(self) -> bool:
+        """Whether the engine is stopping (see :meth:`freeze`)."""
+        return self._frozen
+
+    def freeze(self) -> None:
+        """Stop every task where it is, because the program is stopping.
+
+        From now on no task moves, nothing is published for a task, nothing is
+        written to the store and nothing starts; answers and events are
+        refused (:class:`EngineClosed`), and a subscriber removed now releases
+        no step. Call it before anything goes away (listeners, subscribers):
+        a restart on the same store then resumes every task where it was.
+        Leaving :func:`open_engine` freezes the engine first. Idempotent.
+        """
+        if self._frozen:
+            return
+        self._frozen = True
+        self._writer = None
+        for run in self._running.values():
+            if run.timer is not None:
+                self._timers.cancel(run.timer)
+                run.timer = None
+        for registered in self._workflows.values():
+            registered.scope.cancel()  # no schedule fires any more
+
     def _close(self) -> None:
+        self.freeze()
         self._closed = True
         for run in list(self._running.values()):
             if run.ended is not None:

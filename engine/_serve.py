@@ -187,22 +187,68 @@ async def _serve_engine(
     async with open_engine(workflows=workflows, jobs=jobs, store=store) as engine:
         if engine.configs.get(CORE_CONFIG) is None:
             engine.configs.put(CORE_CONFIG, core_config(engine))
+        if not demo:
+            _forget_demo_subscribers(engine)
         app = create_app(engine, psk=psk)
         try:
             async with trio.open_nursery() as nursery:
-                if demo:
-                    from machines import COLLECT_AND_CLEANUP
-
-                    from ._demo import serve_demo
-
-                    await nursery.start(serve_demo, engine, COLLECT_AND_CLEANUP)
-                url = await nursery.start(functools.partial(serve_app, app, host=host, port=port))
+                # The server and the simulated listeners are shielded from the
+                # cancellation that stops the program: the engine freezes its
+                # tasks first, and only then do they go away (see Engine.freeze).
+                shield = trio.CancelScope(shield=True)
+                url = await nursery.start(
+                    functools.partial(
+                        _serve_shielded, shield, engine, app, host=host, port=port, demo=demo
+                    )
+                )
                 if announce:
                     auth = "PSK required" if psk else "no authentication"
                     print(f"phasebus listening on {url} ({auth})", flush=True)
                 task_status.started(url)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    engine.freeze()
+                    shield.cancel()
         finally:
             app.close()
+
+
+async def _serve_shielded(
+    shield: trio.CancelScope,
+    engine: Engine,
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    demo: bool,
+    task_status: trio.TaskStatus[str],
+) -> None:
+    with shield:
+        async with trio.open_nursery() as nursery:
+            if demo:
+                from machines import COLLECT_AND_CLEANUP
+
+                from ._demo import serve_demo
+
+                await nursery.start(serve_demo, engine, COLLECT_AND_CLEANUP)
+            url = await nursery.start(functools.partial(serve_app, app, host=host, port=port))
+            task_status.started(url)
+
+
+def _forget_demo_subscribers(engine: Engine) -> None:
+    """Remove the simulated listeners' subscribers a ``--demo`` run left in the store.
+
+    They answer only while ``--demo`` runs; kept, they would make every step wait
+    for them until its deadline. Steps that still waited for them are released.
+    """
+    from ._demo import DEMO_SUBSCRIBERS
+
+    left = [sid for sid in DEMO_SUBSCRIBERS if engine.subscribers.get(sid) is not None]
+    if left:
+        logger.info("removing the subscribers of --demo: %s", ", ".join(left))
+        for subscriber_id in left:
+            engine.remove_subscriber(subscriber_id)
 
 
 # ---------------------------------------------------------------- command line
@@ -276,16 +322,22 @@ def serve_options(
 async def serve_command(args: argparse.Namespace) -> int:
     """Carry out ``phasebus serve`` inside trio; return the exit status.
 
-    SIGTERM stops the server cleanly (status 0); so does Ctrl-C in :func:`run_serve` (130).
+    SIGTERM and SIGINT (Ctrl-C) stop the server: every running task is frozen
+    where it is, in memory and in the store, before any listener goes away, so
+    that a restart on the same store resumes it. The status is 0 after SIGTERM
+    and 130 after SIGINT.
     """
     status = 0
     try:
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        logger.info("stopping: SIGTERM")
+                    nonlocal status
+                    async for number in signals:
+                        name = signal.Signals(number).name
+                        logger.info("stopping: %s", name)
+                        status = 130 if number == signal.SIGINT else 0
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(stop_on_signal)

@@ -70,7 +70,11 @@ class ServerProcess:
 
 @asynccontextmanager
 async def serve(
-    store: Path, workflows: Path, *, launcher: list[str] | None = None
+    store: Path,
+    workflows: Path | None = None,
+    *,
+    launcher: list[str] | None = None,
+    options: tuple[str, ...] = (),
 ) -> AsyncIterator[ServerProcess]:
     command = [
         *(launcher or [sys.executable, "-m", "engine"]),
@@ -79,8 +83,8 @@ async def serve(
         "0",
         "--store",
         str(store),
-        "--workflows",
-        str(workflows),
+        *(["--workflows", str(workflows)] if workflows is not None else []),
+        *options,
     ]
     process = await trio.lowlevel.open_process(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
