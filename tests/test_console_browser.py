@@ -270,3 +270,54 @@ def test_with_a_psk_nothing_loads_before_signing_in(page: Any) -> None:
         assert "expired" in text_of(page, "#sign-in-error")
         assert not one(page, "#view-live").is_displayed()
         assert css(page, "#live-tasks li") == []
+
+
+def press(driver: Any, *keys: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).send_keys(*keys).perform()
+
+
+def tab_to(driver: Any, matches: str, limit: int = 40) -> Any:
+    """Press Tab until the focused element matches the CSS selector ``matches``."""
+    from selenium.webdriver.common.keys import Keys
+
+    for _ in range(limit):
+        press(driver, Keys.TAB)
+        if driver.execute_script("return document.activeElement.matches(arguments[0])", matches):
+            return driver.switch_to.active_element
+    raise AssertionError(f"Tab never reached {matches}")
+
+
+def test_the_console_works_by_keyboard(page: Any, server: str, prober: Subscriber) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    open_console(page, server)
+    one(page, "#start-workflow").send_keys("console_probe")
+    tab_to(page, "#start-form button")
+    press(page, Keys.ENTER)
+    text = wait_for(lambda: "as task" in text_of(page, "#start-result"), what="the start")
+    assert text
+    task_id = text_of(page, "#start-result").rsplit(" ", 1)[1]
+    card = f'#live-tasks [data-task="{task_id}"]'
+    one(page, card)
+
+    tab_to(page, f"{card} button.danger")
+    press(page, Keys.ENTER)
+    one(page, "dialog#confirm-stop[open]")
+    # the safe choice has the focus; Escape keeps the task running
+    assert page.switch_to.active_element.text == "Keep it running"
+    press(page, Keys.ESCAPE)
+    wait_for(lambda: not css(page, "dialog#confirm-stop[open]"), what="the dialog closed")
+    assert request(f"{server}/task/{task_id}")[1]["running"] is True
+
+    tab_to(page, f"{card} button.danger")
+    press(page, Keys.ENTER)
+    one(page, "dialog#confirm-stop[open]")
+    press(page, Keys.TAB)
+    assert page.switch_to.active_element.text == "Stop the task"
+    press(page, Keys.ENTER)
+    left = time.monotonic()
+    wait_for(lambda: not css(page, card), what="the stopped task gone", timeout=1.0)
+    assert time.monotonic() - left < 1.0
+    assert request(f"{server}/task/{task_id}")[1]["outcome"] == "stopped"
