@@ -321,3 +321,81 @@ def test_the_console_works_by_keyboard(page: Any, server: str, prober: Subscribe
     wait_for(lambda: not css(page, card), what="the stopped task gone", timeout=1.0)
     assert time.monotonic() - left < 1.0
     assert request(f"{server}/task/{task_id}")[1]["outcome"] == "stopped"
+
+
+def test_errors_are_marked_and_filtered_in_the_history(
+    page: Any, server: str, prober: Subscriber
+) -> None:
+    from selenium.webdriver.support.select import Select
+
+    failed = request(f"{server}/workflow/console_probe/run", "POST")[1]["task_id"]
+    prober.answer(prober.next_action(), "action_error")
+    prober.answer(prober.next_action())
+    clean = request(f"{server}/workflow/console_probe/run", "POST")[1]["task_id"]
+    prober.answer(prober.next_action())
+    prober.answer(prober.next_action())
+    wait_for(lambda: not request(f"{server}/task/{clean}")[1]["running"], what="the clean run")
+
+    open_console(page, server, f"task/{failed}")
+    wait_for(lambda: "error" in state_of(page, "probe_one")[0], what="probe_one marked")
+    assert state_of(page, "probe_one") == ({"state", "error"}, "✗ error")
+    assert state_of(page, "probe_two") == ({"state", "done"}, "✓ done")
+    assert "test.prober: n/a" in text_of(page, "#task-timeline")
+
+    page.get(f"{server}/ui/#history")
+    form = "#history-form"
+    Select(one(page, f"{form} select[name=workflow]")).select_by_value("console_probe")
+    Select(one(page, f"{form} select[name=has_errors]")).select_by_value("true")
+    click(page, f"{form} button")
+    wait_for(lambda: css(page, f'#history-list [data-task="{failed}"]'), what="the failed run")
+    assert not css(page, f'#history-list [data-task="{clean}"]')
+    assert "✗ has errors" in text_of(page, f'#history-list [data-task="{failed}"]')
+
+    Select(one(page, f"{form} select[name=has_errors]")).select_by_value("false")
+    click(page, f"{form} button")
+    wait_for(lambda: css(page, f'#history-list [data-task="{clean}"]'), what="the clean run")
+    assert not css(page, f'#history-list [data-task="{failed}"]')
+
+    # nothing ended in the future
+    page.execute_script(
+        "document.querySelector(arguments[0]).value = '2099-01-01T00:00:00'",
+        f"{form} input[name=since]",
+    )
+    click(page, f"{form} button")
+    wait_for(lambda: one(page, "#history-empty").is_displayed(), what="an empty history")
+    assert not css(page, "#history-list > li")
+
+
+def test_subscribers_listeners_and_schedules_are_shown(
+    page: Any, server: str, prober: Subscriber
+) -> None:
+    open_console(page, server, "bus")
+    row = '#subscribers tr[data-subscriber="test.prober"]'
+    wait_for(lambda: css(page, row), what="the prober's row")
+    text = text_of(page, row)
+    assert "⇄ connected" in text
+    assert "probe_one: waits, 120 s" in text
+    listeners = text_of(page, "#listeners")
+    assert "test.prober" in listeners
+    assert "demo.collector" in listeners
+    assert "0 dropped for being too slow" in text_of(page, "#dropped")
+    schedules = text_of(page, "#schedules")
+    assert "0 * * * * (UTC)" in schedules
+
+    # a subscriber that goes away is seen going
+    visitor = Subscriber(server, "test.visitor", ["probe_two"])
+    wait_for(lambda: "test.visitor" in text_of(page, "#bus-log"), what="the visitor coming")
+    visitor.close()
+    wait_for(lambda: "✕ disconnected test.visitor" in text_of(page, "#bus-log"), what="it going")
+
+    # each workflow's diagram opens in place, and a run starts from there
+    page.get(f"{server}/ui/#workflows")
+    article = '#workflow-list [data-workflow="console_probe"]'
+    click(page, f"{article} summary")
+    wait_for(lambda: css(page, f'{article} svg [data-state="probe_two"]'), what="the diagram")
+    click(page, f"{article} button")
+    result = wait_for(lambda: "as task" in text_of(page, article) and text_of(page, article))
+    task_id = result.split("as task ", 1)[1].split()[0]
+    assert request(f"{server}/task/{task_id}")[1]["running"] is True
+    prober.answer(prober.next_action())
+    prober.answer(prober.next_action())
