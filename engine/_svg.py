@@ -41,7 +41,7 @@ _GAP = 18  # between consecutive boxes: room for an arrow
 _PHASE_HEAD = 24  # a phase group's title band
 _PHASE_PAD = 10
 _MARK_WIDTH = 88  # room on the right of each box for its mark
-_RIGHT_LANE = 34  # room for the arrows of on-error-stop steps to ``end``
+_RIGHT_LANE = 44  # room for the arrows of on-error-stop steps to ``end``
 _MIN_BOX = 200
 
 
@@ -191,7 +191,7 @@ def state_svg(workflow: Workflow) -> str:
                 f'<path class="edge error-edge" d="M{right:g},{start_y:g} H{lane:g}'
                 f' V{end_y:g} H{right + 1:g}" marker-end="url(#{prefix}-arrow)"><title>{label}'
                 f"</title></path>"
-                f'<text class="edge-label" x="{lane + 3:g}" y="{start_y - 4:g}">stop</text>'
+                f'<text class="edge-label" x="{lane + 3:g}" y="{start_y - 4:g}">error</text>'
             )
     for box in boxes:
         classes = "state" if box.kind == "step" else f"state {box.kind}"

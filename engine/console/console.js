@@ -7,6 +7,7 @@
   const EVENTS = [
     "task_started", "progress", "task_end", "error", "schedule_fired",
     "message-listener-connected", "message-listener-disconnected",
+    "workflow-updated", "workflow-deleted", "job-updated", "job-deleted",
   ];
   const MARKS = {
     current: "▶ now", done: "✓ done", error: "✗ error", timed_out: "◔ timed out",
@@ -244,6 +245,17 @@
       case "message-listener-disconnected":
         busLog(message.message_type, data);
         if (!$("#view-bus").hidden) loadBus().catch(report);
+        break;
+      case "workflow-updated":
+      case "workflow-deleted":
+      case "job-updated":
+      case "job-deleted":
+        // a definition changed at run time: draw it anew
+        state.diagrams.delete(data.id);
+        for (const holder of document.querySelectorAll(".diagram")) {
+          if (holder.dataset.workflow === data.id) delete holder.dataset.workflow;
+        }
+        loadWorkflows().catch(report);
         break;
       case "schedule_fired":
         if (!$("#view-bus").hidden || !$("#view-workflows").hidden) loadWorkflows().catch(report);
