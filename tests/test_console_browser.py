@@ -399,3 +399,31 @@ def test_subscribers_listeners_and_schedules_are_shown(
     assert request(f"{server}/task/{task_id}")[1]["running"] is True
     prober.answer(prober.next_action())
     prober.answer(prober.next_action())
+
+
+def test_the_console_reads_on_a_phone_sized_screen(
+    page: Any, server: str, prober: Subscriber
+) -> None:
+    phone = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+    page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", phone)
+    try:
+        task_id = request(f"{server}/workflow/console_probe/run", "POST")[1]["task_id"]
+        for view in ("live", f"task/{task_id}", "history", "workflows", "bus"):
+            open_console(page, server, view)
+            if view.startswith("task/"):
+                # the diagram fits the screen, the current step lit
+                wait_for(lambda: "current" in state_of(page, "probe_one")[0], what="lit")
+                box = page.execute_script(
+                    "return document.querySelector('#task-diagram svg')"
+                    ".getBoundingClientRect().right"
+                )
+                assert box <= 390
+            time.sleep(0.3)  # let the view fill in
+            width, inner = page.execute_script(
+                "return [document.documentElement.scrollWidth, window.innerWidth]"
+            )
+            assert width <= inner, f"{view}: {width} px wide on a {inner} px screen"
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        prober.answer(prober.next_action())
+        prober.answer(prober.next_action())
