@@ -684,8 +684,11 @@
     return item;
   }
 
+  let historyAsked = 0;
+
   async function loadHistory(event) {
     if (event) event.preventDefault();
+    const asked = ++historyAsked; // only the latest request's answer is shown
     const form = new FormData($("#history-form"));
     historyFilters = Object.fromEntries([...form.entries()].filter(([, v]) => v));
     const query = new URLSearchParams({ limit: "50" });
@@ -699,6 +702,7 @@
       query.delete("has_errors"); // a server without the filter: filter here
       tasks = await json(`/tasks?${query}`);
     }
+    if (asked !== historyAsked) return;
     const finished = tasks.filter((task) => !task.running && matchesFilters(task));
     for (const task of finished) state.finished.set(task.id, task);
     $("#history-list").replaceChildren(...finished.map(historyItem));
