@@ -271,7 +271,11 @@
       try {
         const response = await api(`/task/${encodeURIComponent(id)}`);
         if (response.status === 404) return;
-        taskChanged(await response.json());
+        const task = await response.json();
+        const seen = state.tasks.get(id);
+        // of two answers about a running task, the one about the later step wins
+        if (task.running && seen && (seen.steps || []).length > (task.steps || []).length) return;
+        taskChanged(task);
       } catch (error) {
         report(error);
       }
@@ -279,6 +283,8 @@
   }
 
   function taskChanged(task) {
+    // an answer that left before the task ended may arrive after: an ended task stays ended
+    if (task.running && state.finished.has(task.id)) return;
     if (task.running) {
       state.tasks.set(task.id, task);
     } else {
@@ -428,9 +434,11 @@
   }
 
   async function loadTasks() {
+    const known = new Set(state.tasks.keys()); // tasks seen starting meanwhile stay
     const tasks = await json("/tasks?limit=0");
-    state.tasks.clear();
-    for (const task of tasks) if (task.running) state.tasks.set(task.id, task);
+    const running = new Set(tasks.filter((task) => task.running).map((task) => task.id));
+    for (const id of known) if (!running.has(id)) state.tasks.delete(id);
+    for (const task of tasks) if (task.running && !state.finished.has(task.id)) state.tasks.set(task.id, task);
     renderLive();
     if (currentTask && !state.tasks.has(currentTask)) openTask(currentTask);
     else if (currentTask) renderTask(state.tasks.get(currentTask));
