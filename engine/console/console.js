@@ -265,7 +265,11 @@
   }
 
   function refreshTask(id, delay) {
-    if (!id || state.refreshing.has(id)) return;
+    if (!id) return;
+    if (state.refreshing.has(id)) {
+      if (delay > 0) return; // one refresh is coming: it will see this change too
+      clearTimeout(state.refreshing.get(id)); // a start or an end is shown at once
+    }
     state.refreshing.set(id, setTimeout(async () => {
       state.refreshing.delete(id);
       try {
