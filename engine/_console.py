@@ -26,7 +26,8 @@ diagrams and the whole API do. A browser cannot set headers on a WebSocket,
 so for ``/events`` alone the token may come as a WebSocket subprotocol: the
 page offers ``phasebus.console`` and ``phasebus.token.<jwt>`` and the server
 accepts ``phasebus.console``. The token is checked exactly like a bearer
-token; other clients and other paths are not affected.
+token, and such a connection ends when its token expires; other clients and
+other paths are not affected.
 
 A wrong key is refused with 401 after a pause of :data:`WRONG_KEY_PAUSE`
 seconds, one wrong key at a time, so keys cannot be guessed quickly.
@@ -36,6 +37,9 @@ from __future__ import annotations
 
 import hmac
 import importlib.resources
+import logging
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import jwt
@@ -44,12 +48,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message as ASGIMessage
-from starlette.types import Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ._auth import bearer_token, make_token
 from ._engine import Engine
 from ._json import JSONInputError, parse_json
 from ._svg import state_svg
+
+logger = logging.getLogger(__name__)
+
+#: The close code of a console WebSocket whose token expired (policy violation).
+POLICY_VIOLATION = 1008
+
+#: The close reason of a console WebSocket whose token expired.
+EXPIRED = "token expired"
 
 #: Where the page lives.
 PREFIX = "/ui/"
@@ -142,6 +154,42 @@ class Console:
                 if offered.startswith(TOKEN_SUBPROTOCOL):
                     return str(offered[len(TOKEN_SUBPROTOCOL) :])
         return bearer_token(authorization)
+
+    @staticmethod
+    def expiring(
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        authorization: str | None,
+        claims: Mapping[str, Any],
+    ) -> tuple[Receive, Send]:
+        """Return ``receive`` and ``send``, made to close a console's WebSocket when its
+        token expires.
+
+        Only a WebSocket whose token came as a subprotocol is closed (1008,
+        ``token expired``): the page signs in again. Other clients keep their
+        connections as the protocol has it.
+        """
+        if scope["type"] != "websocket" or authorization is not None:
+            return receive, send
+        deadline = trio.current_time() + (float(claims["exp"]) - time.time())
+        closed = False
+
+        async def receive_until_expiry() -> ASGIMessage:
+            nonlocal closed
+            with trio.move_on_at(deadline):
+                return await receive()
+            if not closed:
+                logger.info("closing a console WebSocket: its token expired")
+                await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": EXPIRED})
+                closed = True
+            return {"type": "websocket.disconnect", "code": POLICY_VIOLATION}
+
+        async def send_until_closed(message: ASGIMessage) -> None:
+            if not closed:  # nothing goes out after the close frame
+                await send(message)
+
+        return receive_until_expiry, send_until_closed
 
     @staticmethod
     def accepting(scope: Scope, send: Send) -> Send:

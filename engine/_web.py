@@ -291,8 +291,10 @@ class PhasebusApp:
             public = scope["path"] in PUBLIC_PATHS or Console.is_public(scope)
             if self._verifier is not None and not public:
                 try:
-                    token = Console.token(scope, _header(scope, b"authorization"))
-                    await self._verifier.verify(token)
+                    authorization = _header(scope, b"authorization")
+                    token = Console.token(scope, authorization)
+                    claims = await self._verifier.verify(token)
+                    receive, send = Console.expiring(scope, receive, send, authorization, claims)
                 except AuthError as error:
                     await self._deny(
                         scope,

@@ -222,3 +222,28 @@ async def test_an_open_api_accepts_the_console_subprotocol_and_plain_websockets(
             assert ws.subprotocol == _console.SUBPROTOCOL
         async with server.websocket("/events") as plain:
             assert plain.subprotocol is None
+
+
+async def test_a_console_websocket_is_closed_when_its_token_expires() -> None:
+    async with running_server(workflows=[quick_workflow()], psk=PSK) as server:
+        token = make_token(PSK, expires_in=1)
+        expiry = jwt.decode(token, options={"verify_signature": False})["exp"]
+        offered = [_console.SUBPROTOCOL, _console.TOKEN_SUBPROTOCOL + token]
+        async with websocket(server, "/events", offered) as ws:
+            with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await ws.get_message()
+        assert expiry - 0.1 <= time.time() <= expiry + 1.5
+        assert (closed.value.reason.code, closed.value.reason.reason) == (1008, "token expired")
+
+        # a client with a bearer token keeps its connection as the protocol has it
+        short = make_token(PSK, expires_in=1)
+        expiry = jwt.decode(short, options={"verify_signature": False})["exp"]
+        fresh = {"authorization": f"Bearer {make_token(PSK)}"}
+        async with server.websocket("/events", headers=bearer(short)) as ws:
+            await trio.sleep(max(0.0, expiry - time.time()) + 0.5)
+            await server.http.post("/workflow/quick/run", headers=fresh)
+            assert (await receive_json(ws))["message_type"] == "task_started"
+
+
+def bearer(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {token}".encode())]
