@@ -664,11 +664,12 @@
 
   function logEntry(entry) {
     if (typeof entry !== "object" || entry === null) return el("li", {}, String(entry));
-    const at = entry.at || entry.time || entry.timestamp;
-    const level = entry.level || entry.kind || "";
-    const text = entry.message || entry.text || entry.error || JSON.stringify(entry);
-    return el("li", { class: `level-${level}` }, at ? `${clock(at)} ` : "", level ? `[${level}] ` : "",
-      entry.step ? `${entry.step}: ` : "", entry.subscriber_id ? `${entry.subscriber_id}: ` : "", text);
+    const kind = [entry.kind, entry.level].filter(Boolean).join(" ");
+    const bad = ["error", "timeout", "stalled"].includes(entry.kind) || entry.level === "error";
+    const who = entry.subscriber || entry.subscriber_id;
+    return el("li", { class: bad ? "level-error" : "" }, entry.at ? `${clock(entry.at)} ` : "",
+      kind ? `[${bad ? "✗ " : ""}${kind}] ` : "", entry.step ? `${entry.step}` : "",
+      who ? ` · ${who}` : "", entry.step || who ? ": " : "", entry.message || JSON.stringify(entry));
   }
 
   // ---------------------------------------------------------------- history
@@ -754,13 +755,32 @@
           }
         },
       }, el("summary", {}, "State machine"), holder);
+      // where the server can pause a definition's triggers, a button does it
+      const pausable = typeof w.active === "boolean";
+      const toggle = pausable
+        ? el("button", { type: "button", onclick: () => setActive(w, !w.active, out) },
+          w.active ? "Pause its triggers" : "Resume its triggers")
+        : null;
       return el("article", { class: "workflow", "data-workflow": w.id },
-        el("h2", {}, w.id, " ", el("small", {}, `(${w.kind})`)),
+        el("h2", {}, w.id, " ", el("small", {}, `(${w.kind})`), " ",
+          pausable ? badge(w.active ? "done" : "stopped", w.active ? "● active" : "‖ paused") : null),
         w.description ? el("p", {}, w.description) : null,
         el("p", {}, `${w.steps.length} steps · surpass ${w.surpass} · next run ${w.next_run ? stamp(w.next_run) : "not scheduled"}`),
-        el("p", { class: "actions" }, el("button", { type: "button", onclick: () => startWorkflow(w.id, out) }, `Start ${w.id}`)),
+        el("p", { class: "actions" }, el("button", { type: "button", onclick: () => startWorkflow(w.id, out) }, `Start ${w.id}`), toggle),
         out, details);
     }));
+  }
+
+  async function setActive(w, active, out) {
+    const kind = w.kind === "job" ? "job" : "workflow";
+    try {
+      await json(`/${kind}/${encodeURIComponent(w.id)}/${active ? "activate" : "deactivate"}`, { method: "POST" });
+      await loadWorkflows();
+      const status = document.querySelector(`#workflow-list [data-workflow="${CSS.escape(w.id)}"] [role=status]`);
+      if (status) status.textContent = `${w.id}: triggers ${active ? "resumed" : "paused"}`;
+    } catch (error) {
+      out.textContent = `could not ${active ? "resume" : "pause"} ${w.id}: ${error.message}`;
+    }
   }
 
   function renderSchedules(summaries) {
