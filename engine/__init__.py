@@ -19,6 +19,7 @@ from ._config import CORE_CONFIG as CORE_CONFIG
 from ._config import Config as Config
 from ._config import ConfigConflict as ConfigConflict
 from ._config import ConfigService as ConfigService
+from ._convert import message_from_json as message_from_json
 from ._convert import unstructure_declaration as unstructure_declaration
 from ._definitions import CatchUp as CatchUp
 from ._definitions import CronTrigger as CronTrigger
@@ -67,6 +68,7 @@ from ._errors import Problem as Problem
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import UnknownWorkflowError as UnknownWorkflowError
 from ._machine import Outcome as Outcome
+from ._machine import StepEnd as StepEnd
 from ._machine import Task as Task
 from ._machine import WorkflowMachine as WorkflowMachine
 from ._messages import Action as Action
@@ -81,7 +83,6 @@ from ._messages import Message as Message
 from ._messages import Progress as Progress
 from ._messages import ProgressLeaf as ProgressLeaf
 from ._messages import ProgressTree as ProgressTree
-from ._messages import message_from_json as message_from_json
 from ._store import DEFAULT_RETENTION as DEFAULT_RETENTION
 from ._store import SQLiteStore as SQLiteStore
 from ._store import Store as Store

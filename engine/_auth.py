@@ -25,17 +25,13 @@ from typing import Any
 import jwt
 import trio
 
-from ._errors import PhasebusError
+from ._errors import AuthError as AuthError
 
 #: PBKDF2 parameters of Resoto's PSK tokens.
 ITERATIONS = 100_000
 KEY_LENGTH = 32
 SALT_LENGTH = 16
 ALGORITHM = "HS256"
-
-
-class AuthError(PhasebusError):
-    """A request did not carry a valid token; the message says what was wrong."""
 
 
 def derive_key(psk: str, salt: bytes) -> bytes:

@@ -7,24 +7,21 @@ dropped listener still gets what was buffered before the drop; its next
 receive then raises :class:`ListenerDropped`. Its subscriptions are kept, so
 a reconnecting subscriber is sent again the actions it still owes.
 
-A *subscriber* is an id with subscriptions (message type, whether steps wait
-for its answer, and its timeout); it exists whether or not a listener is
-connected for it.
+Subscribers (an id with subscriptions) live in :mod:`engine._subscribers`;
+a subscriber's listener receives what its subscriptions name.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-import attrs
 import trio
 
-from ._definitions import MAX_TIMEOUT
-from ._errors import InvalidInputError, ListenerError, Problem
+from ._errors import ListenerDropped as ListenerDropped
+from ._errors import ListenerError
 from ._messages import (
     Action,
     ActionDone,
@@ -38,6 +35,9 @@ from ._messages import (
     Progress,
     answer_for,
 )
+from ._subscribers import Subscriber as Subscriber
+from ._subscribers import SubscriberRegistry as SubscriberRegistry
+from ._subscribers import Subscription as Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -55,201 +55,6 @@ TOO_SLOW = "too slow"
 
 LISTENER_CONNECTED = "message-listener-connected"
 LISTENER_DISCONNECTED = "message-listener-disconnected"
-
-
-class ListenerDropped(ListenerError):
-    """The listener was dropped (too slow, or the engine closed) and receives no more."""
-
-
-# ---------------------------------------------------------------- subscribers
-
-
-def _check_timeout(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInputError([Problem("timeout", f"must be a number of seconds, got {value!r}")])
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidInputError([Problem("timeout", f"must be > 0, got {value!r}")])
-    if value > MAX_TIMEOUT:
-        raise InvalidInputError(
-            [Problem("timeout", f"must be at most {MAX_TIMEOUT} seconds, got {value!r}")]
-        )
-
-
-@attrs.frozen
-class Subscription:
-    """A subscriber's interest in one message type.
-
-    Args:
-        message_type: the actions and events it receives.
-        wait_for_completion: whether perform-action steps wait for its answer.
-        timeout: seconds it may take; a step waiting for it lasts at least this long.
-    """
-
-    message_type: str
-    wait_for_completion: bool = True
-    timeout: float = 60.0
-
-    def __attrs_post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.message_type, str) or not self.message_type:
-            problems.append(
-                Problem("message_type", f"must be a non-empty string, got {self.message_type!r}")
-            )
-        if not isinstance(self.wait_for_completion, bool):
-            problems.append(
-                Problem(
-                    "wait_for_completion",
-                    f"must be true or false, got {self.wait_for_completion!r}",
-                )
-            )
-        try:
-            _check_timeout(self.timeout)
-        except InvalidInputError as error:
-            problems.extend(error.problems)
-        if problems:
-            raise InvalidInputError(problems)
-
-
-@attrs.frozen
-class Subscriber:
-    """A subscriber id and its subscriptions by message type."""
-
-    id: str
-    subscriptions: Mapping[str, Subscription] = attrs.field(factory=dict, hash=False)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the wire form."""
-        return {
-            "id": self.id,
-            "subscriptions": {mt: attrs.asdict(s) for mt, s in sorted(self.subscriptions.items())},
-        }
-
-
-def _check_subscriber_id(subscriber_id: object) -> None:
-    if not isinstance(subscriber_id, str) or not subscriber_id:
-        raise InvalidInputError(
-            [Problem("subscriber_id", f"must be a non-empty string, got {subscriber_id!r}")]
-        )
-
-
-class SubscriberRegistry:
-    """Subscribers and their subscriptions, indexed by message type.
-
-    ``on_change(subscriber_id, removed_types)`` is called after every change,
-    with the message types the subscriber no longer subscribes to.
-    """
-
-    def __init__(self, on_change: Callable[[str, frozenset[str]], None] | None = None) -> None:
-        self._subscribers: dict[str, Subscriber] = {}
-        self._by_type: dict[str, dict[str, Subscription]] = {}
-        self._awaited: dict[str, tuple[frozenset[str], float]] = {}
-        self._on_change = on_change
-
-    def __len__(self) -> int:
-        return len(self._subscribers)
-
-    def __iter__(self) -> Iterator[Subscriber]:
-        return iter(sorted(self._subscribers.values(), key=lambda s: s.id))
-
-    def get(self, subscriber_id: str) -> Subscriber | None:
-        """Return the subscriber, or None."""
-        return self._subscribers.get(subscriber_id)
-
-    def for_type(self, message_type: str) -> list[Subscriber]:
-        """Return the subscribers of a message type."""
-        return [self._subscribers[sid] for sid in sorted(self._by_type.get(message_type, ()))]
-
-    def awaited(self, message_type: str) -> tuple[frozenset[str], float]:
-        """Return who steps of ``message_type`` wait for, and the longest of their timeouts.
-
-        Kept per message type until the subscriptions change: steps ask at every start.
-        """
-        cached = self._awaited.get(message_type)
-        if cached is None:
-            subscriptions = self.waiting_for(message_type)
-            cached = (
-                frozenset(subscriptions),
-                max((s.timeout for s in subscriptions.values()), default=0.0),
-            )
-            self._awaited[message_type] = cached
-        return cached
-
-    def waiting_for(self, message_type: str) -> dict[str, Subscription]:
-        """Return the subscriptions to ``message_type`` that steps wait for, by subscriber id."""
-        subs = self._by_type.get(message_type)
-        if not subs:
-            return {}
-        return {sid: s for sid, s in subs.items() if s.wait_for_completion}
-
-    def add(
-        self,
-        subscriber_id: str,
-        message_type: str,
-        *,
-        wait_for_completion: bool = True,
-        timeout: float = 60.0,
-    ) -> Subscriber:
-        """Add or update one subscription (idempotent); return the subscriber."""
-        _check_subscriber_id(subscriber_id)
-        subscription = Subscription(message_type, wait_for_completion, timeout)
-        current = self._subscribers.get(subscriber_id)
-        subscriptions = dict(current.subscriptions) if current else {}
-        subscriptions[message_type] = subscription
-        return self._set(subscriber_id, subscriptions)
-
-    def remove(self, subscriber_id: str, message_type: str) -> Subscriber | None:
-        """Remove one subscription; return the subscriber (None if it was unknown)."""
-        current = self._subscribers.get(subscriber_id)
-        if current is None:
-            return None
-        subscriptions = {mt: s for mt, s in current.subscriptions.items() if mt != message_type}
-        return self._set(subscriber_id, subscriptions)
-
-    def replace(self, subscriber_id: str, subscriptions: Iterable[Subscription]) -> Subscriber:
-        """Replace all subscriptions of a subscriber (creating it if needed)."""
-        _check_subscriber_id(subscriber_id)
-        by_type = {}
-        for index, subscription in enumerate(subscriptions):
-            if not isinstance(subscription, Subscription):
-                raise InvalidInputError(
-                    [Problem(f"[{index}]", f"must be a Subscription, got {subscription!r}")]
-                )
-            by_type[subscription.message_type] = subscription
-        return self._set(subscriber_id, by_type)
-
-    def remove_subscriber(self, subscriber_id: str) -> bool:
-        """Remove a subscriber and all its subscriptions; return whether it existed."""
-        current = self._subscribers.pop(subscriber_id, None)
-        if current is None:
-            return False
-        for message_type in current.subscriptions:
-            self._unindex(subscriber_id, message_type)
-        self._changed(subscriber_id, frozenset(current.subscriptions))
-        return True
-
-    def _set(self, subscriber_id: str, subscriptions: dict[str, Subscription]) -> Subscriber:
-        current = self._subscribers.get(subscriber_id)
-        before = frozenset(current.subscriptions) if current else frozenset()
-        subscriber = Subscriber(subscriber_id, subscriptions)
-        self._subscribers[subscriber_id] = subscriber
-        for message_type in before - subscriptions.keys():
-            self._unindex(subscriber_id, message_type)
-        for message_type, subscription in subscriptions.items():
-            self._by_type.setdefault(message_type, {})[subscriber_id] = subscription
-        self._changed(subscriber_id, before - subscriptions.keys())
-        return subscriber
-
-    def _unindex(self, subscriber_id: str, message_type: str) -> None:
-        subs = self._by_type.get(message_type)
-        if subs is not None:
-            subs.pop(subscriber_id, None)
-            if not subs:
-                del self._by_type[message_type]
-
-    def _changed(self, subscriber_id: str, removed: frozenset[str]) -> None:
-        self._awaited.clear()
-        if self._on_change is not None:
-            self._on_change(subscriber_id, removed)
 
 
 # ---------------------------------------------------------------- listeners
@@ -272,7 +77,7 @@ class Listener:
         bus: Bus,
         *,
         subscriber_id: str | None,
-        message_types: frozenset[str] | None,
+        message_types: frozenset[str] | set[str] | None,
         kinds: frozenset[Kind] | None,
         buffer: int,
         publish: Callable[[Message], None],
@@ -434,16 +239,24 @@ class Bus:
         listener._close(reason)
         return True
 
-    def refresh(self, subscriber_id: str) -> None:
-        """Re-read a subscriber's message types after its subscriptions changed."""
+    def refresh(
+        self, subscriber_id: str, added: Iterable[str], removed: Iterable[str] = ()
+    ) -> None:
+        """Follow a change of a subscriber's subscriptions: its listener now receives
+        ``added`` message types too, and no longer ``removed`` ones."""
         listener = self._by_subscriber.get(subscriber_id)
-        if listener is not None:
-            self._unindex(listener)
-            subscriber = self._registry.get(subscriber_id)
-            listener.message_types = (
-                frozenset(subscriber.subscriptions) if subscriber else frozenset()
-            )
-            self._index(listener)
+        if listener is None or not isinstance(listener.message_types, set):
+            return
+        for message_type in removed:
+            listener.message_types.discard(message_type)
+            listeners = self._by_type.get(message_type)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._by_type[message_type]
+        for message_type in added:
+            listener.message_types.add(message_type)
+            self._by_type.setdefault(message_type, set()).add(listener)
 
     def publish(self, message: Message, *, subscribers: Collection[str] | None = None) -> None:
         """Deliver a message to every listener that wants it; drop those that are full.

@@ -10,12 +10,8 @@ import attrs
 from machines import BUILTIN_WORKFLOWS
 
 from ._definitions import Declarations, Job, Workflow
-from ._errors import DeclarationError, PhasebusError, Problem
-
-
-class UsageError(PhasebusError):
-    """The command line cannot be carried out: a bad option, an unknown name, a bad file."""
-
+from ._errors import DeclarationError, Problem
+from ._errors import UsageError as UsageError
 
 # ---------------------------------------------------------------- the catalog
 

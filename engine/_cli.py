@@ -237,6 +237,21 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--since", type=_moment, metavar="TIME", help="ended at or after (ISO 8601)"
     )
+    errors = history.add_mutually_exclusive_group()
+    errors.add_argument(
+        "--has-errors",
+        dest="has_errors",
+        action="store_const",
+        const=True,
+        help="only tasks whose steps met errors, timed out or were released",
+    )
+    errors.add_argument(
+        "--no-errors",
+        dest="has_errors",
+        action="store_const",
+        const=False,
+        help="only tasks that ran clean",
+    )
     history.add_argument(
         "--limit", type=_count, default=20, metavar="N", help="at most N tasks (default 20)"
     )
@@ -615,6 +630,8 @@ async def ask_server(args: argparse.Namespace, *, stdout: TextIO) -> int:
             query[key] = getattr(args, key)
     if args.since is not None:
         query["since"] = args.since.isoformat()
+    if args.has_errors is not None:
+        query["has_errors"] = "true" if args.has_errors else "false"
     finished = [t for t in await fetch(url, "/tasks", psk, query) if not t.get("running")]
     if args.json:
         stdout.write(json.dumps(finished, indent=2) + "\n")

@@ -20,16 +20,12 @@ from typing import Any, TextIO
 import trio
 
 from ._auth import make_token
-from ._errors import PhasebusError
+from ._errors import ServerError as ServerError
 
 #: Where the commands look for a server unless told otherwise.
 DEFAULT_URL = "http://127.0.0.1:8900"
 URL_VARIABLE = "PHASEBUS_URL"
 PSK_VARIABLE = "PHASEBUS_PSK"
-
-
-class ServerError(PhasebusError):
-    """The server could not be asked, or refused the question."""
 
 
 def server_url(url: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -143,9 +139,26 @@ def render_finished(tasks: Sequence[Mapping[str, Any]], out: TextIO) -> None:
     for task in finished:
         error = f"  {task['error']}" if task.get("error") else ""
         out.write(
-            f"{task['ended_at']}  {task['outcome']:<8} {task['workflow']:<24} {task['id']}"
-            f"  {task['duration']:.1f}s{error}\n"
+            f"{task['ended_at']}  {outcome_text(task):<8} {task['workflow']:<24} {task['id']}"
+            f"  {task['duration']:.1f}s{error}{_step_problems(task)}\n"
         )
+
+
+def outcome_text(task: Mapping[str, Any]) -> str:
+    """Return a finished task's outcome, marking a ``done`` whose steps met errors apart."""
+    outcome = str(task["outcome"])
+    if outcome == "done" and task.get("has_errors"):
+        return "done (errors)"
+    return outcome
+
+
+def _step_problems(task: Mapping[str, Any]) -> str:
+    marks = [
+        f"{step['name']} {step['ended'].replace('_', ' ')}"
+        for step in task.get("steps", ())
+        if step.get("ended", "done") not in ("done", "stopped")
+    ]
+    return f"  [{', '.join(marks)}]" if marks else ""
 
 
 def render_task(task: Mapping[str, Any], now: datetime, out: TextIO) -> None:
@@ -154,7 +167,7 @@ def render_task(task: Mapping[str, Any], now: datetime, out: TextIO) -> None:
         render_running([task], now, out)
         return
     out.write(
-        f"{task['id']}  {task['workflow']}  {task['outcome']} in {task['duration']:.1f}s"
+        f"{task['id']}  {task['workflow']}  {outcome_text(task)} in {task['duration']:.1f}s"
         f"  ({task['started_at']} to {task['ended_at']})\n"
     )
     if task.get("error"):
@@ -163,8 +176,12 @@ def render_task(task: Mapping[str, Any], now: datetime, out: TextIO) -> None:
         answered = ", ".join(
             f"{sid} ({answer})" for sid, answer in sorted(step["answered"].items())
         )
-        timed_out = "  timed out" if step["timed_out"] else ""
-        out.write(f"  {step['name']:<24} {step['duration']:7.2f}s  {answered or '-'}{timed_out}\n")
+        ended = step.get("ended", "timed_out" if step["timed_out"] else "done")
+        mark = "" if ended == "done" else f"  {ended.replace('_', ' ')}".upper()
+        released = step.get("released") or []
+        if released:
+            mark += f" ({', '.join(released)} went away)"
+        out.write(f"  {step['name']:<24} {step['duration']:7.2f}s  {answered or '-'}{mark}\n")
         for error in step["errors"]:
             out.write(f"  {'':<24} error: {error}\n")
 

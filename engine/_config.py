@@ -25,7 +25,9 @@ from typing import Any
 import attrs
 
 from ._definitions import CronTrigger
-from ._errors import InvalidInputError, PhasebusError, Problem
+from ._errors import ConfigConflict as ConfigConflict
+from ._errors import InvalidInputError, Problem
+from ._json import value_problems
 
 CONFIG_UPDATED = "config-updated"
 CONFIG_DELETED = "config-deleted"
@@ -34,20 +36,6 @@ CONFIG_DELETED = "config-deleted"
 CORE_CONFIG = "phasebus.core"
 
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
-
-
-class ConfigConflict(PhasebusError):
-    """A config changed since the revision the writer expected."""
-
-    def __init__(self, config_id: str, expected: str, actual: str | None) -> None:
-        self.config_id = config_id
-        self.expected = expected
-        self.actual = actual
-        super().__init__(
-            f"config {config_id!r} is at revision {actual!r}, not {expected!r}"
-            if actual is not None
-            else f"config {config_id!r} does not exist (expected revision {expected!r})"
-        )
 
 
 @attrs.frozen
@@ -123,21 +111,34 @@ class ConfigService:
         persist: Callable[[str, Config | None], None] | None = None,
     ) -> None:
         self._configs: dict[str, Config] = {}
+        #: Stored configs that cannot be read back (kept by an older version), with why.
+        self.unreadable: dict[str, list[Problem]] = {}
         self._emit = emit
         self._check = check
         self._changed = changed
         self._persist = persist
         self._revisions = itertools.count(1)
 
-    def restore(self, configs: Iterable[Config], last_revision: int) -> None:
-        """Load stored configs without announcing them; new revisions follow ``last_revision``."""
+    def restore(self, configs: Iterable[Config], last_revision: int) -> list[str]:
+        """Load stored configs without announcing them; new revisions follow ``last_revision``.
+
+        A stored document that JSON cannot carry (a lone surrogate, a number
+        that is not finite: older versions took them) is not served: it is
+        listed in :attr:`unreadable` until it is replaced or deleted. Returns
+        the ids of those.
+        """
         for config in configs:
-            self._configs[config.id] = config
+            problems = value_problems(config.data, "data")
+            if problems:
+                self.unreadable[config.id] = problems
+            else:
+                self._configs[config.id] = config
         self._revisions = itertools.count(last_revision + 1)
+        return sorted(self.unreadable)
 
     def ids(self) -> list[str]:
-        """Return the ids of all configs, sorted."""
-        return sorted(self._configs)
+        """Return the ids of all configs, sorted (the unreadable ones too)."""
+        return sorted([*self._configs, *self.unreadable])
 
     def get(self, config_id: str) -> Config | None:
         """Return a config, or None."""
@@ -158,6 +159,8 @@ class ConfigService:
             raise InvalidInputError([Problem("", f"a config must be a JSON object, got {data!r}")])
         self._check_revision(config_id, if_match)
         document = copy.deepcopy(dict(data))
+        if problems := value_problems(document):
+            raise InvalidInputError(problems)
         if self._check is not None and (problems := self._check(config_id, document)):
             raise InvalidInputError(problems)
         # a counter for order, and a random part so that a revision is never
@@ -166,6 +169,7 @@ class ConfigService:
         if self._persist is not None:
             self._persist(config_id, config)
         self._configs[config_id] = config
+        self.unreadable.pop(config_id, None)
         self._emit(CONFIG_UPDATED, {"id": config_id, "revision": config.revision})
         if self._changed is not None:
             self._changed(config_id, document)
@@ -184,6 +188,11 @@ class ConfigService:
     def delete(self, config_id: str, *, if_match: str | None = None) -> bool:
         """Delete a config; return whether it existed."""
         self._check_revision(config_id, if_match)
+        if config_id in self.unreadable:
+            if self._persist is not None:
+                self._persist(config_id, None)
+            del self.unreadable[config_id]
+            return True
         if config_id not in self._configs:
             return False
         if self._persist is not None:

@@ -8,7 +8,6 @@ string is not a list, and unknown fields are errors (except inside a message's
 
 from __future__ import annotations
 
-import json
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, get_args, get_origin
@@ -37,8 +36,10 @@ from ._definitions import (
     Workflow,
     action_kind,
     duplicate_problems,
+    set_readers,
 )
 from ._errors import DeclarationError, InvalidInputError, MessageError, Problem, join_path
+from ._json import JSONInputError, check_value, parse_json
 from ._messages import (
     MESSAGE_CLASSES,
     Event,
@@ -396,19 +397,31 @@ def unstructure_declaration(value: Any) -> Any:
 
 
 def load_toml(text: str, *, source: str | None = None) -> dict[str, Any]:
-    """Parse TOML text, turning a syntax error into a :class:`DeclarationError`."""
+    """Parse TOML text, turning a syntax error into a :class:`DeclarationError`.
+
+    Values that JSON cannot carry (TOML's ``inf`` and ``nan``) are refused, as
+    everywhere data enters.
+    """
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
+        check_value(data)
     except tomllib.TOMLDecodeError as error:
         raise DeclarationError([Problem("", f"invalid TOML: {error}")], source=source) from None
+    except JSONInputError as error:
+        raise DeclarationError(error.problems, source=source) from None
+    return data
 
 
 def load_json(text: str, *, source: str | None = None) -> Any:
-    """Parse JSON text, turning a syntax error into a :class:`DeclarationError`."""
+    """Parse JSON text (by the rule of :mod:`engine._json`) into plain data.
+
+    Raises:
+        DeclarationError: the text is not JSON, or holds what JSON cannot carry.
+    """
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DeclarationError([Problem("", f"invalid JSON: {error}")], source=source) from None
+        return parse_json(text)
+    except JSONInputError as error:
+        raise DeclarationError(error.problems, source=source) from None
 
 
 # ---------------------------------------------------------------- messages
@@ -489,4 +502,22 @@ def structure_message(value: object) -> Message:
 
 def structure_strict(data: object, type_: type[T]) -> T:
     """Structure any attrs value strictly, raising :class:`InvalidInputError` with paths."""
+    if attrs.has(type_) and not isinstance(data, Mapping):
+        raise InvalidInputError([Problem("", f"must be a JSON object, got {_describe(data)}")])
     return _structure_checked(data, type_, InvalidInputError)
+
+
+def message_from_json(data: object) -> Message:
+    """Read a message from its wire form (a parsed JSON object).
+
+    Raises:
+        MessageError: naming each field that is missing, unknown or of the wrong type.
+    """
+    return structure_message(data)
+
+
+set_readers(
+    lambda data, type_, source: structure_declaration(data, type_, source=source),
+    lambda text, source: load_toml(text, source=source),
+    lambda text, source: load_json(text, source=source),
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -57,6 +57,36 @@ class Surpass(enum.StrEnum):
     PARALLEL = "parallel"
     #: Queue one run to start when the active one ends (at most one waits).
     WAIT = "wait"
+
+
+# ---------------------------------------------------------------- readers
+
+
+@attrs.define
+class _Readers:
+    """How declarations are read from data and text: the converter module
+    (:mod:`engine._convert`, which builds on these classes) sets them when it
+    is imported, which importing ``engine`` always does."""
+
+    structure: Callable[[object, type[Any], str | None], Any]
+    toml: Callable[[str, str | None], Any]
+    json: Callable[[str, str | None], Any]
+
+
+def _not_ready(*_: object) -> Any:
+    raise RuntimeError("import engine (its converter reads declarations) before reading any")
+
+
+_readers = _Readers(_not_ready, _not_ready, _not_ready)
+
+
+def set_readers(
+    structure: Callable[[object, type[Any], str | None], Any],
+    toml: Callable[[str, str | None], Any],
+    json: Callable[[str, str | None], Any],
+) -> None:
+    """Install the functions that read declarations (called by :mod:`engine._convert`)."""
+    _readers.structure, _readers.toml, _readers.json = structure, toml, json
 
 
 # ---------------------------------------------------------------- checks
@@ -550,9 +580,8 @@ class Workflow:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Workflow:
         """Read a workflow from plain data (as parsed from JSON or TOML)."""
-        from ._convert import structure_declaration
-
-        return structure_declaration(data, cls)
+        workflow: Workflow = _readers.structure(data, cls, None)
+        return workflow
 
 
 @attrs.frozen
@@ -614,9 +643,8 @@ class Job:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Job:
         """Read a job from plain data (as parsed from JSON or TOML)."""
-        from ._convert import structure_declaration
-
-        return structure_declaration(data, cls)
+        job: Job = _readers.structure(data, cls, None)
+        return job
 
 
 @attrs.frozen
@@ -663,23 +691,18 @@ class Declarations:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Declarations:
         """Read declarations from plain data; ``source`` names them in errors."""
-        from ._convert import structure_declaration
-
-        return structure_declaration(data, cls, source=source)
+        declarations: Declarations = _readers.structure(data, cls, source)
+        return declarations
 
     @classmethod
     def from_toml(cls, text: str, *, source: str | None = None) -> Declarations:
         """Read declarations from TOML text."""
-        from ._convert import load_toml
-
-        return cls.from_dict(load_toml(text, source=source), source=source)
+        return cls.from_dict(_readers.toml(text, source), source=source)
 
     @classmethod
     def from_json(cls, text: str, *, source: str | None = None) -> Declarations:
         """Read declarations from JSON text."""
-        from ._convert import load_json
-
-        return cls.from_dict(load_json(text, source=source), source=source)
+        return cls.from_dict(_readers.json(text, source), source=source)
 
     @classmethod
     def from_file(cls, path: Path | str) -> Declarations:

@@ -6,7 +6,7 @@ states are the phases: each step sits inside the group of its phase (steps
 without a phase sit at the top level). ``start`` names the triggers and the
 surpass behaviour; every step names its action kind, timeout and error
 behaviour; edges name the error paths and, into ``end``, the task's outcome.
-``stop`` and ``replace`` leave from a whole phase group when they leave from
+``stop``, ``replace`` and ``fail`` leave from a whole phase group when they leave from
 every step in it.
 
 Mermaid and DOT are text and need no program; SVG runs Graphviz's ``dot``.
@@ -37,7 +37,8 @@ from ._definitions import (
     Workflow,
     action_kind,
 )
-from ._errors import PhasebusError
+from ._errors import DiagramError as DiagramError
+from ._errors import GraphvizNotFound as GraphvizNotFound
 from ._machine import END, START, TransitionSpec, machine_spec
 
 Format = Literal["mermaid", "dot", "svg"]
@@ -56,27 +57,13 @@ _SURPASS = {
     Surpass.WAIT: "wait (one more run waits for the active one)",
 }
 
-_OUTCOMES = {"stop": "stopped", "replace": "replaced"}
+_OUTCOMES = {"stop": "stopped", "replace": "replaced", "fail": "failed"}
 
 #: Triggers whose edges are drawn from a phase group when they leave every step in it.
 _GROUPED_TRIGGERS = frozenset(_OUTCOMES)
 
 # Mermaid's lexer reads these at the start of a token as keywords, whatever follows.
 _MERMAID_KEYWORD_PREFIXES = ("default", "acc")
-
-
-class DiagramError(PhasebusError):
-    """A diagram could not be drawn."""
-
-
-class GraphvizNotFound(DiagramError):
-    """Graphviz's ``dot`` program, needed for SVG, is not installed."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "SVG needs Graphviz's 'dot' program, which is not on the PATH"
-            " (install Graphviz, e.g. 'apt-get install graphviz'), or use --format mermaid or dot"
-        )
 
 
 class _DiagramState(NestedState):

@@ -57,11 +57,13 @@ from ._definitions import (
 )
 from ._errors import (
     DeclarationError,
+    InvalidInputError,
     PhasebusError,
     Problem,
     UnknownTaskError,
     UnknownWorkflowError,
 )
+from ._errors import EngineClosed as EngineClosed
 from ._machine import END, Answer, Outcome, StepRun, Task, WorkflowMachine
 from ._messages import (
     Action,
@@ -77,10 +79,18 @@ from ._messages import (
     ProgressLeaf,
     ProgressTree,
 )
-from ._records import RestoreError, finished_record, restore_task, step_results, task_record
+from ._records import (
+    RestoreError,
+    finished_record,
+    restore_task,
+    step_results,
+    task_has_errors,
+    task_record,
+)
 from ._records import StepResult as StepResult  # re-exported: views import it from here
 from ._records import TaskResult as TaskResult
-from ._store import Store, StoredState, subscriptions_json
+from ._store import Store, StoredState
+from ._subscribers import SubscriptionChange
 from ._timers import Timers
 
 logger = logging.getLogger(__name__)
@@ -123,10 +133,6 @@ RESERVED_EVENTS = frozenset(
 )
 
 
-class EngineClosed(PhasebusError):
-    """The engine closed before the awaited task ended."""
-
-
 # ---------------------------------------------------------------- views
 
 
@@ -145,6 +151,8 @@ class StepInfo:
     errors: tuple[str, ...]
     last_heard: Mapping[str, datetime] = attrs.field(factory=dict, hash=False)
     stalled: bool = False
+    #: Owed subscribers that went away (removed, unsubscribed): the step no longer waits.
+    released: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -299,6 +307,18 @@ QUEUED = "queued"
 
 def _new_id() -> str:
     return str(uuid.uuid4())
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _replace_unencodable(task: Task) -> None:
+    """Replace what UTF-8 cannot hold (lone surrogates) in a task's texts, in place."""
+    if task.error is not None:
+        task.error = _encodable(task.error)
+    for run in task.history:
+        run.errors[:] = [_encodable(error) for error in run.errors]
 
 
 # ---------------------------------------------------------------- the engine
@@ -600,16 +620,20 @@ class Engine:
         """Remove a subscriber; steps stop waiting for it. Return whether it existed."""
         return self.subscribers.remove_subscriber(subscriber_id)
 
-    def _subscriptions_changed(self, subscriber_id: str, removed: frozenset[str]) -> None:
-        if self._writer is not None and not self._restoring:
-            subscriber = self.subscribers.get(subscriber_id)
-            if subscriber is None:
-                self._writer.delete_subscriber(subscriber_id)
+    def _subscriptions_changed(self, change: SubscriptionChange) -> None:
+        subscriber_id, removed = change.subscriber_id, change.removed
+        writer = self._writer
+        if writer is not None and not self._restoring:
+            if not change.exists:
+                writer.delete_subscriber(subscriber_id)
+            elif change.replaced:
+                writer.save_subscriber(subscriber_id, [s.to_json() for s in change.added])
             else:
-                self._writer.save_subscriber(
-                    subscriber_id, subscriptions_json(subscriber.subscriptions.values())
-                )
-        self._bus.refresh(subscriber_id)
+                for subscription in change.added:
+                    writer.save_subscription(subscriber_id, subscription.to_json())
+                for message_type in removed:
+                    writer.delete_subscription(subscriber_id, message_type)
+        self._bus.refresh(subscriber_id, (s.message_type for s in change.added), removed)
         if not removed or self._frozen:
             # A subscriber leaving because the program stops releases no step:
             # the tasks resume where they were, still waiting for it.
@@ -644,10 +668,10 @@ class Engine:
         Raises:
             ListenerError: the subscriber already has a listener.
         """
-        types: frozenset[str] | None
+        types: frozenset[str] | set[str] | None
         if subscriber_id is not None:
             subscriber = self.subscribers.get(subscriber_id)
-            types = frozenset(subscriber.subscriptions) if subscriber else frozenset()
+            types = set(subscriber.subscriptions) if subscriber else set()  # kept current
             kinds = SUBSCRIBER_KINDS
         else:
             types = None if message_types is None else frozenset(message_types)
@@ -903,15 +927,8 @@ class Engine:
         if run.sleeper is None or run.moving:
             run.wake()  # the driver is running, or this is inside its own move: it will see
             return
-        try:
-            waiting = self._move_on(run)
-        except Exception:
-            # Not the answering listener's fault: the driver meets the same
-            # failure and stops the engine, as it would have on its own.
-            logger.exception("task %s could not move on; its driver takes over", run.task.id)
-            waiting = False
-        if not waiting:
-            run.wake()  # the task ended (or failed to move): the driver takes it from here
+        if not self._move_on_safely(run):
+            run.wake()  # the task ended (or failed): the driver takes it from here
 
     def _emit_error(self, run: _Run, message: str) -> None:
         if self._wanted(ERROR):
@@ -1115,6 +1132,7 @@ class Engine:
                 errors=tuple(step.errors),
                 last_heard={sid: self.clock.to_wall(t) for sid, t in step.heard.items()},
                 stalled=step.stalled,
+                released=tuple(step.released),
             )
         return TaskInfo(
             task.id,
@@ -1131,20 +1149,43 @@ class Engine:
     async def _drive(self, run: _Run) -> None:
         task = run.task
         try:
-            if not run.replay and self._wanted(TASK_STARTED):
-                self._emit(
-                    TASK_STARTED,
-                    {
-                        "task": task.workflow.name,
-                        "task_id": task.id,
-                        "workflow": task.workflow.id,
-                        "started_at": self.clock.to_wall(task.created_at).isoformat(),
-                    },
-                )
-            while self._move_on(run):
+            try:
+                if not run.replay and self._wanted(TASK_STARTED):
+                    self._emit(
+                        TASK_STARTED,
+                        {
+                            "task": task.workflow.name,
+                            "task_id": task.id,
+                            "workflow": task.workflow.id,
+                            "started_at": self.clock.to_wall(task.created_at).isoformat(),
+                        },
+                    )
+            except Exception as error:
+                self._fail(run, error)
+            while self._move_on_safely(run):
                 await self._sleep(run)
         finally:
             self._finish(run)
+
+    def _move_on_safely(self, run: _Run) -> bool:
+        """Run :meth:`_move_on`; a failure in it (writing the task's record, publishing its
+        messages) fails that task, never the engine or another task."""
+        try:
+            return self._move_on(run)
+        except Exception as error:
+            self._fail(run, error)
+            return False
+
+    def _fail(self, run: _Run, error: Exception) -> None:
+        run.moving = False
+        task = run.task
+        reason = f"internal error: {type(error).__name__}: {error}"
+        logger.error("task %s of %s failed: %s", task.id, task.workflow.id, reason, exc_info=error)
+        step = task.step
+        if run.registered.machine.fail(task, now=trio.current_time(), reason=reason):
+            self._emit_error(run, reason)
+            if step is not None:
+                self._step_ended(run, step)
 
     def _move_on(self, run: _Run) -> bool:
         """Take every transition the task can take now; return whether it must wait.
@@ -1428,10 +1469,25 @@ class Engine:
         if task.state != END or self._frozen:
             return  # the engine is closing: the task stays where the store has it
         result = TaskResult.of(task, self.clock)
-        record = None
-        if self._writer is not None:
-            record = finished_record(task, self.clock, run.encoded_steps)
-        self._record(result, record)
+        try:
+            record = None
+            if self._writer is not None:
+                record = finished_record(task, self.clock, run.encoded_steps)
+            self._record(result, record, has_errors=task_has_errors(task))
+        except Exception as error:
+            # its texts may hold what JSON cannot carry (a lone surrogate from an
+            # in-process answer): keep it with those replaced, rather than lose it
+            logger.error("task %s: cannot store its result as it is: %s", task.id, error)
+            _replace_unencodable(task)
+            result = TaskResult.of(task, self.clock)
+            try:
+                record = None
+                if self._writer is not None:
+                    record = finished_record(task, self.clock)
+                self._record(result, record, has_errors=task_has_errors(task))
+            except Exception:
+                logger.exception("task %s: its result is kept in memory only", task.id)
+                self._results[result.id] = result
         if self._wanted(TASK_END):
             data: dict[str, Any] = {
                 "task_id": task.id,
@@ -1450,7 +1506,9 @@ class Engine:
         ):
             self._start_queued(registered)
 
-    def _record(self, result: TaskResult, record: bytes | None = None) -> None:
+    def _record(
+        self, result: TaskResult, record: bytes | None = None, *, has_errors: bool | None = None
+    ) -> None:
         """Keep a finished task's result (in the store's history, when there is one)."""
         if self._writer is not None:
             self._writer.finish_task(
@@ -1460,6 +1518,7 @@ class Engine:
                 result.started_at.timestamp(),
                 result.ended_at.timestamp(),
                 record if record is not None else orjson.dumps(result.to_record()),
+                has_errors=result.has_errors if has_errors is None else has_errors,
             )
         self._results[result.id] = result
         while len(self._results) > self._keep_results:
@@ -1479,11 +1538,29 @@ class Engine:
         """Load what the store kept and resume the interrupted tasks."""
         self._restoring = True
         try:
-            self.configs.restore(state.configs, state.revision_counter)
-            for subscriber_id, subscriptions in state.subscribers.items():
-                self.subscribers.replace(
-                    subscriber_id, [Subscription(**entry) for entry in subscriptions]
+            for config_id in self.configs.restore(state.configs, state.revision_counter):
+                logger.error(
+                    "the stored config %r cannot be served: %s (stored by an older version;"
+                    " replace it with PUT /config/%s or delete it)",
+                    config_id,
+                    "; ".join(map(str, self.configs.unreadable[config_id])),
+                    config_id,
                 )
+            for subscriber_id, subscriptions in state.subscribers.items():
+                try:
+                    self.subscribers.replace(
+                        subscriber_id, [Subscription(**entry) for entry in subscriptions]
+                    )
+                except (InvalidInputError, TypeError) as error:
+                    # kept by an older version that took any id: it cannot be served
+                    # (nor named in a URL) now, so it is dropped, loudly
+                    logger.error(
+                        "removing the stored subscriber %r: it cannot be used (%s)",
+                        subscriber_id,
+                        "; ".join(str(error).splitlines()),
+                    )
+                    if self._writer is not None:
+                        self._writer.delete_subscriber(subscriber_id)
             self._schedule_marks.update(state.schedule_marks)
         finally:
             self._restoring = False
@@ -1563,6 +1640,7 @@ class Engine:
         workflow: str | None = None,
         outcome: Outcome | str | None = None,
         since: datetime | None = None,
+        has_errors: bool | None = None,
         limit: int = 100,
     ) -> list[TaskResult]:
         """Return finished tasks, newest first, filtered as asked.
@@ -1578,6 +1656,7 @@ class Engine:
                     workflow=workflow,
                     outcome=None if wanted is None else wanted.value,
                     since=since,
+                    has_errors=has_errors,
                     limit=limit,
                 )
             ]
@@ -1587,6 +1666,7 @@ class Engine:
             if (workflow is None or r.workflow == workflow)
             and (wanted is None or r.outcome is wanted)
             and (since is None or r.ended_at >= since)
+            and (has_errors is None or r.has_errors is has_errors)
         ]
         return results[:limit]
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -81,3 +82,85 @@ class UnknownTaskError(PhasebusError, LookupError):
 
 class ListenerError(PhasebusError):
     """A listener could not be opened or used."""
+
+
+class BadInput(PhasebusError):
+    """An HTTP request that gets an error answer: status, error and problems."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        problems: Iterable[str] = (),
+        *,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.status = status
+        self.error = error
+        self.problems = list(problems)
+        self.extra = dict(extra or {})
+        super().__init__(error)
+
+    def body(self) -> dict[str, Any]:
+        """Return the JSON body of the answer."""
+        return {"error": self.error, "problems": self.problems, **self.extra}
+
+
+class ServerError(PhasebusError):
+    """The server could not be asked, or refused the question."""
+
+
+class StoreError(PhasebusError):
+    """The store cannot be used: it names the file and what is wrong."""
+
+
+class JSONInputError(InvalidInputError):
+    """JSON input that is malformed, too deep, or holds a value that cannot be written back."""
+
+
+class ConfigConflict(PhasebusError):
+    """A config changed since the revision the writer expected."""
+
+    def __init__(self, config_id: str, expected: str, actual: str | None) -> None:
+        self.config_id = config_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"config {config_id!r} is at revision {actual!r}, not {expected!r}"
+            if actual is not None
+            else f"config {config_id!r} does not exist (expected revision {expected!r})"
+        )
+
+
+class EngineClosed(PhasebusError):
+    """The engine closed before the awaited task ended."""
+
+
+class ListenerDropped(ListenerError):
+    """The listener was dropped (too slow, or the engine closed) and receives no more."""
+
+
+class UsageError(PhasebusError):
+    """The command line cannot be carried out: a bad option, an unknown name, a bad file."""
+
+
+class RestoreError(PhasebusError):
+    """A stored task does not fit its workflow's current declaration."""
+
+
+class AuthError(PhasebusError):
+    """A request did not carry a valid token; the message says what was wrong."""
+
+
+class DiagramError(PhasebusError):
+    """A diagram could not be drawn."""
+
+
+class GraphvizNotFound(DiagramError):
+    """Graphviz's ``dot`` program, needed for SVG, is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "SVG needs Graphviz's 'dot' program, which is not on the PATH"
+            " (install Graphviz, e.g. 'apt-get install graphviz'), or use --format mermaid or dot"
+        )

@@ -17,14 +17,11 @@ from typing import Any, NoReturn
 
 import orjson
 
-from ._errors import InvalidInputError, Problem, join_path
+from ._errors import JSONInputError as JSONInputError
+from ._errors import Problem, join_path
 
 #: Deepest nesting of arrays and objects accepted.
 MAX_DEPTH = 64
-
-
-class JSONInputError(InvalidInputError):
-    """JSON input that is malformed, too deep, or holds a value that cannot be written back."""
 
 
 def _reject_constant(name: str) -> NoReturn:

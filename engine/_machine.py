@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import attrs
-from transitions import EventData, Machine, State
+from transitions import Event, EventData, Machine, MachineError, State, Transition
 
 from ._definitions import (
     EmitEvent,
@@ -53,6 +53,22 @@ class Answer(enum.StrEnum):
     ERROR = "error"
 
 
+class StepEnd(enum.StrEnum):
+    """How a step ended, worst first: what views show beside each step."""
+
+    #: The task was stopped or replaced while the step was under way.
+    STOPPED = "stopped"
+    #: The deadline passed before the step's work was over.
+    TIMED_OUT = "timed_out"
+    #: An error was met: an ``action_error``, a failed command.
+    ERROR = "error"
+    #: Every answer owed came in except from subscribers that went away (removed or
+    #: unsubscribed while owed): the step was released from waiting for them.
+    RELEASED = "released"
+    #: Everything the step waited for came in.
+    DONE = "done"
+
+
 @attrs.define(eq=False)
 class StepRun:
     """The live state of one step of a task.
@@ -77,6 +93,10 @@ class StepRun:
     heard: dict[str, float] = attrs.Factory(dict)
     #: Whether the step was reported stalled (nobody heard from for too long).
     stalled: bool = False
+    #: Owed subscribers that went away (removed, unsubscribed) before answering.
+    released: list[str] = attrs.Factory(list)
+    #: Whether the task was stopped (or replaced) while the step was under way.
+    stopped: bool = False
 
     def begin(self, *, deadline: float, waiting_for: frozenset[str] = frozenset()) -> None:
         """Record that the step's action went out and whom it waits for."""
@@ -118,6 +138,7 @@ class StepRun:
         if self.ended_at is not None or subscriber_id not in self.waiting_for:
             return False
         self.waiting_for.discard(subscriber_id)
+        self.released.append(subscriber_id)
         return True
 
     def record_finished(self, error: str | None = None) -> None:
@@ -155,6 +176,16 @@ class StepRun:
         """Tell whether the step has met an error."""
         return bool(self.errors)
 
+    @property
+    def end(self) -> StepEnd:
+        """How the step ended (or, while it runs, how it stands)."""
+        return step_end(
+            stopped=self.stopped,
+            timed_out=self.timed_out,
+            errors=bool(self.errors),
+            released=bool(self.released),
+        )
+
     def settled(self) -> bool:
         """Tell whether the machine may have somewhere to go: finished, or an error met.
 
@@ -187,6 +218,19 @@ class Task:
     def is_ended(self) -> bool:
         """Tell whether the task reached its end state."""
         return self.state == END
+
+
+def step_end(*, stopped: bool, timed_out: bool, errors: bool, released: bool) -> StepEnd:
+    """Return how a step ended, from what was recorded of it (the worst counts)."""
+    if stopped:
+        return StepEnd.STOPPED
+    if timed_out:
+        return StepEnd.TIMED_OUT
+    if errors:
+        return StepEnd.ERROR
+    if released:
+        return StepEnd.RELEASED
+    return StepEnd.DONE
 
 
 # ---------------------------------------------------------------- callbacks
@@ -222,11 +266,24 @@ def _ender(outcome: Outcome) -> Callable[[EventData], None]:
         task = _task(event)
         task.outcome = outcome
         task.ended_at = _now(event)
+        step = task.step
+        if (
+            outcome in (Outcome.STOPPED, Outcome.REPLACED)
+            and step is not None
+            and step.ended_at is None
+            and not step.is_finished()
+        ):
+            step.stopped = True
         _leave_step(task, task.ended_at)
-        if outcome is Outcome.FAILED and task.step is not None:
-            task.error = task.step.errors[0] if task.step.errors else "failed"
+        reason = event.kwargs.get("reason")
+        if outcome is Outcome.FAILED and reason is not None:  # failed from outside the step
+            task.error = reason
+            if step is not None:
+                step.errors.append(reason)
+        elif outcome is Outcome.FAILED and step is not None:
+            task.error = step.errors[0] if step.errors else "failed"
         elif outcome in (Outcome.STOPPED, Outcome.REPLACED):
-            task.error = event.kwargs.get("reason") or outcome.value
+            task.error = reason or outcome.value
 
     return end
 
@@ -274,7 +331,8 @@ def machine_spec(workflow: Workflow) -> tuple[list[State], list[TransitionSpec]]
     ``advance`` moves from each step to the next once the step is finished
     (all answers in, event seen, command ended, or deadline passed); a step
     whose ``on_error`` is ``stop`` goes to ``end`` as soon as it has an error.
-    ``stop`` and ``replace`` go from any state but ``end`` to ``end``.
+    ``stop``, ``replace`` and ``fail`` (the engine could not carry the task on:
+    its record or its messages failed) go from any state but ``end`` to ``end``.
     """
     steps = workflow.steps
     states = [State(START)]
@@ -306,7 +364,11 @@ def machine_spec(workflow: Workflow) -> tuple[list[State], list[TransitionSpec]]
             )
         )
     states.append(State(END))
-    for trigger, outcome in (("stop", Outcome.STOPPED), ("replace", Outcome.REPLACED)):
+    for trigger, outcome in (
+        ("stop", Outcome.STOPPED),
+        ("replace", Outcome.REPLACED),
+        ("fail", Outcome.FAILED),
+    ):
         for state in [START, *(step.name for step in steps)]:
             transitions.append(
                 TransitionSpec(
@@ -321,13 +383,73 @@ def describe_state(step: Step) -> str:
     return f"{_describe_action(step)}, timeout {step.timeout:g}s, on error {step.on_error.value}"
 
 
+class _Transition(Transition):
+    """A transition of a workflow's machine, carried out without indirection.
+
+    The machine's transitions are built from callables (never names) and the
+    machine has no machine-wide callbacks, so the conditions and callbacks
+    are called directly, in transitions' order: conditions, ``before``, the
+    source's exit callbacks, the new state, its enter callbacks, ``after``.
+    Transitions' own ``execute`` resolves every callback by name and logs
+    each stage; on the path of every answer, that was most of a step's cost.
+    """
+
+    def execute(self, event_data: EventData) -> bool:
+        # every callback is a callable (machine_spec builds them): Any says so to mypy
+        conditions: Any = self.conditions
+        for condition in conditions:
+            if condition.func(event_data) != condition.target:
+                return False
+        callbacks: Any = self.before
+        for callback in callbacks:
+            callback(event_data)
+        states: Any = event_data.machine.states
+        for callback in states[self.source].on_exit:
+            callback(event_data)
+        task: Any = event_data.model
+        task.state = self.dest
+        dest = states[self.dest]
+        event_data.state = dest
+        for callback in dest.on_enter:
+            callback(event_data)
+        callbacks = self.after
+        for callback in callbacks:
+            callback(event_data)
+        return True
+
+
+class _Event(Event):
+    """A trigger of a workflow's machine: the first of its transitions from the task's
+    state whose conditions hold is taken (as transitions does, without its queue and
+    machine-wide callbacks, which these machines do not use)."""
+
+    def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
+        transitions = self.transitions.get(model.state)
+        if transitions is None:
+            raise MachineError(f"can't trigger {self.name} from state {model.state}")
+        event_data = EventData(
+            self.machine.states[model.state], self, self.machine, model, args, kwargs
+        )
+        for transition in transitions:
+            event_data.transition = transition
+            if transition.execute(event_data):
+                event_data.result = True
+                return True
+        return False
+
+
+class _Machine(Machine):
+    transition_cls = _Transition
+    event_cls = _Event
+
+
 class WorkflowMachine:
     """The machine of one workflow, shared by all of its tasks."""
 
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
         states, transitions = machine_spec(workflow)
-        self._machine = Machine(
+        self._machine = _Machine(
             model=None,
             states=states,
             transitions=[
@@ -345,10 +467,23 @@ class WorkflowMachine:
             send_event=True,
             model_override=True,
         )
-        events: Mapping[str, Any] = self._machine.events
+        machine = self._machine
+        # what _Event and _Transition leave out must be unused
+        unused = (
+            machine.prepare_event,
+            machine.finalize_event,
+            machine.before_state_change,
+            machine.after_state_change,
+            machine.on_exception,
+            machine.on_final,
+            machine.has_queue,
+        )
+        assert not any(unused)
+        events: Mapping[str, Any] = machine.events
         self._advance = events["advance"]
         self._stop = events["stop"]
         self._replace = events["replace"]
+        self._fail = events["fail"]
 
     def new_task(self, task_id: str, *, now: float) -> Task:
         """Return a task of this workflow in the ``start`` state."""
@@ -369,4 +504,11 @@ class WorkflowMachine:
             return False
         event = self._replace if replaced else self._stop
         moved: bool = event.trigger(task, now=now, reason=reason)
+        return moved
+
+    def fail(self, task: Task, *, now: float, reason: str) -> bool:
+        """End the task as ``failed`` for ``reason``; return whether it was running."""
+        if task.state == END:
+            return False
+        moved: bool = self._fail.trigger(task, now=now, reason=reason)
         return moved

@@ -254,14 +254,3 @@ def answer_for(action: Action, kind: type[Answer], subscriber_id: str, **fields:
         subscriber_id=subscriber_id,
         **fields,
     )
-
-
-def message_from_json(data: object) -> Message:
-    """Read a message from its wire form (a parsed JSON object).
-
-    Raises:
-        MessageError: naming each field that is missing, unknown or of the wrong type.
-    """
-    from ._convert import structure_message
-
-    return structure_message(data)

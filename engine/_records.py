@@ -15,7 +15,8 @@ import orjson
 
 from ._clock import Clock
 from ._definitions import Workflow
-from ._machine import Answer, Outcome, StepRun, Task
+from ._errors import RestoreError as RestoreError
+from ._machine import Answer, Outcome, StepEnd, StepRun, Task, step_end
 
 
 @attrs.frozen
@@ -28,11 +29,25 @@ class StepResult:
     answered: Mapping[str, str] = attrs.field(hash=False)
     errors: tuple[str, ...]
     timed_out: bool
+    #: Owed subscribers that went away before answering (the step stopped waiting).
+    released: tuple[str, ...] = ()
+    #: Whether the task was stopped or replaced while the step was under way.
+    stopped: bool = False
 
     @property
     def duration(self) -> float:
         """Seconds the step took."""
         return (self.ended_at - self.started_at).total_seconds()
+
+    @property
+    def ended(self) -> StepEnd:
+        """How the step ended: done, error, timed out, released or stopped."""
+        return step_end(
+            stopped=self.stopped,
+            timed_out=self.timed_out,
+            errors=bool(self.errors),
+            released=bool(self.released),
+        )
 
 
 class _StepResults(Sequence[StepResult]):
@@ -58,6 +73,8 @@ class _StepResults(Sequence[StepResult]):
                     {sid: str(answer) for sid, answer in s.answers.items()},
                     tuple(s.errors),
                     s.timed_out,
+                    tuple(s.released),
+                    s.stopped,
                 )
                 for s in task.history
             )
@@ -110,6 +127,15 @@ class TaskResult:
         """Seconds the task took."""
         return (self.ended_at - self.started_at).total_seconds()
 
+    @property
+    def has_errors(self) -> bool:
+        """Whether any step met an error, timed out or was released from an owed answer.
+
+        A task can end ``done`` with errors (its steps continue on error): views
+        mark it apart from a clean ``done``.
+        """
+        return bool(self.errors) or any(step.released for step in self.steps)
+
     def to_record(self) -> dict[str, Any]:
         """Return the result as plain JSON data."""
         return {
@@ -120,6 +146,7 @@ class TaskResult:
             "errors": list(self.errors),
             "started_at": self.started_at.timestamp(),
             "ended_at": self.ended_at.timestamp(),
+            "has_errors": self.has_errors,
             "steps": [
                 {
                     "name": s.name,
@@ -128,6 +155,8 @@ class TaskResult:
                     "answers": dict(s.answered),
                     "errors": list(s.errors),
                     "timed_out": s.timed_out,
+                    "released": list(s.released),
+                    "stopped": s.stopped,
                 }
                 for s in self.steps
             ],
@@ -152,6 +181,8 @@ class TaskResult:
                     s["answers"],
                     tuple(s["errors"]),
                     s["timed_out"],
+                    tuple(s.get("released", ())),  # not in records of older versions
+                    s.get("stopped", False),
                 )
                 for s in record["steps"]
             ),
@@ -194,6 +225,8 @@ def _step_records(
             "answers": dict(run.answers),  # orjson writes str enums as their value
             "errors": run.errors,
             "timed_out": run.timed_out,
+            "released": run.released,
+            "stopped": run.stopped,
             "ended_at": seconds(run.ended_at),
         }
         if run.ended_at is not None:
@@ -243,13 +276,15 @@ def finished_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | Non
             "errors": task.errors,
             "started_at": clock.to_epoch(task.created_at),
             "ended_at": clock.to_epoch(task.ended_at),
+            "has_errors": task_has_errors(task),
             "steps": _step_records(task, clock, ended),
         }
     )
 
 
-class RestoreError(Exception):
-    """A stored task does not fit its workflow's current declaration."""
+def task_has_errors(task: Task) -> bool:
+    """Tell whether a task's steps met errors or were released (see TaskResult.has_errors)."""
+    return any(run.errors or run.released for run in task.history)
 
 
 def restore_task(record: Mapping[str, Any], workflow: Workflow, clock: Clock) -> Task:
@@ -274,6 +309,8 @@ def restore_task(record: Mapping[str, Any], workflow: Workflow, clock: Clock) ->
         run.answers = {sid: Answer(answer) for sid, answer in entry["answers"].items()}
         run.errors = list(entry["errors"])
         run.timed_out = entry["timed_out"]
+        run.released = list(entry.get("released", ()))
+        run.stopped = entry.get("stopped", False)
         run.ended_at = trio_time(entry["ended_at"])
         # an ended step is stored without its waits (see _step_records)
         run.began = entry.get("began", True)

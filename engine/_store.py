@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,21 +24,17 @@ from typing import Any, Protocol
 import attrs
 
 from ._config import Config
-from ._errors import PhasebusError
+from ._errors import StoreError as StoreError
 
 logger = logging.getLogger(__name__)
 
 #: Marks the file as a phasebus store (SQLite's application_id).
 APPLICATION_ID = 0x50484253  # "PHBS"
 #: The schema this code writes; older files are migrated forward on open.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: How long finished tasks are kept, unless told otherwise.
 DEFAULT_RETENTION = timedelta(days=60)
-
-
-class StoreError(PhasebusError):
-    """The store cannot be used: it names the file and what is wrong."""
 
 
 @attrs.frozen
@@ -68,10 +64,17 @@ class Store(Protocol):
         """Forget a config."""
 
     def save_subscriber(self, subscriber_id: str, subscriptions: list[dict[str, Any]]) -> None:
-        """Store a subscriber's subscriptions (an empty list keeps the subscriber)."""
+        """Store all of a subscriber's subscriptions (an empty list keeps the subscriber)."""
+
+    def save_subscription(self, subscriber_id: str, subscription: dict[str, Any]) -> None:
+        """Store one subscription (replacing one of the same message type), creating the
+        subscriber if needed; the others stay as they are."""
+
+    def delete_subscription(self, subscriber_id: str, message_type: str) -> None:
+        """Forget one subscription; the subscriber stays."""
 
     def delete_subscriber(self, subscriber_id: str) -> None:
-        """Forget a subscriber."""
+        """Forget a subscriber and its subscriptions."""
 
     def save_task(self, task_id: str, workflow: str, record: bytes) -> None:
         """Store a running task's state, as JSON (replacing its previous state)."""
@@ -84,10 +87,13 @@ class Store(Protocol):
         started_at: float,
         ended_at: float,
         record: bytes,
+        *,
+        has_errors: bool = False,
     ) -> None:
         """Move a task from the running tasks to the history, in one transaction.
 
-        ``record`` is the result as JSON; the times are seconds since the epoch.
+        ``record`` is the result as JSON; the times are seconds since the epoch;
+        ``has_errors`` tells whether its steps met errors or were released.
         """
 
     def save_schedule_mark(self, key: tuple[str, str, str], moment: datetime) -> None:
@@ -99,6 +105,7 @@ class Store(Protocol):
         workflow: str | None = None,
         outcome: str | None = None,
         since: datetime | None = None,
+        has_errors: bool | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Return finished tasks, newest first."""
@@ -135,6 +142,24 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (workflow, cron, timezone)
     );
     CREATE INDEX history_workflow ON history (workflow, ended_at);
+    """,
+    # Version 3 marks finished tasks whose steps met errors or were released
+    # (phasebus history --has-errors), and keeps one row per subscription, so
+    # that changing one costs the same however many a subscriber has.
+    3: """
+    ALTER TABLE history ADD COLUMN has_errors INTEGER NOT NULL DEFAULT 0;
+    UPDATE history SET has_errors = json_array_length(data, '$.errors') > 0;
+    CREATE INDEX history_errors ON history (has_errors, ended_at);
+    CREATE TABLE subscriptions (
+        subscriber TEXT NOT NULL, message_type TEXT NOT NULL,
+        wait_for_completion INTEGER NOT NULL, timeout REAL NOT NULL,
+        PRIMARY KEY (subscriber, message_type)
+    );
+    INSERT INTO subscriptions (subscriber, message_type, wait_for_completion, timeout)
+        SELECT s.id, json_extract(e.value, '$.message_type'),
+               json_extract(e.value, '$.wait_for_completion'), json_extract(e.value, '$.timeout')
+        FROM subscribers AS s, json_each(s.subscriptions) AS e;
+    ALTER TABLE subscribers DROP COLUMN subscriptions;
     """,
 }
 
@@ -252,10 +277,21 @@ class SQLiteStore:
             Config(row[0], json.loads(row[2]), row[1])
             for row in db.execute("SELECT id, revision, data FROM configs ORDER BY id")
         )
-        subscribers = {
-            row[0]: json.loads(row[1])
-            for row in db.execute("SELECT id, subscriptions FROM subscribers")
+        subscribers: dict[str, list[dict[str, Any]]] = {
+            row[0]: [] for row in db.execute("SELECT id FROM subscribers ORDER BY rowid")
         }
+        for row in db.execute(
+            "SELECT subscriber, message_type, wait_for_completion, timeout FROM subscriptions"
+            " ORDER BY rowid"
+        ):
+            subscribers.setdefault(row[0], []).append(
+                {
+                    "message_type": row[1],
+                    "wait_for_completion": bool(row[2]),
+                    # whole seconds read back as they were given (60, not 60.0)
+                    "timeout": int(row[3]) if float(row[3]).is_integer() else row[3],
+                }
+            )
         tasks = tuple(json.loads(row[0]) for row in db.execute("SELECT data FROM running_tasks"))
         marks = {
             (row[0], row[1], row[2]): datetime.fromtimestamp(row[3], UTC)
@@ -277,6 +313,7 @@ class SQLiteStore:
         workflow: str | None = None,
         outcome: str | None = None,
         since: datetime | None = None,
+        has_errors: bool | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         clauses: list[str] = []
@@ -290,6 +327,9 @@ class SQLiteStore:
         if since is not None:
             clauses.append("ended_at >= ?")
             values.append(since.timestamp())
+        if has_errors is not None:
+            clauses.append("has_errors = ?")
+            values.append(int(has_errors))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db.execute(
             f"SELECT data FROM history {where} ORDER BY ended_at DESC, rowid DESC LIMIT ?",
@@ -316,13 +356,26 @@ class SQLiteStore:
 
     def save_subscriber(self, subscriber_id: str, subscriptions: list[dict[str, Any]]) -> None:
         with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO subscribers (id, subscriptions) VALUES (?, ?)",
-                (subscriber_id, json.dumps(subscriptions)),
+            self._db.execute("INSERT OR IGNORE INTO subscribers (id) VALUES (?)", (subscriber_id,))
+            self._db.execute("DELETE FROM subscriptions WHERE subscriber = ?", (subscriber_id,))
+            self._db.executemany(
+                _SAVE_SUBSCRIPTION, [_subscription_row(subscriber_id, s) for s in subscriptions]
             )
+
+    def save_subscription(self, subscriber_id: str, subscription: dict[str, Any]) -> None:
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO subscribers (id) VALUES (?)", (subscriber_id,))
+            self._db.execute(_SAVE_SUBSCRIPTION, _subscription_row(subscriber_id, subscription))
+
+    def delete_subscription(self, subscriber_id: str, message_type: str) -> None:
+        self._db.execute(
+            "DELETE FROM subscriptions WHERE subscriber = ? AND message_type = ?",
+            (subscriber_id, message_type),
+        )
 
     def delete_subscriber(self, subscriber_id: str) -> None:
         with self._transaction():
+            self._db.execute("DELETE FROM subscriptions WHERE subscriber = ?", (subscriber_id,))
             self._db.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,))
 
     def save_task(self, task_id: str, workflow: str, record: bytes) -> None:
@@ -342,16 +395,18 @@ class SQLiteStore:
         started_at: float,
         ended_at: float,
         record: bytes,
+        *,
+        has_errors: bool = False,
     ) -> None:
         with self._transaction():
             self._db.execute("DELETE FROM running_tasks WHERE id = ?", (task_id,))
             self._db.execute(
-                "INSERT INTO history (id, workflow, outcome, started_at, ended_at, data)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                "INSERT INTO history (id, workflow, outcome, started_at, ended_at, data,"
+                " has_errors) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
                 " workflow = excluded.workflow, outcome = excluded.outcome,"
                 " started_at = excluded.started_at, ended_at = excluded.ended_at,"
-                " data = excluded.data",
-                (task_id, workflow, outcome, started_at, ended_at, record),
+                " data = excluded.data, has_errors = excluded.has_errors",
+                (task_id, workflow, outcome, started_at, ended_at, record, int(has_errors)),
             )
 
     def save_schedule_mark(self, key: tuple[str, str, str], moment: datetime) -> None:
@@ -373,6 +428,22 @@ class SQLiteStore:
         self._db.close()
 
 
+_SAVE_SUBSCRIPTION = (
+    "INSERT INTO subscriptions (subscriber, message_type, wait_for_completion, timeout)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT (subscriber, message_type) DO UPDATE SET"
+    " wait_for_completion = excluded.wait_for_completion, timeout = excluded.timeout"
+)
+
+
+def _subscription_row(subscriber_id: str, subscription: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        subscriber_id,
+        subscription["message_type"],
+        int(subscription["wait_for_completion"]),
+        subscription["timeout"],
+    )
+
+
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -391,8 +462,3 @@ def open_store(
     if location is None or str(location) == "memory":
         return None
     return SQLiteStore(location, retention=retention)
-
-
-def subscriptions_json(subscriptions: Iterable[Any]) -> list[dict[str, Any]]:
-    """Return subscriptions as plain data for storage."""
-    return [attrs.asdict(s) for s in subscriptions]

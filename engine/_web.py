@@ -37,11 +37,13 @@ from starlette.types import Receive, Scope, Send
 
 from ._auth import AuthError, TokenVerifier
 from ._bus import ENGINE_CLOSED, LISTENER_DISCONNECTED, TOO_SLOW, Listener, ListenerDropped
+from ._bus import Subscriber as _Subscriber
 from ._bus import Subscription as _Subscription
 from ._config import ConfigConflict
 from ._console import Console
-from ._convert import structure_strict, unstructure_declaration
+from ._convert import message_from_json, structure_strict, unstructure_declaration
 from ._engine import Engine, StepInfo, StepResult, TaskInfo, TaskResult
+from ._errors import BadInput as BadInput
 from ._errors import (
     InvalidInputError,
     ListenerError,
@@ -52,7 +54,7 @@ from ._errors import (
 )
 from ._json import JSONInputError, parse_json
 from ._machine import Outcome
-from ._messages import Action, ActionAbort, Event, Kind, Message, message_from_json
+from ._messages import Action, ActionAbort, Event, Kind, Message
 from ._metrics import CONTENT_TYPE, EngineMetrics
 
 logger = logging.getLogger(__name__)
@@ -85,30 +87,8 @@ _MAX_REASON = 123  # bytes of UTF-8 in a close frame's reason
 # ---------------------------------------------------------------- input
 
 
-_TASK_QUERY = frozenset({"workflow", "outcome", "since", "limit"})
+_TASK_QUERY = frozenset({"workflow", "outcome", "since", "has_errors", "limit"})
 _OUTCOMES = tuple(outcome.value for outcome in Outcome)
-
-
-class BadInput(PhasebusError):
-    """An HTTP request that gets an error answer: status, error and problems."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        problems: Iterable[str] = (),
-        *,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.status = status
-        self.error = error
-        self.problems = list(problems)
-        self.extra = dict(extra or {})
-        super().__init__(error)
-
-    def body(self) -> dict[str, Any]:
-        """Return the JSON body of the answer."""
-        return {"error": self.error, "problems": self.problems, **self.extra}
 
 
 def _describe(value: object) -> str:
@@ -168,6 +148,7 @@ def _step_json(step: StepInfo) -> dict[str, Any]:
         "errors": list(step.errors),
         "last_heard": {sid: _time(moment) for sid, moment in step.last_heard.items()},
         "stalled": step.stalled,
+        "released": list(step.released),
     }
 
 
@@ -190,6 +171,7 @@ def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
         "running": False,
         "state": "end",
         "outcome": task.outcome.value,
+        "has_errors": task.has_errors,
         "error": task.error,
         "errors": list(task.errors),
         "started_at": _time(task.started_at),
@@ -208,6 +190,8 @@ def _result_json(step: StepResult) -> dict[str, Any]:
         "answered": dict(step.answered),
         "errors": list(step.errors),
         "timed_out": step.timed_out,
+        "released": list(step.released),
+        "ended": step.ended.value,
     }
 
 
@@ -425,19 +409,30 @@ class PhasebusApp:
 
     # ------------------------------------------------------------ subscribers
 
+    def _subscribers_json(self, subscribers: Iterable[_Subscriber]) -> Response:
+        registry = self.engine.subscribers
+        parts = (registry.encoded(s.id) or b"" for s in subscribers)
+        return Response(b"[%b]" % b",".join(parts), media_type="application/json")
+
+    def _subscriber_json(self, subscriber: _Subscriber) -> Response:
+        # built from each subscription's JSON as it was added: an answer costs
+        # little more however many subscriptions the subscriber has
+        body = self.engine.subscribers.encoded(subscriber.id) or b"null"
+        return Response(body, media_type="application/json")
+
     async def list_subscribers(self, request: Request) -> Response:
-        return JSONResponse([s.to_json() for s in self.engine.subscribers])
+        return self._subscribers_json(self.engine.subscribers)
 
     async def subscribers_for(self, request: Request) -> Response:
         message_type = request.path_params["message_type"]
-        return JSONResponse([s.to_json() for s in self.engine.subscribers.for_type(message_type)])
+        return self._subscribers_json(self.engine.subscribers.for_type(message_type))
 
     async def get_subscriber(self, request: Request) -> Response:
         subscriber_id = request.path_params["id"]
         subscriber = self.engine.subscribers.get(subscriber_id)
         if subscriber is None:
             raise BadInput(404, f"unknown subscriber {subscriber_id!r}")
-        return JSONResponse(subscriber.to_json())
+        return self._subscriber_json(subscriber)
 
     async def put_subscriber(self, request: Request) -> Response:
         body = await self._json_body(request)
@@ -459,7 +454,7 @@ class PhasebusApp:
         subscriber = self._checked(
             lambda: self.engine.set_subscriptions(request.path_params["id"], subscriptions)
         )
-        return JSONResponse(subscriber.to_json())
+        return self._subscriber_json(subscriber)
 
     async def delete_subscriber(self, request: Request) -> Response:
         subscriber_id = request.path_params["id"]
@@ -491,14 +486,14 @@ class PhasebusApp:
                 timeout=int(timeout) if timeout.is_integer() else timeout,
             )
         )
-        return JSONResponse(subscriber.to_json())
+        return self._subscriber_json(subscriber)
 
     async def unsubscribe(self, request: Request) -> Response:
         subscriber_id = request.path_params["id"]
         subscriber = self.engine.unsubscribe(subscriber_id, request.path_params["message_type"])
         if subscriber is None:
             raise BadInput(404, f"unknown subscriber {subscriber_id!r}")
-        return JSONResponse(subscriber.to_json())
+        return self._subscriber_json(subscriber)
 
     @staticmethod
     def _checked(call: Callable[[], Any]) -> Any:
@@ -516,6 +511,14 @@ class PhasebusApp:
         config_id = request.path_params["id"]
         config = self.engine.configs.get(config_id)
         if config is None:
+            unreadable = self.engine.configs.unreadable.get(config_id)
+            if unreadable is not None:
+                raise BadInput(
+                    409,
+                    f"the stored config {config_id!r} cannot be read back: replace it (PUT)"
+                    " or delete it",
+                    [str(p) for p in unreadable],
+                )
             raise BadInput(404, f"unknown config {config_id!r}")
         return JSONResponse(dict(config.data), headers={REVISION_HEADER: config.revision})
 
@@ -558,7 +561,7 @@ class PhasebusApp:
     async def delete_config(self, request: Request) -> Response:
         config_id = request.path_params["id"]
         if_match = self._if_match(request)
-        if if_match is None and self.engine.configs.get(config_id) is None:
+        if if_match is None and config_id not in self.engine.configs.ids():
             raise BadInput(404, f"unknown config {config_id!r}")
         try:
             self.engine.configs.delete(config_id, if_match=if_match)
@@ -621,8 +624,10 @@ class PhasebusApp:
         """The running tasks, then finished ones (newest first), filtered by the query.
 
         Query: ``workflow``, ``outcome`` (only finished tasks then), ``since``
-        (ISO 8601 with a UTC offset: finished tasks that ended then or later)
-        and ``limit`` (finished tasks, default 100, at most 10000).
+        (ISO 8601 with a UTC offset: finished tasks that ended then or later),
+        ``has_errors`` (``true`` or ``false``: only finished tasks whose steps
+        met errors or were released, or only the others) and ``limit``
+        (finished tasks, default 100, at most 10000).
         """
         params = request.query_params
         problems = [f"{key}: unknown query parameter" for key in params if key not in _TASK_QUERY]
@@ -639,6 +644,12 @@ class PhasebusApp:
             else:
                 if since.tzinfo is None:
                     problems.append(f"since: needs a UTC offset: {params['since']!r}")
+        has_errors = None
+        if params.get("has_errors"):
+            text = params["has_errors"].lower()
+            if text not in ("true", "false"):
+                problems.append(f"has_errors: must be true or false, got {params['has_errors']!r}")
+            has_errors = text == "true"
         limit = 100
         if params.get("limit"):
             text = params["limit"]
@@ -650,7 +661,7 @@ class PhasebusApp:
             raise BadInput(400, "bad query", problems)
         running = (
             []
-            if outcome is not None
+            if outcome is not None or has_errors is not None
             else [
                 task_json(task)
                 for task in self.engine.tasks()
@@ -658,7 +669,9 @@ class PhasebusApp:
             ]
         )
         finished = (
-            self.engine.history(workflow=workflow, outcome=outcome, since=since, limit=limit)
+            self.engine.history(
+                workflow=workflow, outcome=outcome, since=since, has_errors=has_errors, limit=limit
+            )
             if limit
             else []
         )

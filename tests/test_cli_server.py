@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import trio
 
 from engine import Action, CronTrigger, Step, Workflow
 from engine._auth import make_token
@@ -157,3 +158,51 @@ def test_declarations_load_from_a_path_given_as_text(tmp_path: Path) -> None:
     path = tmp_path / "flows.toml"
     path.write_text('[[workflows]]\nid = "x"\n[[workflows.steps]]\nname = "a"\n')
     assert Declarations.from_file(str(path)).workflows[0].id == "x"
+
+
+async def test_history_marks_a_done_task_whose_steps_met_errors() -> None:
+    rough = Workflow(id="rough", steps=[Step("slow", timeout=0.2), Step("left", timeout=30)])
+    async with running_server(workflows=[SLOW, rough]) as server:
+        await server.subscribe("w", "work")
+        await server.subscribe("w", "slow", timeout=0.2)
+        await server.subscribe("gone", "left")
+        async with server.engine.open_listener(subscriber_id="w") as w:
+            clean = server.engine.start_workflow("slow").task_id
+            w.done(await w.receive())  # type: ignore[arg-type]
+            await server.engine.wait_task(clean)  # type: ignore[arg-type]
+        task_id = server.engine.start_workflow("rough").task_id
+        assert task_id is not None
+        with trio.fail_after(5):
+            while (step := server.engine.tasks()[0].step) is None or step.name != "left":
+                await trio.sleep(0.01)
+        assert (await server.http.delete("/subscriber/gone")).status_code == 204
+        await server.engine.wait_task(task_id)
+
+        task = (await server.http.get(f"/task/{task_id}")).json()
+        assert (task["outcome"], task["has_errors"]) == ("done", True)
+        assert [(s["name"], s["ended"], s["released"]) for s in task["steps"]] == [
+            ("slow", "timed_out", []),
+            ("left", "released", ["gone"]),
+        ]
+        listed = (await server.http.get("/tasks", params={"has_errors": "true"})).json()
+        assert [t["id"] for t in listed] == [task_id]
+        listed = (await server.http.get("/tasks", params={"has_errors": "false"})).json()
+        assert [t["id"] for t in listed] == [clean]
+        bad = await server.http.get("/tasks", params={"has_errors": "maybe"})
+        assert bad.status_code == 400
+        assert bad.json()["problems"] == ["has_errors: must be true or false, got 'maybe'"]
+
+        _, out, _ = await cli("history", "--url", server.url, "--has-errors")
+        (line,) = out.splitlines()
+        assert " done (errors) rough " in line
+        assert line.endswith("[slow timed out, left released]")
+        _, out, _ = await cli("history", "--url", server.url, "--no-errors")
+        (line,) = out.splitlines()
+        assert clean in line
+        _status, out, _ = await cli("task", task_id, "--url", server.url)
+        lines = out.splitlines()
+        assert lines[0].startswith(f"{task_id}  rough  done (errors) in ")
+        assert lines[1].endswith("TIMED OUT")
+        assert "error: step 'slow' timed out waiting for w" in lines[2]
+        assert lines[3].startswith("  left ")
+        assert lines[3].endswith("-  RELEASED (gone went away)")

@@ -118,7 +118,8 @@ def test_error_paths_and_outcomes_are_labelled() -> None:
     assert (
         "ship",
         "end",
-        "done or error → continue (task done) | stop (task stopped) | replace (task replaced)",
+        "done or error → continue (task done) | stop (task stopped) | replace (task replaced)"
+        " | fail (task failed)",
     ) in edges
 
 
@@ -126,7 +127,11 @@ def test_stop_and_replace_leave_from_whole_groups_and_from_loose_steps() -> None
     _, _, edges = parse(mermaid_diagram(_workflow()))
     stops = sorted(src for src, dst, label in edges if "stop (task stopped)" in label)
     assert stops == ["prepare", "ship", "start"]
-    assert ("prepare", "end", "stop (task stopped) | replace (task replaced)") in edges
+    assert (
+        "prepare",
+        "end",
+        "stop (task stopped) | replace (task replaced) | fail (task failed)",
+    ) in edges
 
 
 def test_surpass_and_triggers_of_a_user_workflow() -> None:
@@ -211,7 +216,10 @@ def test_dot_draws_phases_as_clusters_with_labels_mid_edge() -> None:
         assert f"subgraph cluster_{phase} {{" in text
     assert "compound=true" in text
     assert "headlabel" not in text
-    stop = '[label="stop (task stopped) | replace (task replaced)" ltail=cluster_collect]'
+    stop = (
+        '[label="stop (task stopped) | replace (task replaced) | fail (task failed)"'
+        " ltail=cluster_collect]"
+    )
     assert f"collect -> end {stop}" in text
     assert 'label="pre_collect\\lperform_action\\ltimeout 10s, on error continue\\l"' in text
 

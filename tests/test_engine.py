@@ -38,7 +38,9 @@ from engine import (
     ProgressLeaf,
     StartDecision,
     Step,
+    StepEnd,
     Surpass,
+    TaskInfo,
     UnknownTaskError,
     UnknownWorkflowError,
     WaitForEvent,
@@ -1045,3 +1047,67 @@ async def test_a_step_begun_by_an_answer_keeps_its_own_deadline(
     assert result.steps[1].timed_out
     assert result.steps[1].duration == pytest.approx(5.0)
     assert result.duration == pytest.approx(7.0)
+
+
+async def next_action(listener: Listener) -> Action:
+    while True:
+        message = await listener.receive()
+        if isinstance(message, Action):
+            return message
+
+
+async def test_each_step_says_how_it_ended(autojump_clock: trio.abc.Clock) -> None:
+    workflow = Workflow(
+        id="wf",
+        steps=[
+            Step("clean", timeout=10),
+            Step("failing", timeout=10),
+            Step("slow", timeout=10),
+            Step("left", timeout=10),
+            Step("stopped", timeout=100),
+        ],
+    )
+    async with engine_with(workflow) as engine:
+        for message_type in ("clean", "failing", "slow", "left", "stopped"):
+            engine.subscribe("w", message_type)
+        engine.subscribe("gone", "left")
+        async with engine.open_listener(subscriber_id="w") as w:
+            task_id = engine.start_workflow("wf").task_id
+            assert task_id is not None
+            w.done(await next_action(w))  # clean
+            w.error(await next_action(w), "no quota")  # failing
+            await next_action(w)  # slow: never answered, times out
+            w.done(await next_action(w))  # left
+            info = engine.task(task_id)
+            assert isinstance(info, TaskInfo)
+            assert info.step is not None
+            assert info.step.waiting_for == ("gone",)
+            engine.remove_subscriber("gone")  # the step is released from waiting for it
+            await next_action(w)  # stopped
+            engine.stop_task(task_id, reason="enough")
+            result = await engine.wait_task(task_id)
+    assert result.outcome is Outcome.STOPPED
+    assert [(step.name, step.ended) for step in result.steps] == [
+        ("clean", StepEnd.DONE),
+        ("failing", StepEnd.ERROR),
+        ("slow", StepEnd.TIMED_OUT),
+        ("left", StepEnd.RELEASED),
+        ("stopped", StepEnd.STOPPED),
+    ]
+    assert result.steps[3].released == ("gone",)
+    assert result.steps[3].answered == {"w": "done"}
+    assert result.has_errors
+
+
+async def test_a_clean_run_has_no_errors(autojump_clock: trio.abc.Clock) -> None:
+    async with engine_with(one_step()) as engine:
+        engine.subscribe("w", "work")
+        async with engine.open_listener(subscriber_id="w") as w:
+            task_id = engine.start_workflow("wf").task_id
+            assert task_id is not None
+            w.done(await w.receive())
+            result = await engine.wait_task(task_id)
+    assert result.steps[0].ended is StepEnd.DONE
+    assert not result.has_errors
+    assert engine.history(has_errors=True) == []
+    assert [r.id for r in engine.history(has_errors=False)] == [task_id]

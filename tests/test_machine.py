@@ -497,6 +497,10 @@ def test_machine_spec_lists_states_and_transitions_for_diagrams() -> None:
         ("replace", "pre_collect", "end", "replace"),
         ("replace", "collect", "end", "replace"),
         ("replace", "post_collect", "end", "replace"),
+        ("fail", "start", "end", "fail"),
+        ("fail", "pre_collect", "end", "fail"),
+        ("fail", "collect", "end", "fail"),
+        ("fail", "post_collect", "end", "fail"),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,14 @@ from engine import (
     Workflow,
     open_engine,
 )
-from engine._store import _SCHEMA_V1, APPLICATION_ID, SQLiteStore, StoreError
+from engine._store import (
+    _MIGRATIONS,
+    _SCHEMA_V1,
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    SQLiteStore,
+    StoreError,
+)
 
 from .test_engine import drain, events
 
@@ -209,7 +217,9 @@ def test_a_truncated_store_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     store = SQLiteStore(path)
     for index in range(200):
-        store.save_subscriber(f"s{index}", [{"message_type": "x" * 200}])
+        store.save_subscriber(
+            f"s{index}", [{"message_type": "x" * 200, "wait_for_completion": True, "timeout": 60}]
+        )
     store.close()
     content = path.read_bytes()[: len(path.read_bytes()) // 2]
     path.write_bytes(content)
@@ -260,7 +270,53 @@ def test_a_store_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
     assert store.load().schedule_marks == {("wf", "0 * * * *", "UTC"): T0}
     store.close()
     (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
-    assert version == 2
+    assert version == SCHEMA_VERSION
+
+
+def test_a_version_2_store_keeps_its_subscriptions_and_marks_tasks_with_errors(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in (_SCHEMA_V1 + _MIGRATIONS[2]).split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("PRAGMA user_version = 2")
+    subscriptions = [
+        {"message_type": "collect", "wait_for_completion": True, "timeout": 600},
+        {"message_type": "tick", "wait_for_completion": False, "timeout": 2.5},
+    ]
+    db.execute("INSERT INTO subscribers VALUES ('w', ?)", (json.dumps(subscriptions),))
+    db.execute("INSERT INTO subscribers VALUES ('idle', '[]')")
+    for task_id, errors in (("clean", []), ("failing", ["w: no quota"])):
+        record = {
+            "id": task_id,
+            "workflow": "wf",
+            "outcome": "done",
+            "error": None,
+            "errors": errors,
+            "started_at": 0.0,
+            "ended_at": 1.0,
+            "steps": [],
+        }
+        db.execute(
+            "INSERT INTO history VALUES (?, 'wf', 'done', 0, 1, ?)",
+            (task_id, json.dumps(record)),
+        )
+    db.close()
+    store = SQLiteStore(path)
+    assert store.load().subscribers == {"w": subscriptions, "idle": []}
+    assert [r["id"] for r in store.history(has_errors=True)] == ["failing"]
+    assert [r["id"] for r in store.history(has_errors=False)] == ["clean"]
+    store.save_subscription(
+        "w", {"message_type": "tick", "wait_for_completion": True, "timeout": 5}
+    )
+    store.delete_subscription("w", "collect")
+    assert store.load().subscribers["w"] == [
+        {"message_type": "tick", "wait_for_completion": True, "timeout": 5}
+    ]
+    store.close()
 
 
 def test_a_store_in_use_by_another_engine_is_refused(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import httpx
 import trio
 import trio_websocket
 
-from engine import Engine, Step, Workflow, open_engine
+from engine import Engine, Step, Store, Workflow, open_engine
 from engine._serve import serve_app
 from engine._web import PhasebusApp, create_app
 from machines import COLLECT_AND_CLEANUP
@@ -114,9 +114,12 @@ async def running_server(
     max_body_size: int = 64 * 1024,
     max_message_size: int = 64 * 1024,
     close_grace: float = 0.2,
+    store: Store | None = None,
 ) -> AsyncIterator[Server]:
     """Run an engine and its API on 127.0.0.1, port 0, with an HTTP client."""
-    async with open_engine(workflows=workflows, listener_buffer=listener_buffer) as engine:
+    async with open_engine(
+        workflows=workflows, listener_buffer=listener_buffer, store=store
+    ) as engine:
         app = create_app(
             engine,
             psk=psk,
