@@ -85,8 +85,8 @@ async def test_a_running_task_lists_the_steps_it_passed() -> None:
             task = (await server.http.get(f"/task/{task_id}")).json()
         assert task["running"] is True
         assert task["step"]["name"] == "b"
-        assert [(s["name"], s["answered"], s["timed_out"]) for s in task["steps"]] == [
-            ("a", {"w": "done"}, False)
+        assert [(s["name"], s["answered"], s["ended"]) for s in task["steps"]] == [
+            ("a", {"w": "done"}, "done")
         ]
 
 
