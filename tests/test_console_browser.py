@@ -426,3 +426,30 @@ def test_the_console_reads_on_a_phone_sized_screen(
         page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         prober.answer(prober.next_action())
         prober.answer(prober.next_action())
+
+
+def test_a_finished_task_shows_its_log_and_triggers_can_be_paused(
+    page: Any, server: str, prober: Subscriber
+) -> None:
+    task_id = request(f"{server}/workflow/console_probe/run", "POST")[1]["task_id"]
+    prober.answer(prober.next_action(), "action_error")
+    prober.answer(prober.next_action())
+    wait_for(lambda: not request(f"{server}/task/{task_id}")[1]["running"], what="the end")
+    if request(f"{server}/task/{task_id}/log")[0] == 404:
+        pytest.skip("this server has no task log (GET /task/{id}/log) nor definitions API yet")
+
+    open_console(page, server, f"task/{task_id}")
+    wait_for(lambda: one(page, "#task-log-section").is_displayed(), what="the log")
+    assert "test.prober" in text_of(page, "#task-log")
+    assert "✗ error" in text_of(page, "#task-log .level-error")
+
+    page.get(f"{server}/ui/#workflows")
+    article = '#workflow-list [data-workflow="metrics"]'
+    wait_for(lambda: "● active" in text_of(page, article), what="metrics active")
+    click(page, f"{article} button:nth-of-type(2)")
+    wait_for(lambda: "‖ paused" in text_of(page, article), what="metrics paused")
+    assert [w["active"] for w in request(f"{server}/workflows")[1] if w["id"] == "metrics"] == [
+        False
+    ]
+    click(page, f"{article} button:nth-of-type(2)")
+    wait_for(lambda: "● active" in text_of(page, article), what="metrics active again")

@@ -664,7 +664,7 @@
 
   function logEntry(entry) {
     if (typeof entry !== "object" || entry === null) return el("li", {}, String(entry));
-    const kind = [entry.kind, entry.level].filter(Boolean).join(" ");
+    const kind = [...new Set([entry.kind, entry.level].filter(Boolean))].join(" ");
     const bad = ["error", "timeout", "stalled"].includes(entry.kind) || entry.level === "error";
     const who = entry.subscriber || entry.subscriber_id;
     return el("li", { class: bad ? "level-error" : "" }, entry.at ? `${clock(entry.at)} ` : "",
@@ -765,7 +765,8 @@
         el("h2", {}, w.id, " ", el("small", {}, `(${w.kind})`), " ",
           pausable ? badge(w.active ? "done" : "stopped", w.active ? "● active" : "‖ paused") : null),
         w.description ? el("p", {}, w.description) : null,
-        el("p", {}, `${w.steps.length} steps · surpass ${w.surpass} · next run ${w.next_run ? stamp(w.next_run) : "not scheduled"}`),
+        el("p", {}, `${w.steps.length} steps · surpass ${w.surpass} · next run ${w.next_run ? stamp(w.next_run) : "not scheduled"}`,
+          w.origin ? ` · from ${w.origin}` : ""),
         el("p", { class: "actions" }, el("button", { type: "button", onclick: () => startWorkflow(w.id, out) }, `Start ${w.id}`), toggle),
         out, details);
     }));
