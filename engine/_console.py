@@ -14,6 +14,8 @@ needs:
 - ``GET /ui/listeners``: the listeners connected to the bus (``listeners``:
   id, subscriber id, message types or null for all) and how many were
   dropped for being too slow (``dropped``);
+- ``GET /ui/schedules``: the next :data:`NEXT_FIRE_TIMES` fire times of each
+  scheduled workflow, from the schedules in force (``next``: id to UTC times);
 - ``POST /ui/sign-in`` (body ``{"psk": "...", "expires_in": seconds?}``):
   with a pre-shared key, answers a token like the ones Resoto's clients make
   (HS256 over a key derived from the PSK, ``exp`` in ``expires_in`` seconds,
@@ -62,6 +64,9 @@ POLICY_VIOLATION = 1008
 
 #: The close reason of a console WebSocket whose token expired.
 EXPIRED = "token expired"
+
+#: How many next fire times ``GET /ui/schedules`` gives per workflow.
+NEXT_FIRE_TIMES = 5
 
 #: Where the page lives.
 PREFIX = "/ui/"
@@ -128,6 +133,7 @@ class Console:
             Route(PREFIX + "sign-in", self.sign_in, methods=["POST"]),
             Route(PREFIX + "diagram/{workflow}.svg", self.diagram, methods=["GET"]),
             Route(PREFIX + "listeners", self.listeners, methods=["GET"]),
+            Route(PREFIX + "schedules", self.schedules, methods=["GET"]),
             Route(PREFIX + "{name}", self.file, methods=["GET"]),
         ]
 
@@ -244,6 +250,22 @@ class Console:
             for listener in self.engine.listeners
         ]
         return JSONResponse({"listeners": listeners, "dropped": self.engine.dropped_listeners})
+
+    async def schedules(self, request: Request) -> Response:
+        engine = self.engine
+        now = engine.clock.now()
+        out = {}
+        for workflow_id in sorted(engine.workflows):
+            times = sorted(
+                {
+                    moment
+                    for trigger in engine.schedules(workflow_id)
+                    for moment in trigger.next_fire_times(now, NEXT_FIRE_TIMES)
+                }
+            )[:NEXT_FIRE_TIMES]
+            if times:
+                out[workflow_id] = [moment.isoformat() for moment in times]
+        return JSONResponse({"now": now.isoformat(), "next": out})
 
     async def sign_in(self, request: Request) -> Response:
         key = self._psk

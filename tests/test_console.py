@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import jwt
 import pytest
 import trio
 import trio_websocket
 
-from engine import _console
+from engine import CronTrigger, Step, Workflow, _console
 from engine._auth import make_token
 
 from .web_support import Server, quick_workflow, receive_json, running_server
@@ -247,3 +250,31 @@ async def test_a_console_websocket_is_closed_when_its_token_expires() -> None:
 
 def bearer(token: str) -> list[tuple[bytes, bytes]]:
     return [(b"authorization", f"Bearer {token}".encode())]
+
+
+async def test_the_next_fire_times_of_each_schedule() -> None:
+    hourly = Workflow(id="hourly", steps=[Step("a")], triggers=[CronTrigger("0 * * * *")])
+    berlin = Workflow(
+        id="berlin",
+        steps=[Step("a")],
+        triggers=[
+            CronTrigger("30 2 * * *", timezone="Europe/Berlin"),
+            CronTrigger("0 12 * * *", timezone="Europe/Berlin"),
+        ],
+    )
+    async with running_server(workflows=[hourly, berlin, quick_workflow()]) as server:
+        body = (await server.http.get("/ui/schedules")).json()
+    now = datetime.fromisoformat(body["now"])
+    assert set(body["next"]) == {"hourly", "berlin"}  # quick has no schedule
+    times = [datetime.fromisoformat(t) for t in body["next"]["hourly"]]
+    assert len(times) == _console.NEXT_FIRE_TIMES
+    assert now < times[0] <= now + timedelta(hours=1)
+    assert all(t.minute == 0 and t.second == 0 for t in times)
+    assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(times))
+    # two triggers of one workflow, merged in order
+    local = [
+        datetime.fromisoformat(t).astimezone(ZoneInfo("Europe/Berlin"))
+        for t in body["next"]["berlin"]
+    ]
+    assert local == sorted(local)
+    assert {(t.hour, t.minute) for t in local} == {(2, 30), (12, 0)}

@@ -378,8 +378,14 @@ def test_subscribers_listeners_and_schedules_are_shown(
     assert "test.prober" in listeners
     assert "demo.collector" in listeners
     assert "0 dropped for being too slow" in text_of(page, "#dropped")
-    schedules = text_of(page, "#schedules")
+    schedules = text_of(page, '#schedules [data-schedule="collect_and_cleanup"]')
     assert "0 * * * * (UTC)" in schedules
+    wait_for(
+        lambda: len(css(page, '[data-schedule="collect_and_cleanup"] .next-times')) == 1,
+        what="the next fire times",
+    )
+    shown = text_of(page, '[data-schedule="collect_and_cleanup"] .next-times span').split(" · ")
+    assert len(shown) == 5
 
     # a subscriber that goes away is seen going
     visitor = Subscriber(server, "test.visitor", ["probe_two"])

@@ -741,7 +741,8 @@
     filter.replaceChildren(el("option", { value: "" }, "any"), ...summaries.map((w) => el("option", { value: w.id }, w.id)));
     filter.value = filterValue;
     renderWorkflows(summaries);
-    renderSchedules(summaries);
+    const upcoming = await json("/ui/schedules").catch(() => ({ next: {} }));
+    renderSchedules(summaries, upcoming.next);
   }
 
   function renderWorkflows(summaries) {
@@ -784,13 +785,16 @@
     }
   }
 
-  function renderSchedules(summaries) {
+  function renderSchedules(summaries, upcoming) {
     $("#schedules").replaceChildren(...summaries.map((w) => {
       const crons = (w.schedules || []).map((s) => `${s.cron} (${s.timezone})`).join(", ") || "no schedule";
       const ledger = (w.ledger || []).slice().reverse();
-      return el("section", { class: "workflow", "aria-label": `schedule of ${w.id}` },
+      const next = (upcoming || {})[w.id] || [];
+      return el("section", { class: "workflow", "aria-label": `schedule of ${w.id}`, "data-schedule": w.id },
         el("h3", {}, w.id),
         el("p", {}, `${crons} · next run: ${w.next_run ? stamp(w.next_run) : "none"}`),
+        next.length ? el("p", { class: "next-times" }, "Next fire times: ",
+          el("span", {}, next.map((iso) => stamp(iso)).join(" · "))) : null,
         ledger.length
           ? el("div", { class: "scroll" }, el("table", {},
             el("thead", {}, el("tr", {}, ...["Planned", "Fired", "Outcome", "Task"].map((h) => el("th", { scope: "col" }, h)))),
