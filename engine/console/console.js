@@ -801,7 +801,7 @@
             el("tbody", {}, ...ledger.map((f) => el("tr", {},
               el("td", {}, stamp(f.planned)), el("td", {}, stamp(f.actual)), el("td", {}, f.outcome),
               el("td", {}, f.task_id ? el("a", { href: `#task/${encodeURIComponent(f.task_id)}` }, f.task_id) : "–"))))))
-          : el("p", { class: "empty" }, "The schedule has not fired yet."));
+          : el("p", { class: "empty" }, (w.schedules || []).length ? "The schedule has not fired yet." : "Started by events and by hand only."));
     }));
   }
 
