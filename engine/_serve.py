@@ -1,12 +1,9 @@
 """Serve an engine over HTTP and WebSocket: ``phasebus serve``.
 
-:func:`serve_app` runs any ASGI application with Hypercorn's HTTP/1.1 and
-WebSocket protocol on trio listeners that phasebus accepts itself, so that
-each connection's stream is known to the application (under
-:data:`~engine._web.STREAM_KEY` in the scope's ``state``): a listener dropped
-for being too slow can then be cut off even when its client reads nothing
-at all. :func:`serve` opens an engine with the built-in workflows (and those
-of a directory), creates the ``phasebus.core`` config and serves the API.
+:func:`serve_app` (from :mod:`engine._server`) runs any ASGI application on
+phasebus's own HTTP/1.1 and WebSocket server. :func:`serve` opens an engine
+with the built-in workflows (and those of a directory), creates the
+``phasebus.core`` config and serves the API.
 """
 
 from __future__ import annotations
@@ -20,14 +17,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ASGIFramework, LifespanState
-from hypercorn.utils import wrap_app
 from starlette.types import ASGIApp
 
 from ._catalog import load_catalog
@@ -35,8 +27,10 @@ from ._config import CORE_CONFIG
 from ._definitions import Job, Workflow
 from ._engine import Engine, open_engine
 from ._errors import PhasebusError
+from ._server import ServerLimits as ServerLimits
+from ._server import serve_app as serve_app
 from ._store import Store, open_store
-from ._web import DEFAULT_MAX_MESSAGE, STREAM_KEY, create_app
+from ._web import create_app
 
 logger = logging.getLogger(__name__)
 
@@ -53,58 +47,6 @@ DEFAULT_STORE = "phasebus.sqlite3"
 DEFAULT_RETENTION_DAYS = 60
 #: The longest retention: a century.
 MAX_RETENTION_DAYS = 36500
-
-
-def _hypercorn_config(max_message_size: int) -> HypercornConfig:
-    config = HypercornConfig()
-    config.websocket_max_message_size = max_message_size
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler
-    return config
-
-
-def _url(sockname: Any) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-async def serve_app(
-    app: ASGIApp,
-    *,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    max_message_size: int = DEFAULT_MAX_MESSAGE,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve an ASGI application on ``host``:``port`` until cancelled.
-
-    Start it with ``url = await nursery.start(serve_app, app, port=0)``: it
-    reports the base URL it listens on (``http://127.0.0.1:<port>``), with
-    the port chosen by the system when ``port`` is 0.
-
-    Args:
-        app: the ASGI application.
-        host: the address to listen on (loopback by default).
-        port: the port (0 for any free port).
-        max_message_size: largest WebSocket message; larger ones close the
-            connection with 1009.
-    """
-    config = _hypercorn_config(max_message_size)
-    context = WorkerContext(None)
-    wrapped = wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi")
-    listeners = await trio.open_tcp_listeners(port, host=host)
-
-    async def handle(stream: trio.SocketStream) -> None:
-        state: LifespanState = {STREAM_KEY: stream}
-        await TCPServer(wrapped, config, context, state, stream).run()  # type: ignore[arg-type]
-
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, handle, listeners)
-            task_status.started(_url(listeners[0].socket.getsockname()))
-    finally:
-        for listener in listeners:
-            await listener.aclose()
 
 
 def core_config(engine: Engine) -> dict[str, Any]:
