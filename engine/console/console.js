@@ -746,6 +746,9 @@
   }
 
   function renderWorkflows(summaries) {
+    // a redraw keeps the diagrams a person opened open
+    const opened = new Set([...document.querySelectorAll("#workflow-list details[open]")]
+      .map((node) => node.closest("[data-workflow]").dataset.workflow));
     $("#workflow-list").replaceChildren(...summaries.map((w) => {
       const out = el("p", { role: "status", "aria-live": "polite" });
       const holder = el("div", { class: "diagram" });
@@ -756,6 +759,7 @@
           }
         },
       }, el("summary", {}, "State machine"), holder);
+      if (opened.has(w.id)) details.open = true; // its toggle event draws the diagram
       // where the server can pause a definition's triggers, a button does it
       const pausable = typeof w.active === "boolean";
       const toggle = pausable
