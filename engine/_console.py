@@ -145,6 +145,20 @@ class Console:
         return scope["type"] == "http" and scope["path"] in PUBLIC_PATHS
 
     @staticmethod
+    def offers_token(scope: Scope) -> bool:
+        """Tell whether a WebSocket is the console's: it offers the console's subprotocols.
+
+        Such a connection is authorized at the upgrade by the token it offers,
+        never by a first message.
+        """
+        if scope["type"] != "websocket":
+            return False
+        return any(
+            offered == SUBPROTOCOL or offered.startswith(TOKEN_SUBPROTOCOL)
+            for offered in scope.get("subprotocols") or ()
+        )
+
+    @staticmethod
     def token(scope: Scope, authorization: str | None) -> str:
         """Return the token a request carries.
 

@@ -11,7 +11,6 @@ and a connection that falls behind is dropped by what is pending for it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
@@ -25,10 +24,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from ._auth import AuthError, TokenVerifier
+from ._auth import DEFERRED_PATHS, AuthError, FirstMessageAuth, TokenVerifier
 from ._bus import Subscriber as _Subscriber
 from ._bus import Subscription as _Subscription
-from ._config import ConfigConflict
+from ._config_model import ConfigModels
 from ._console import Console
 from ._convert import structure_strict, unstructure_declaration
 from ._engine import Engine, StepInfo, StepResult, TaskInfo, TaskResult
@@ -39,9 +38,12 @@ from ._errors import (
     UnknownTaskError,
     UnknownWorkflowError,
 )
-from ._json import JSONInputError, parse_json
+from ._http import read_json
 from ._machine import Outcome
 from ._metrics import CONTENT_TYPE, EngineMetrics
+from ._resoto_api import REVISION_HEADER as REVISION_HEADER
+from ._resoto_api import ResotoRoutes
+from ._tls import Authority, CertificateRoutes
 from ._websocket import (
     DEFAULT_MAX_PENDING_AGE,
     DEFAULT_MAX_PENDING_BYTES,
@@ -51,14 +53,22 @@ from ._websocket import (
     WebSocketSessions,
 )
 from ._websocket import describe as _describe
+from ._workqueue import WorkQueue, WorkRoutes
 
 logger = logging.getLogger(__name__)
 
-#: The response header carrying a config's revision.
-REVISION_HEADER = "Resoto-Config-Revision"
+#: Paths served without authentication, as Resoto's core serves them: the health
+#: checks, the CA certificate (a client needs it before it can trust anything) and
+#: the metrics (a Prometheus scraper cannot make tokens). Everything under
+#: :data:`PUBLIC_PREFIXES` is public too.
+PUBLIC_PATHS = frozenset({"/ca/cert", "/metrics"})
+PUBLIC_PREFIXES = ("/system/",)
 
-#: Paths served without authentication.
-PUBLIC_PATHS = frozenset({"/system/ping", "/system/ready"})
+
+def is_public(path: str) -> bool:
+    """Return whether ``path`` is served without a token."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
 
 #: Largest request body accepted, in bytes, unless told otherwise.
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -168,13 +178,28 @@ class PhasebusApp:
         max_body_size: int,
         max_message_size: int,
         slow_consumer: SlowConsumerPolicy,
+        tls: Authority | None = None,
+        metrics: bool = True,
     ) -> None:
         self.engine = engine
+        self._serve_metrics = metrics
         self.metrics = EngineMetrics(engine)
         self.max_body_size = max_body_size
         self.max_message_size = max_message_size
         self._verifier = TokenVerifier(psk) if psk else None
         self.console = Console(engine, psk=psk)
+        #: Resoto's config, config model and graph routes.
+        self.resoto = ResotoRoutes(engine, ConfigModels(engine.store), max_body_size=max_body_size)
+        #: Resoto's worker task queue.
+        self.work = WorkRoutes(
+            WorkQueue(),
+            engine.clock,
+            max_body_size=max_body_size,
+            max_message_size=max_message_size,
+        )
+        self.resoto.approver = self.work.approve_config
+        #: /ca/cert and /ca/sign.
+        self.certificates = CertificateRoutes(tls, psk, max_body_size=max_body_size)
         self._websockets = WebSocketSessions(
             engine, max_message_size=max_message_size, policy=slow_consumer
         )
@@ -196,7 +221,17 @@ class PhasebusApp:
         kind = scope["type"]
         if kind in ("http", "websocket"):
             send = Console.accepting(scope, send)
-            public = scope["path"] in PUBLIC_PATHS or Console.is_public(scope)
+            if (
+                self._verifier is not None
+                and kind == "websocket"
+                and scope["path"] in DEFERRED_PATHS
+                and _header(scope, b"authorization") is None
+                and not Console.offers_token(scope)
+            ):
+                deferred = FirstMessageAuth(self._verifier, receive, send)
+                await self._router(scope, deferred.receive, deferred.send)
+                return
+            public = is_public(scope["path"]) or Console.is_public(scope)
             if self._verifier is not None and not public:
                 try:
                     authorization = _header(scope, b"authorization")
@@ -284,13 +319,11 @@ class PhasebusApp:
             Route("/subscriber/{id}/{message_type}", self.unsubscribe, methods=["DELETE"]),
             WebSocketRoute("/subscriber/{id}/handle", _WebSocketEndpoint(self.handle_subscriber)),
             WebSocketRoute("/events", _WebSocketEndpoint(self.handle_events)),
+            *self.resoto.routes(),
+            *self.work.routes(),
+            *self.certificates.routes(),
             WebSocketRoute("/{path:path}", _WebSocketEndpoint(self.no_websocket)),
             *self.console.routes(),
-            Route("/configs", self.list_configs, methods=["GET"]),
-            Route("/config/{id}", self.get_config, methods=["GET"]),
-            Route("/config/{id}", self.put_config, methods=["PUT"]),
-            Route("/config/{id}", self.patch_config, methods=["PATCH"]),
-            Route("/config/{id}", self.delete_config, methods=["DELETE"]),
             Route("/workflows", self.list_workflows, methods=["GET"]),
             Route("/workflow/{id}", self.get_workflow, methods=["GET"]),
             Route("/workflow/{id}/run", self.run_workflow, methods=["POST"]),
@@ -300,25 +333,7 @@ class PhasebusApp:
         ]
 
     async def _json_body(self, request: Request) -> Any:
-        size = 0
-        chunks = []
-        async with contextlib.aclosing(request.stream()) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size > self.max_body_size:
-                    raise BadInput(
-                        413,
-                        "request body too large",
-                        [f"body: more than {self.max_body_size} bytes"],
-                    )
-                chunks.append(chunk)
-        body = b"".join(chunks)
-        if not body.strip():
-            raise BadInput(400, "invalid JSON body", ["body: empty, expected JSON"])
-        try:
-            return parse_json(body, path="body")
-        except JSONInputError as error:
-            raise BadInput(400, "invalid JSON body", [str(p) for p in error.problems]) from None
+        return await read_json(request, self.max_body_size)
 
     # ------------------------------------------------------------ health and metrics
 
@@ -329,6 +344,8 @@ class PhasebusApp:
         return PlainTextResponse("ok")
 
     async def get_metrics(self, request: Request) -> Response:
+        if not self._serve_metrics:
+            raise BadInput(404, "metrics are turned off (phasebus serve --no-metrics)")
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     # ------------------------------------------------------------ subscribers
@@ -425,73 +442,6 @@ class PhasebusApp:
             return call()
         except InvalidInputError as error:
             raise BadInput(400, "invalid input", [str(p) for p in error.problems]) from None
-
-    # ------------------------------------------------------------ configs
-
-    async def list_configs(self, request: Request) -> Response:
-        return JSONResponse(self.engine.configs.ids())
-
-    async def get_config(self, request: Request) -> Response:
-        config_id = request.path_params["id"]
-        config = self.engine.configs.get(config_id)
-        if config is None:
-            unreadable = self.engine.configs.unreadable.get(config_id)
-            if unreadable is not None:
-                raise BadInput(
-                    409,
-                    f"the stored config {config_id!r} cannot be read back: replace it (PUT)"
-                    " or delete it",
-                    [str(p) for p in unreadable],
-                )
-            raise BadInput(404, f"unknown config {config_id!r}")
-        return JSONResponse(dict(config.data), headers={REVISION_HEADER: config.revision})
-
-    def _if_match(self, request: Request) -> str | None:
-        value = request.headers.get("if-match")
-        if value is None:
-            return None
-        value = value.strip()
-        if value.startswith("W/"):
-            value = value[2:]
-        value = value.strip('"')
-        if value == "*":
-            current = self.engine.configs.get(request.path_params["id"])
-            return current.revision if current is not None else "*"
-        return value
-
-    async def _write_config(self, request: Request, *, patch: bool) -> Response:
-        config_id = request.path_params["id"]
-        body = await self._json_body(request)
-        if not isinstance(body, dict):
-            raise BadInput(
-                400, "invalid config", [f"body: must be a JSON object, got {_describe(body)}"]
-            )
-        configs = self.engine.configs
-        write = configs.patch if patch else configs.put
-        try:
-            config = write(config_id, body, if_match=self._if_match(request))
-        except ConfigConflict as error:
-            raise BadInput(409, str(error), extra={"revision": error.actual}) from None
-        except InvalidInputError as error:
-            raise BadInput(400, "invalid config", [str(p) for p in error.problems]) from None
-        return JSONResponse(dict(config.data), headers={REVISION_HEADER: config.revision})
-
-    async def put_config(self, request: Request) -> Response:
-        return await self._write_config(request, patch=False)
-
-    async def patch_config(self, request: Request) -> Response:
-        return await self._write_config(request, patch=True)
-
-    async def delete_config(self, request: Request) -> Response:
-        config_id = request.path_params["id"]
-        if_match = self._if_match(request)
-        if if_match is None and config_id not in self.engine.configs.ids():
-            raise BadInput(404, f"unknown config {config_id!r}")
-        try:
-            self.engine.configs.delete(config_id, if_match=if_match)
-        except ConfigConflict as error:
-            raise BadInput(409, str(error), extra={"revision": error.actual}) from None
-        return Response(status_code=204)
 
     # ------------------------------------------------------------ workflows and tasks
 
@@ -678,13 +628,15 @@ def create_app(
     max_message_size: int = DEFAULT_MAX_MESSAGE,
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     max_pending_age: float = DEFAULT_MAX_PENDING_AGE,
+    tls: Authority | None = None,
+    metrics: bool = True,
 ) -> PhasebusApp:
     """Return the ASGI application serving ``engine`` (PROTOCOL.md).
 
     Args:
         engine: the engine to serve.
-        psk: the pre-shared key; when set, every request but the health
-            checks needs ``Authorization: Bearer <jwt>``.
+        psk: the pre-shared key; when set, every request but those to
+            :func:`is_public` paths needs ``Authorization: Bearer <jwt>``.
         max_body_size: largest request body, in bytes (larger ones get 413).
         max_message_size: largest WebSocket message, in bytes (larger ones
             close the connection with 1009). Give the server the same limit.
@@ -692,6 +644,9 @@ def create_app(
             (queued or being written) before it is dropped as too slow.
         max_pending_age: seconds the oldest message pending for one
             WebSocket may wait before it is dropped as too slow.
+        tls: the server's CA and certificate, served at ``/ca/cert`` (and
+            used by ``/ca/sign``); None for a server without TLS.
+        metrics: serve ``/metrics`` (open to all, as in Resoto's core).
 
     Raises:
         ValueError: a limit that is not a positive number.
@@ -704,4 +659,6 @@ def create_app(
         max_body_size=max_body_size,
         max_message_size=max_message_size,
         slow_consumer=SlowConsumerPolicy(max_pending_bytes, max_pending_age),
+        tls=tls,
+        metrics=metrics,
     )
