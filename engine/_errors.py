@@ -164,3 +164,15 @@ class GraphvizNotFound(DiagramError):
             "SVG needs Graphviz's 'dot' program, which is not on the PATH"
             " (install Graphviz, e.g. 'apt-get install graphviz'), or use --format mermaid or dot"
         )
+
+
+class DefinitionConflict(PhasebusError):
+    """A change of a workflow or job that its origin does not allow (HTTP 409)."""
+
+
+class TaskLookupError(PhasebusError, LookupError):
+    """A task id (or prefix) names no task (``status`` 404), or more than one (400)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
