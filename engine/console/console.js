@@ -471,10 +471,10 @@
     }
   }
 
-  async function startWorkflow(id, out) {
+  async function startWorkflow(id, out, kind = "workflow") {
     out.textContent = `starting ${id}…`;
     try {
-      const body = await json(`/workflow/${encodeURIComponent(id)}/run`, { method: "POST" });
+      const body = await json(`/${kind}/${encodeURIComponent(id)}/run`, { method: "POST" });
       out.textContent = body.task_id
         ? `${id}: ${body.decision} as task ${body.task_id}${body.reason ? ` (${body.reason})` : ""}`
         : `${id}: ${body.decision}${body.reason ? ` (${body.reason})` : ""}`;
@@ -772,7 +772,7 @@
         w.description ? el("p", {}, w.description) : null,
         el("p", {}, `${w.steps.length} steps · surpass ${w.surpass} · next run ${w.next_run ? stamp(w.next_run) : "not scheduled"}`,
           w.origin ? ` · from ${w.origin}` : ""),
-        el("p", { class: "actions" }, el("button", { type: "button", onclick: () => startWorkflow(w.id, out) }, `Start ${w.id}`), toggle),
+        el("p", { class: "actions" }, el("button", { type: "button", onclick: () => startWorkflow(w.id, out, w.kind === "job" ? "job" : "workflow") }, `Start ${w.id}`), toggle),
         out, details);
     }));
   }
