@@ -229,7 +229,8 @@ async def test_an_open_api_accepts_the_console_subprotocol_and_plain_websockets(
 
 async def test_a_console_websocket_is_closed_when_its_token_expires() -> None:
     async with running_server(workflows=[quick_workflow()], psk=PSK) as server:
-        token = make_token(PSK, expires_in=1)
+        # exp is whole seconds: 2 s ahead leaves more than one for the upgrade
+        token = make_token(PSK, expires_in=2)
         expiry = jwt.decode(token, options={"verify_signature": False})["exp"]
         offered = [_console.SUBPROTOCOL, _console.TOKEN_SUBPROTOCOL + token]
         async with websocket(server, "/events", offered) as ws:
@@ -239,7 +240,7 @@ async def test_a_console_websocket_is_closed_when_its_token_expires() -> None:
         assert (closed.value.reason.code, closed.value.reason.reason) == (1008, "token expired")
 
         # a client with a bearer token keeps its connection as the protocol has it
-        short = make_token(PSK, expires_in=1)
+        short = make_token(PSK, expires_in=2)
         expiry = jwt.decode(short, options={"verify_signature": False})["exp"]
         fresh = {"authorization": f"Bearer {make_token(PSK)}"}
         async with server.websocket("/events", headers=bearer(short)) as ws:
