@@ -8,6 +8,7 @@ registered with the engine under a name; a data file can only use the name.
 from __future__ import annotations
 
 import enum
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, time, timedelta
@@ -543,6 +544,10 @@ class CronTrigger:
             fire_utc = fire.astimezone(UTC)
             if fire_utc > moment:
                 yield fire_utc
+
+    def next_fire_times(self, after: datetime, count: int) -> list[datetime]:
+        """Return the first ``count`` fire times after ``after``, in UTC."""
+        return list(itertools.islice(self._times_after(after), max(count, 0)))
 
     def fire_times(self, after: datetime, until: datetime, *, limit: int) -> list[datetime]:
         """Return the fire times in (``after``, ``until``], in UTC, the last ``limit`` of them."""

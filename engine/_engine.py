@@ -79,7 +79,14 @@ from ._messages import (
     ProgressTree,
 )
 from ._persistence import Persistence
-from ._records import RestoreError, finished_record, restore_task, task_has_errors, task_record
+from ._records import (
+    RestoreError,
+    finished_record,
+    restore_task,
+    step_results,
+    task_has_errors,
+    task_record,
+)
 from ._records import StepResult as StepResult  # re-exported: views import it from here
 from ._records import TaskResult as TaskResult
 from ._registry import DEFINITION_EVENTS, Registry
@@ -158,6 +165,8 @@ class TaskInfo:
     state: str
     started_at: datetime
     step: StepInfo | None
+    #: The steps passed so far, in order, as they ended.
+    steps: tuple[StepResult, ...] = ()
 
 
 class StartDecision(enum.StrEnum):
@@ -1191,6 +1200,7 @@ class Engine:
             task.state,
             self.clock.to_wall(task.created_at),
             step_info,
+            step_results(task, self.clock),
         )
 
     # ------------------------------------------------------------ driving a task

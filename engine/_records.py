@@ -103,6 +103,12 @@ class _StepResults(Sequence[StepResult]):
         return repr(self._resolve())
 
 
+def step_results(task: Task, clock: Clock) -> tuple[StepResult, ...]:
+    """Return the results of the steps a task has left so far (not the one it is in)."""
+    left = sum(1 for run in task.history if run.ended_at is not None)
+    return _StepResults(task, clock)[:left]
+
+
 @attrs.frozen
 class TaskResult:
     """A finished task: its outcome and what its steps did."""

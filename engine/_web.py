@@ -26,12 +26,13 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-from ._auth import DEFERRED_PATHS, AuthError, FirstMessageAuth, TokenVerifier, bearer_token
+from ._auth import DEFERRED_PATHS, AuthError, FirstMessageAuth, TokenVerifier
 from ._bus import Subscriber as _Subscriber
 from ._bus import Subscription as _Subscription
 from ._config_model import ConfigModels
+from ._console import Console
 from ._convert import structure_strict, unstructure_declaration
-from ._engine import Engine, StepInfo, TaskInfo, TaskResult
+from ._engine import Engine, StepInfo, StepResult, TaskInfo, TaskResult
 from ._errors import BadInput as BadInput
 from ._errors import (
     EngineClosed,
@@ -133,6 +134,7 @@ def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
             "state": task.state,
             "started_at": _time(task.started_at),
             "step": None if task.step is None else _step_json(task.step),
+            "steps": [_result_json(step) for step in task.steps],
         }
     return {
         "id": task.id,
@@ -146,20 +148,21 @@ def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
         "started_at": _time(task.started_at),
         "ended_at": _time(task.ended_at),
         "duration": task.duration,
-        "steps": [
-            {
-                "name": step.name,
-                "started_at": _time(step.started_at),
-                "ended_at": _time(step.ended_at),
-                "duration": step.duration,
-                "answered": dict(step.answered),
-                "errors": list(step.errors),
-                "timed_out": step.timed_out,
-                "released": list(step.released),
-                "ended": step.ended.value,
-            }
-            for step in task.steps
-        ],
+        "steps": [_result_json(step) for step in task.steps],
+    }
+
+
+def _result_json(step: StepResult) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "started_at": _time(step.started_at),
+        "ended_at": _time(step.ended_at),
+        "duration": step.duration,
+        "answered": dict(step.answered),
+        "errors": list(step.errors),
+        "timed_out": step.timed_out,
+        "released": list(step.released),
+        "ended": step.ended.value,
     }
 
 
@@ -199,6 +202,7 @@ class PhasebusApp:
         self.max_body_size = max_body_size
         self.max_message_size = max_message_size
         self._verifier = TokenVerifier(psk) if psk else None
+        self.console = Console(engine, psk=psk)
         #: Resoto's config, config model and graph routes.
         self.resoto = ResotoRoutes(engine, ConfigModels(engine.store), max_body_size=max_body_size)
         #: Resoto's worker task queue.
@@ -272,18 +276,24 @@ class PhasebusApp:
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind in ("http", "websocket"):
+            send = Console.accepting(scope, send)
             if (
                 self._verifier is not None
                 and kind == "websocket"
                 and scope["path"] in DEFERRED_PATHS
                 and _header(scope, b"authorization") is None
+                and not Console.offers_token(scope)
             ):
                 deferred = FirstMessageAuth(self._verifier, receive, send)
                 await self._router(scope, deferred.receive, deferred.send)
                 return
-            if self._verifier is not None and not is_public(scope["path"]):
+            public = is_public(scope["path"]) or Console.is_public(scope)
+            if self._verifier is not None and not public:
                 try:
-                    await self._verifier.verify(bearer_token(_header(scope, b"authorization")))
+                    authorization = _header(scope, b"authorization")
+                    token = Console.token(scope, authorization)
+                    claims = await self._verifier.verify(token)
+                    receive, send = Console.expiring(scope, receive, send, authorization, claims)
                 except AuthError as error:
                     await self._deny(
                         scope,
@@ -373,6 +383,7 @@ class PhasebusApp:
             *self.work.routes(),
             *self.certificates.routes(),
             WebSocketRoute("/{path:path}", _WebSocketEndpoint(self.no_websocket)),
+            *self.console.routes(),
             Route("/workflows", self.list_workflows, methods=["GET"]),
             Route("/workflow/{id}", self.get_workflow, methods=["GET"]),
             Route("/workflow/{id}/run", self.run_workflow, methods=["POST"]),

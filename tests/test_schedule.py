@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import trio
@@ -133,6 +133,28 @@ def test_bad_catch_up_settings_are_named() -> None:
         "catch_up: must be one of 'skip', 'latest', 'all', got 'sometimes'",
         "catch_up_limit: must be an integer from 1 to 1000, got 0",
     ]
+
+
+@pytest.mark.parametrize(
+    ("cron", "zone"),
+    [
+        ("0 * * * *", "UTC"),
+        ("30 2 * * *", "Europe/Berlin"),  # skipped at the spring change, once in the fall
+        ("0,30 1-3 * * *", "America/New_York"),
+        ("15 9 * * 1-5", "Asia/Kolkata"),
+    ],
+)
+def test_the_next_fire_times_are_the_scheduler_s_own(cron: str, zone: str) -> None:
+    trigger = CronTrigger(cron, timezone=zone)
+    for start in (
+        datetime(2026, 3, 27, 12, tzinfo=UTC),
+        datetime(2026, 10, 24, 12, tzinfo=UTC),
+        datetime(2026, 11, 1, 4, 45, tzinfo=UTC),
+    ):
+        expected = trigger.fire_times(start, start + timedelta(days=60), limit=10_000)[:12]
+        assert trigger.next_fire_times(start, 12) == expected
+        assert len(set(expected)) == len(expected) == 12
+    assert trigger.next_fire_times(datetime(2026, 1, 1, tzinfo=UTC), 0) == []
 
 
 # ---------------------------------------------------------------- the catch-up rule, alone
