@@ -164,3 +164,7 @@ class GraphvizNotFound(DiagramError):
             "SVG needs Graphviz's 'dot' program, which is not on the PATH"
             " (install Graphviz, e.g. 'apt-get install graphviz'), or use --format mermaid or dot"
         )
+
+
+class LeaseLost(StoreError):
+    """A write under a lease was refused: the lease expired or was taken over; nothing written."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import attrs
 
 from ._config import Config
+from ._errors import LeaseLost as LeaseLost
 from ._errors import StoreError as StoreError
 
 logger = logging.getLogger(__name__)
@@ -462,3 +463,166 @@ def open_store(
     if location is None or str(location) == "memory":
         return None
     return SQLiteStore(location, retention=retention)
+
+
+# ---------------------------------------------------------------- the asynchronous seam
+
+
+@attrs.frozen
+class SaveTask:
+    """A running task's new state, for :meth:`AsyncStore.commit`.
+
+    ``record`` is :func:`engine._records.task_record`'s JSON.
+    """
+
+    task_id: str
+    workflow: str
+    record: bytes
+
+
+@attrs.frozen
+class FinishTask:
+    """A finished task moving from the running tasks to the history, for :meth:`AsyncStore.commit`.
+
+    ``record`` is :func:`engine._records.finished_record`'s JSON; the times are
+    seconds since the epoch; ``has_errors`` tells whether its steps met errors
+    or were released.
+    """
+
+    task_id: str
+    workflow: str
+    outcome: str
+    started_at: float
+    ended_at: float
+    record: bytes
+    has_errors: bool = False
+
+
+#: One write of :meth:`AsyncStore.commit`.
+TaskWrite = SaveTask | FinishTask
+
+
+class AsyncStore(Protocol):
+    """Where the engine keeps what must survive a restart, shared by several replicas.
+
+    Every method is a coroutine run by the engine's trio driver, never inside
+    the engine's atomic step code. A store that is out of reach (a Redis
+    server restarting) retries each call until it can answer: callers bound
+    the wait with trio's cancel scopes, and :attr:`ready` says meanwhile that
+    the store does not answer.
+
+    Running tasks are written only under a lease (:meth:`acquire_lease`): a
+    replica holds one lease, every task it drives is written under it, and a
+    write whose lease expired or was taken over is refused whole
+    (:class:`~engine._errors.LeaseLost`), so that a replica that was paused and
+    wakes up after another took its tasks over writes nothing.
+    """
+
+    #: How long finished tasks are kept.
+    retention: timedelta
+
+    @property
+    def ready(self) -> bool:
+        """Tell whether the store answered its last call (False while it is out of reach)."""
+
+    async def load(self) -> StoredState:
+        """Return everything stored (all running tasks, whoever holds them)."""
+
+    async def save_config(self, config: Config) -> None:
+        """Store a config (replacing one with the same id)."""
+
+    async def delete_config(self, config_id: str) -> None:
+        """Forget a config."""
+
+    async def save_subscriber(
+        self, subscriber_id: str, subscriptions: list[dict[str, Any]]
+    ) -> None:
+        """Store all of a subscriber's subscriptions (an empty list keeps the subscriber)."""
+
+    async def save_subscription(self, subscriber_id: str, subscription: dict[str, Any]) -> None:
+        """Store one subscription (replacing one of the same message type), creating the
+        subscriber if needed; the others stay as they are."""
+
+    async def delete_subscription(self, subscriber_id: str, message_type: str) -> None:
+        """Forget one subscription; the subscriber stays."""
+
+    async def delete_subscriber(self, subscriber_id: str) -> None:
+        """Forget a subscriber and its subscriptions."""
+
+    async def commit(self, writes: Sequence[TaskWrite], *, owner: str, fence: int) -> None:
+        """Apply a group of task writes as one unit, in one round trip to the store.
+
+        Each :class:`SaveTask` replaces a running task's state (a new task
+        becomes the lease ``owner``'s); each :class:`FinishTask` moves a task
+        to the history. Nothing is written unless the lease ``owner`` is still
+        held with the token ``fence`` and no write touches a task held under
+        another lease.
+
+        Raises:
+            LeaseLost: the lease expired, was acquired again (another token),
+                or a task was taken over by another lease; nothing was written.
+        """
+
+    async def save_schedule_mark(self, key: tuple[str, str, str], moment: datetime) -> None:
+        """Store the last time a schedule handled (workflow, cron, time zone)."""
+
+    async def claim_firing(
+        self, workflow: str, cron: str, timezone: str, planned: datetime
+    ) -> bool:
+        """Take the firing of a schedule at ``planned``; True for exactly one caller."""
+
+    async def history(
+        self,
+        *,
+        workflow: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        has_errors: bool | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Return finished tasks, newest first (ties: the one stored last first)."""
+
+    async def finished_task(self, task_id: str) -> dict[str, Any] | None:
+        """Return one finished task, or None."""
+
+    async def prune(self, before: datetime) -> int:
+        """Delete finished tasks that ended before ``before``; return how many."""
+
+    async def acquire_lease(self, name: str, ttl: timedelta) -> int | None:
+        """Take the lease ``name`` for ``ttl`` if nobody holds it; return its fencing token.
+
+        The token is greater than every token handed out before by this store
+        (for any lease). None: someone holds the lease.
+        """
+
+    async def renew_lease(self, name: str, token: int, ttl: timedelta) -> bool:
+        """Extend a held lease to ``ttl`` from now; False if it is no longer held with ``token``."""
+
+    async def release_lease(self, name: str, token: int) -> bool:
+        """Give a lease up at once (its tasks can be taken over at once); False if not held."""
+
+    async def expired_leases(self) -> list[str]:
+        """Return the leases that expired (or were released) while tasks are held under them."""
+
+    async def adopt(self, expired: str, *, owner: str, fence: int) -> list[bytes]:
+        """Move the tasks of an expired lease to the lease ``owner`` and return their records.
+
+        Raises:
+            LeaseLost: ``owner`` is not held with ``fence``, or ``expired``
+                was taken again meanwhile; nothing moved.
+        """
+
+    async def aclose(self) -> None:
+        """Release the store."""
+
+
+def revision_counter(configs: Sequence[Config]) -> int:
+    """Return the highest revision number among ``configs`` (revisions read ``r<n>-...``)."""
+    return max(
+        (
+            int(number)
+            for c in configs
+            if (number := c.revision[1:].split("-")[0]).isascii() and number.isdigit()
+        ),
+        default=0,
+    )

@@ -13,3 +13,8 @@ START = datetime(2026, 3, 2, 0, 0, 30, tzinfo=UTC)
 @pytest.fixture
 def start_time() -> datetime:
     return START
+
+
+# A real redis-server per test, for the Redis store's tests (see redis_support).
+from .redis_support import redis_server as redis_server  # noqa: E402
+from .redis_support import redis_url as redis_url  # noqa: E402
