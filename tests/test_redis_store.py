@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import shlex
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,8 +30,10 @@ from .redis_support import RedisServer, free_port, redis_server_program
 
 pytestmark = pytest.mark.redis
 
+HERE = Path(__file__).resolve().parent
+
 T0 = datetime(2026, 3, 2, 0, 0, 30, tzinfo=UTC)
-LEASE = timedelta(milliseconds=300)
+LEASE = timedelta(seconds=1)
 
 
 @pytest.fixture
@@ -506,3 +510,51 @@ async def test_an_answer_goes_to_the_stream_of_the_lease_holding_the_task(
     assert await store.streams.send_answer("nobody", b"{}") is None
     owed = await store.streams.read(store.streams.answer_stream("a"), "driver", "a")
     assert owed == [(entry, b'{"done": true}')]
+
+
+async def test_a_replica_paused_past_its_lease_writes_nothing_when_it_wakes(
+    redis_url: str,
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, str(HERE / "redis_lease_holder.py"), redis_url, "paused", "500"],
+        stdout=subprocess.PIPE,
+        cwd=HERE.parent,
+    )
+    assert holder.stdout is not None
+    lines: list[str] = []
+
+    async def line() -> str:
+        assert holder.stdout is not None
+        text = (await trio.to_thread.run_sync(holder.stdout.readline)).decode().strip()
+        lines.append(text)
+        return text
+
+    try:
+        with trio.fail_after(30):
+            while not (await line()).startswith("wrote 5"):
+                pass
+            holder.send_signal(signal.SIGSTOP)
+            async with open_redis_store(redis_url) as other:
+                while await other.expired_leases() != ["paused"]:
+                    await trio.sleep(0.05)
+                token = await other.acquire_lease("other", timedelta(minutes=1))
+                assert token is not None
+                (record,) = await other.adopt("paused", owner="other", fence=token)
+                adopted_state = orjson.loads(record)["state"]
+                holder.send_signal(signal.SIGCONT)
+                last = await line()
+                while last.startswith("wrote"):  # only a write that was under way when paused
+                    last = await line()
+                returncode = await trio.to_thread.run_sync(holder.wait)
+                (stored,) = (await other.load()).tasks
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    written = [text for text in lines if text.startswith("wrote")]
+    assert written[-1] == f"wrote {adopted_state.removeprefix('step-')}"
+    assert stored["state"] == adopted_state
+    assert (returncode, last) == (
+        3,
+        "refused: commit refused, nothing written: lease paused is not held (expired or released)",
+    ), lines
