@@ -45,7 +45,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import coredis
 import coredis.exceptions
@@ -59,9 +59,10 @@ from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 
 from ._config import Config
-from ._errors import LeaseLost, StoreError
+from ._errors import ConfigConflict, LeaseLost, StoreError
 from ._store import (
     DEFAULT_RETENTION,
+    AsyncStore,
     FinishTask,
     SaveTask,
     StoredState,
@@ -158,6 +159,20 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   subscribers[#subscribers + 1] = {id, redis.call('HGETALL', ARGV[1] .. id)}
 end
 return {configs, subscribers, redis.call('HVALS', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+"""
+
+_SAVE_CONFIG = """
+if ARGV[2] ~= '' then
+  local stored = redis.call('HGET', KEYS[1], ARGV[1])
+  local revision = stored and cjson.decode(stored)['revision'] or false
+  if revision ~= ARGV[2] then return {0, revision} end
+end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+return {1}
 """
 
 _SAVE_SUBSCRIPTIONS = """
@@ -454,6 +469,7 @@ class RedisConnection:
             name: self._client.register_script(text)
             for name, text in (
                 ("load", _LOAD),
+                ("config", _SAVE_CONFIG),
                 ("subscriptions", _SAVE_SUBSCRIPTIONS),
                 ("commit", _COMMIT),
                 ("history", _HISTORY),
@@ -538,7 +554,7 @@ class RedisConnection:
         told = False
         while True:
             info = await self.call(lambda: self._client.info("persistence"))
-            if str(info.get("loading", 0)) in ("0", "b'0'"):
+            if not info.get("loading"):
                 return
             if not told:
                 logger.warning("redis at %s is loading its data; waiting", self.url)
@@ -691,14 +707,36 @@ class RedisStore(RedisConnection):
 
     # ------------------------------------------------------------ configs, subscribers
 
-    async def save_config(self, config: Config) -> None:
-        """Store a config (replacing one with the same id)."""
-        value = orjson.dumps({"revision": config.revision, "data": config.data})
-        await self.call(lambda: self._client.hset(self.key(CONFIGS), {config.id: value}))
+    async def save_config(self, config: Config, *, if_revision: str | None = None) -> None:
+        """Store a config (replacing one with the same id).
 
-    async def delete_config(self, config_id: str) -> None:
-        """Forget a config."""
-        await self.call(lambda: self._client.hdel(self.key(CONFIGS), [config_id]))
+        With ``if_revision``, only if the stored config is at that revision,
+        checked in the same step as the write, so that two replicas editing
+        one config cannot both succeed.
+
+        Raises:
+            ConfigConflict: the stored revision is not ``if_revision``.
+        """
+        value = orjson.dumps({"revision": config.revision, "data": config.data})
+        await self._change_config(config.id, value, if_revision)
+
+    async def delete_config(self, config_id: str, *, if_revision: str | None = None) -> None:
+        """Forget a config (with ``if_revision``: only if at that revision, as for saving).
+
+        Raises:
+            ConfigConflict: the stored revision is not ``if_revision``.
+        """
+        await self._change_config(config_id, b"", if_revision)
+
+    async def _change_config(self, config_id: str, value: bytes, if_revision: str | None) -> None:
+        if if_revision == "":
+            raise ValueError("if_revision must not be empty")
+        reply = await self.script(
+            "config", [self.key(CONFIGS)], [config_id, if_revision or "", value]
+        )
+        if reply[0] != 1:
+            actual = None if reply[1] is None else _text(reply[1])
+            raise ConfigConflict(config_id, str(if_revision), actual)
 
     async def save_subscriber(
         self, subscriber_id: str, subscriptions: list[dict[str, Any]]
@@ -1109,7 +1147,12 @@ class RedisStreams:
 
     async def trim(self, stream: str) -> int:
         """Delete the entries every group of ``stream`` has acknowledged; return how many."""
-        groups = await self._store.call(lambda: self._client.xinfo_groups(stream))
+        try:
+            groups = await self._store.call(lambda: self._client.xinfo_groups(stream))
+        except coredis.exceptions.ResponseError as error:
+            if "no such key" in str(error):
+                return 0
+            raise
         if not groups:
             return 0
         floor: tuple[int, int] | None = None
@@ -1156,3 +1199,8 @@ def open_redis_store(
 ) -> RedisStore:
     """Return a :class:`RedisStore` for ``url``, to be entered with ``async with``."""
     return RedisStore(url, prefix=prefix, retention=retention)
+
+
+if TYPE_CHECKING:
+    # RedisStore is an AsyncStore (checked by mypy)
+    _conforms: type[AsyncStore] = RedisStore

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from engine._config import Config
-from engine._errors import LeaseLost, StoreError
+from engine._errors import ConfigConflict, LeaseLost, StoreError
 from engine._redis import RedisStore, open_redis_store
 from engine._store import FinishTask, SaveTask
 
@@ -126,6 +126,25 @@ async def test_configs_subscribers_tasks_and_marks_round_trip(store: RedisStore)
     assert await store.finished_task("t1") is None
     assert await store.lease_of("t1") == "replica"
     assert await store.lease_of("t2") is None
+
+
+async def test_a_config_changed_by_another_replica_is_not_overwritten(redis_url: str) -> None:
+    async with open_redis_store(redis_url) as first, open_redis_store(redis_url) as second:
+        await first.save_config(Config("app", {"n": 1}, "r1-a"))
+        await second.save_config(Config("app", {"n": 2}, "r2-b"), if_revision="r1-a")
+        with pytest.raises(
+            ConfigConflict, match=r"^config 'app' is at revision 'r2-b', not 'r1-a'$"
+        ):
+            await first.save_config(Config("app", {"n": 3}, "r3-c"), if_revision="r1-a")
+        with pytest.raises(ConfigConflict, match=r"^config 'app' is at revision 'r2-b', not"):
+            await first.delete_config("app", if_revision="r1-a")
+        with pytest.raises(
+            ConfigConflict, match=r"^config 'new' does not exist \(expected revision 'r1-a'\)$"
+        ):
+            await first.save_config(Config("new", {}, "r4-d"), if_revision="r1-a")
+        assert [(c.id, dict(c.data)) for c in (await first.load()).configs] == [("app", {"n": 2})]
+        await first.delete_config("app", if_revision="r2-b")
+        assert (await second.load()).configs == ()
 
 
 async def test_subscriptions_keep_the_order_they_were_first_stored_in(store: RedisStore) -> None:
@@ -497,6 +516,18 @@ async def test_nothing_is_lost_reading_in_a_loop_while_writers_append(redis_url:
         for name in (b"a", b"b"):
             mine = [body for body in seen if body.startswith(name + b":")]
             assert mine == [b"%s:%d" % (name, n) for n in range(per_writer)]
+
+
+async def test_events_keep_about_their_last_entries_and_trimming_a_missing_stream_is_nothing(
+    store: RedisStore,
+) -> None:
+    events = store.streams.event_stream()
+    for n in range(2000):
+        await store.streams.append(events, b"%d" % n, max_length=100)
+    kept = await store.streams.follow(events, count=5000)
+    assert 100 <= len(kept) < 300  # trimmed by whole nodes of the stream
+    assert kept[-1][1] == b"1999"
+    assert await store.streams.trim(store.streams.action_stream("nobody")) == 0
 
 
 async def test_an_answer_goes_to_the_stream_of_the_lease_holding_the_task(
