@@ -42,6 +42,7 @@ import logging
 import os
 import secrets
 import socket
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -386,6 +387,15 @@ def _milliseconds(ttl: timedelta) -> int:
     return ms
 
 
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -445,18 +455,24 @@ class RedisConnection:
     ) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise StoreError(
-                f"cannot use {url} as a phasebus store: a Redis URL starts with redis://,"
+                f"cannot use {_without_password(url)} as a phasebus store: a Redis URL starts"
+                " with redis://,"
                 " rediss:// or unix://"
             )
         self.url = url
+        #: The URL as logged: without a password.
+        self.shown_url = _without_password(url)
         self.prefix = prefix
         #: Who this store is to Redis (the value of the claims it takes).
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         #: Calls sent to Redis (each one round trip), for tests and benchmarks.
         self.round_trips = 0
-        self._client: coredis.Redis[bytes] = coredis.Redis.from_url(
-            url, retry_policy=NoRetryPolicy(), connect_timeout=5.0
-        )
+        try:
+            self._client: coredis.Redis[bytes] = coredis.Redis.from_url(
+                url, retry_policy=NoRetryPolicy(), connect_timeout=5.0
+            )
+        except ValueError as error:
+            raise StoreError(f"cannot use {self.shown_url} as a phasebus store: {error}") from None
         pool = self._client.connection_pool
         if pool.connection_class is TCPConnection:
             pool.connection_class = _TCPConnection
@@ -490,9 +506,11 @@ class RedisConnection:
     # ------------------------------------------------------------ the server
 
     async def __aenter__(self) -> Self:
-        await self._exit.enter_async_context(self._client)
-        await self._wait_until_loaded()
-        await self._check_persistence()
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self._client)
+            await self._wait_until_loaded()
+            await self._check_persistence()
+            self._exit = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -534,7 +552,9 @@ class RedisConnection:
                 if self._unreachable_since is None:
                     self._unreachable_since = trio.current_time()
                     logger.warning(
-                        "redis at %s does not answer (%s); retrying until it does", self.url, error
+                        "redis at %s does not answer (%s); retrying until it does",
+                        self.shown_url,
+                        error,
                     )
                 self._ready = False
                 await trio.sleep(delay)
@@ -543,7 +563,7 @@ class RedisConnection:
             if self._unreachable_since is not None:
                 logger.warning(
                     "redis at %s answers again after %.1f s",
-                    self.url,
+                    self.shown_url,
                     trio.current_time() - self._unreachable_since,
                 )
                 self._unreachable_since = None
@@ -557,7 +577,7 @@ class RedisConnection:
             if not info.get("loading"):
                 return
             if not told:
-                logger.warning("redis at %s is loading its data; waiting", self.url)
+                logger.warning("redis at %s is loading its data; waiting", self.shown_url)
                 told = True
             await trio.sleep(0.1)
 
@@ -566,7 +586,7 @@ class RedisConnection:
             settings = await self.call(lambda: self._client.config_get(["appendonly", "save"]))
         except coredis.exceptions.ResponseError as error:
             logger.warning(
-                "cannot tell whether redis at %s keeps its data on disk (%s)", self.url, error
+                "cannot tell whether redis at %s keeps its data on disk (%s)", self.shown_url, error
             )
             return
         appendonly = _text(settings.get(b"appendonly", b"no"))
@@ -576,14 +596,14 @@ class RedisConnection:
                 "redis at %s keeps nothing on disk (appendonly no, save ''): when it restarts,"
                 " every config, subscriber, running task, history entry and schedule mark is"
                 " lost; turn on its append-only file (appendonly yes)",
-                self.url,
+                self.shown_url,
             )
         elif appendonly != "yes":
             logger.warning(
                 "redis at %s only saves snapshots (save '%s'): when it stops without saving,"
                 " whatever changed since its last snapshot is lost (running tasks go back to"
                 " older steps); an append-only file (appendonly yes) keeps every write",
-                self.url,
+                self.shown_url,
                 save,
             )
 

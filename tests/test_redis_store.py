@@ -173,6 +173,27 @@ def test_a_url_that_is_not_redis_is_refused() -> None:
         r" rediss:// or unix://$",
     ):
         RedisStore("state.sqlite3")
+    with pytest.raises(
+        StoreError,
+        match=r"^cannot use redis://app:\*\*\*@127\.0\.0\.1:port/0 as a phasebus store: ",
+    ):
+        RedisStore("redis://app:secret@127.0.0.1:port/0")
+
+
+async def test_a_redis_that_is_not_there_is_retried_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"redis://app:secret@127.0.0.1:{free_port()}/0"
+    with caplog.at_level(logging.WARNING, logger="engine._redis"):
+        store = RedisStore(url)
+        with trio.move_on_after(1):
+            async with store:
+                pass
+        assert not store.ready
+        assert store.round_trips >= 4
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"redis at redis://app:***@127.0.0.1:{url.split(':')[3]} does not answer"
+    ]
 
 
 # ------------------------------------------------------------------ leases and fencing
