@@ -46,7 +46,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Self, TypeVar
 
 import coredis
 import coredis.exceptions
@@ -159,7 +159,17 @@ local subscribers = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   subscribers[#subscribers + 1] = {id, redis.call('HGETALL', ARGV[1] .. id)}
 end
-return {configs, subscribers, redis.call('HVALS', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+local tasks
+if ARGV[2] == '' then
+  tasks = redis.call('HVALS', KEYS[3])
+else
+  tasks = {}
+  for _, id in ipairs(redis.call('SMEMBERS', ARGV[2])) do
+    local record = redis.call('HGET', KEYS[3], id)
+    if record then tasks[#tasks + 1] = record end
+  end
+end
+return {configs, subscribers, tasks, redis.call('HGETALL', KEYS[4])}
 """
 
 _SAVE_CONFIG = """
@@ -637,12 +647,12 @@ class RedisStore(RedisConnection):
 
     # ------------------------------------------------------------ reading
 
-    async def load(self) -> StoredState:
-        """Return everything stored (all running tasks, whoever holds them)."""
+    async def load(self, *, lease: str | None = None) -> StoredState:
+        """Return everything stored; with ``lease``, only the running tasks held under it."""
         configs_raw, subscribers_raw, tasks_raw, marks_raw = await self.script(
             "load",
             [self.key(CONFIGS), self.key(SUBSCRIBERS), self.key(RUNNING), self.key(SCHEDULE_MARKS)],
-            [self.key(SUBSCRIPTIONS)],
+            [self.key(SUBSCRIPTIONS), "" if lease is None else self.key(LEASE_TASKS, lease)],
         )
         configs = []
         for index in range(0, len(configs_raw), 2):
@@ -947,6 +957,29 @@ class RedisStore(RedisConnection):
             "renew", [self.key(LEASE, name), self.key(LEASES)], [name, token, _milliseconds(ttl)]
         )
         return bool(renewed)
+
+    async def keep_lease(
+        self,
+        name: str,
+        token: int,
+        ttl: timedelta,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Renew a held lease every third of ``ttl``, until cancelled or the lease is lost.
+
+        Run it in the nursery of whatever drives the lease's tasks: when it
+        raises, that work must stop (its commits would be refused anyway).
+
+        Raises:
+            LeaseLost: a renewal found the lease expired or taken (after this
+                process was paused, or Redis was out of reach, longer than ``ttl``).
+        """
+        task_status.started()
+        while True:
+            await trio.sleep(ttl.total_seconds() / 3)
+            if not await self.renew_lease(name, token, ttl):
+                raise LeaseLost(f"lease {name} was lost: not renewed within {ttl}")
 
     async def release_lease(self, name: str, token: int) -> bool:
         """Give a lease up at once (its tasks can be taken over at once); False if not held."""

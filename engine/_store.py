@@ -19,9 +19,10 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import attrs
+import trio
 
 from ._config import Config
 from ._errors import LeaseLost as LeaseLost
@@ -525,8 +526,9 @@ class AsyncStore(Protocol):
     def ready(self) -> bool:
         """Tell whether the store answered its last call (False while it is out of reach)."""
 
-    async def load(self) -> StoredState:
-        """Return everything stored (all running tasks, whoever holds them)."""
+    async def load(self, *, lease: str | None = None) -> StoredState:
+        """Return everything stored; with ``lease``, only the running tasks held under it
+        (without: all running tasks, whoever holds them)."""
 
     async def save_config(self, config: Config) -> None:
         """Store a config (replacing one with the same id)."""
@@ -597,6 +599,20 @@ class AsyncStore(Protocol):
 
     async def renew_lease(self, name: str, token: int, ttl: timedelta) -> bool:
         """Extend a held lease to ``ttl`` from now; False if it is no longer held with ``token``."""
+
+    async def keep_lease(
+        self,
+        name: str,
+        token: int,
+        ttl: timedelta,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Renew a held lease every third of ``ttl`` until cancelled (start it in a nursery).
+
+        Raises:
+            LeaseLost: a renewal found the lease expired or taken.
+        """
 
     async def release_lease(self, name: str, token: int) -> bool:
         """Give a lease up at once (its tasks can be taken over at once); False if not held."""

@@ -251,6 +251,31 @@ async def test_one_client_holds_a_lease_the_other_takes_its_tasks_over_after_it_
         assert await second.lease_of("t1") is None
 
 
+async def test_a_kept_lease_outlives_its_ttl_and_its_loss_is_raised(redis_url: str) -> None:
+    async with open_redis_store(redis_url) as first, open_redis_store(redis_url) as second:
+        token = await first.acquire_lease("a", LEASE)
+        other = await second.acquire_lease("b", LEASE)
+        assert token is not None
+        assert other is not None
+        await first.commit([running("t1")], owner="a", fence=token)
+        await second.commit([running("t2")], owner="b", fence=other)
+        assert [t["id"] for t in (await first.load(lease="a")).tasks] == ["t1"]
+        assert sorted(t["id"] for t in (await first.load()).tasks) == ["t1", "t2"]
+        lost: list[str] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(first.keep_lease, "a", token, LEASE)
+                await trio.sleep(LEASE.total_seconds() * 2.5)
+                assert await second.acquire_lease("a", LEASE) is None
+                assert await second.expired_leases() == ["b"]  # b was not kept
+                assert await second.release_lease("a", token)  # as if it expired meanwhile
+                await trio.sleep(LEASE.total_seconds())
+                nursery.cancel_scope.cancel()  # not reached when the loss is noticed
+        except* LeaseLost as group:
+            lost = [str(error) for error in group.exceptions]
+        assert lost == ["lease a was lost: not renewed within 0:00:01"]
+
+
 async def test_a_released_lease_is_taken_over_at_once(redis_url: str) -> None:
     async with open_redis_store(redis_url) as first, open_redis_store(redis_url) as second:
         token = await first.acquire_lease("a", timedelta(minutes=5))
