@@ -1,28 +1,38 @@
-"""Measure the network API against a bare server on the same stack, in the same run.
+"""Measure the network API against a bare reference server, in the same run.
 
-Run ``python benchmarks/api_bench.py`` (``--quick`` for a run under a minute).
+Run ``python benchmarks/api_bench.py`` (``--quick`` for a run of about a minute).
 Clients run in separate processes; everything is on 127.0.0.1. The last line
 is machine-readable::
 
     RESULT ws_us_per_step=... echo_us=... ws_ratio=... fanout_events_per_s=...
-    fanout_bare_events_per_s=... fanout_ratio=...
+    fanout_bare_events_per_s=... fanout_vs_bare=... load_frames_per_s=...
+    load_dropped=...
 
 (on one line).
+
+The reference is a bare server on the stack phasebus served with before its
+own server: Hypercorn's HTTP/1.1 and WebSocket protocol on trio listeners,
+with Starlette routing. It is kept here, unchanged, as the fixed baseline.
 
 * ``ws_us_per_step``: wall time per step of ``collect_and_cleanup`` run after
   run, with one external subscriber (trio-websocket, in another process)
   answering every action at once over a loopback WebSocket.
 * ``echo_us``: one WebSocket round trip (a frame of an answer's size, echoed)
-  on the same server stack (Hypercorn's protocol on phasebus's trio
-  listeners, Starlette routing) with the same client library;
+  on the bare reference server with the same client library;
   ``ws_ratio`` = ws_us_per_step / echo_us.
 * ``fanout_events_per_s``: frames per second delivered in total to 100
   ``/events`` listeners while the engine runs ``collect_and_cleanup`` with an
   in-process worker; the clients (another process) count frames between a
   start and an end marker event.
 * ``fanout_bare_events_per_s``: the same frames, pushed to 100 connections by
-  a bare server on the same stack with no engine (one sender per
-  connection); ``fanout_ratio`` = phasebus / bare.
+  the bare reference server with no engine (one sender per connection);
+  ``fanout_vs_bare`` = phasebus / bare.
+* ``load_frames_per_s`` and ``load_dropped``: 200 ``/events`` listeners with
+  no filter, each reading as fast as it can (another process), while 100
+  runs of a ``surpass = "parallel"`` workflow start at once and each waits
+  for 50 subscribers that answer at once (in-process listeners): the frames
+  per second the 200 listeners got, and how many of them were dropped as too
+  slow (phasebus's counter).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import selectors
 import socket
 import statistics
@@ -38,18 +49,23 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ASGIFramework, LifespanState
+from hypercorn.utils import wrap_app
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine import Engine, Event, Message, open_engine
+from engine import Engine, Event, Message, Step, Workflow, open_engine
 from engine._serve import serve_app
 from engine._web import create_app
 from machines import COLLECT_AND_CLEANUP
@@ -72,6 +88,32 @@ ECHO_FRAME = json.dumps(
 )
 
 
+async def serve_reference(
+    app: ASGIApp, *, port: int, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``app`` on the reference stack: Hypercorn's protocol on trio listeners."""
+    config = HypercornConfig()
+    config.websocket_max_message_size = 1024 * 1024
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    context = WorkerContext(None)
+    wrapped = wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi")
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+
+    async def handle(stream: trio.SocketStream) -> None:
+        state: LifespanState = {}
+        await TCPServer(wrapped, config, context, state, stream).run()  # type: ignore[arg-type]
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, handle, listeners)
+            host, bound = listeners[0].socket.getsockname()[:2]
+            task_status.started(f"http://{host}:{bound}")
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+
+
 def _encode(message: Message) -> str:
     return json.dumps(message.to_json(), separators=(",", ":"), default=str)
 
@@ -87,7 +129,7 @@ class _Endpoint:
 
 
 class BareServer:
-    """The same stack without an engine: an echo endpoint and a fan-out of fixed frames."""
+    """The reference stack without an engine: an echo endpoint and a fan-out of fixed frames."""
 
     def __init__(self, frames: list[str]) -> None:
         self.frames = frames
@@ -300,7 +342,7 @@ async def echo_round_trip(count: int) -> float:
     """Microseconds per echoed frame on the bare server."""
     bare = BareServer([])
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(functools.partial(serve_app, bare.app, port=0))
+        url = await nursery.start(functools.partial(serve_reference, bare.app, port=0))
         result = await _client_result(_client("echo", url, count))
         nursery.cancel_scope.cancel()
     return float(result["echo_us"])
@@ -351,7 +393,7 @@ async def fanout_bare(frames: list[str]) -> float:
     """Frames per second when a bare server pushes ``frames`` to 100 connections."""
     bare = BareServer(frames)
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(functools.partial(serve_app, bare.app, port=0))
+        url = await nursery.start(functools.partial(serve_reference, bare.app, port=0))
         process = _client("fanout", url, LISTENERS)
         await _wait_for(lambda: bare.connected >= LISTENERS, "clients")
         bare.go.set()
@@ -363,9 +405,57 @@ async def fanout_bare(frames: list[str]) -> float:
     return float(result["frames"] / result["seconds"])
 
 
+LOAD_LISTENERS = 200
+LOAD_RUNS = 100
+LOAD_SUBSCRIBERS = 50
+LOAD_WORKFLOW = Workflow(
+    id="parallel_load", surpass="parallel", steps=[Step("load_step", timeout=120)]
+)
+
+
+async def load_case() -> tuple[float, int, int]:
+    """The load case: frames per second to 200 /events listeners, drops, and frames per listener."""
+
+    async def answer(message: Message) -> None:
+        pass  # returning answers action_done
+
+    async with open_engine(workflows=[LOAD_WORKFLOW]) as engine:
+        for index in range(LOAD_SUBSCRIBERS):
+            engine.subscribe(f"load-{index}", "load_step", timeout=120)
+            await engine.start_listener(answer, subscriber_id=f"load-{index}")
+        app = create_app(engine)
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(functools.partial(serve_app, app, port=0))
+            process = _client("fanout", url, LOAD_LISTENERS)
+            await _wait_for(
+                lambda: len(engine.listeners) >= LOAD_LISTENERS + LOAD_SUBSCRIBERS, "clients", 60
+            )
+            async with engine.open_listener(buffer=1 << 22) as capture:
+                engine.publish(Event(START))
+                task_ids = [
+                    engine.start_workflow(LOAD_WORKFLOW.id).task_id for _ in range(LOAD_RUNS)
+                ]
+                for task_id in task_ids:
+                    assert task_id is not None
+                    await engine.wait_task(task_id)
+                engine.publish(Event(END))
+                count = 0
+                while (await capture.receive()).message_type != START:
+                    pass
+                while (await capture.receive()).message_type != END:
+                    count += 1
+            result = await _client_result(process)
+            dropped = engine.dropped_listeners
+            nursery.cancel_scope.cancel()
+        app.close()
+    if not dropped and result["frames"] != LOAD_LISTENERS * (count + 1):
+        raise SystemExit(f"load case: {result['frames']} frames, expected {count + 1} each")
+    return result["frames"] / result["seconds"], dropped, count + 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer runs (under 60 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer runs (about a minute)")
     parser.add_argument("--client", nargs=3, metavar=("MODE", "URL", "COUNT"), help="internal")
     args = parser.parse_args(argv)
     if args.client:
@@ -384,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     ws_us, echo_us = statistics.median(ws_runs), statistics.median(echo_runs)
     print(f"collect_and_cleanup over a WebSocket, {runs} runs x {repeats}:")
     print(f"  phasebus {ws_us:8.1f} us/step (one external subscriber)")
-    print(f"  echo     {echo_us:8.1f} us/round trip (bare server, same stack and client)")
+    print(f"  echo     {echo_us:8.1f} us/round trip (bare reference server, same client)")
     print(f"  ratio    {ws_us / echo_us:8.2f}")
 
     fan_runs_phasebus, fan_runs_bare = [], []
@@ -395,12 +485,21 @@ def main(argv: list[str] | None = None) -> int:
     fan, bare = statistics.median(fan_runs_phasebus), statistics.median(fan_runs_bare)
     print(f"fan-out to {LISTENERS} /events listeners, {fan_runs} runs ({len(frames)} frames each):")
     print(f"  phasebus {fan:10.0f} frames/s")
-    print(f"  bare     {bare:10.0f} frames/s (same frames, same stack, no engine)")
+    print(f"  bare     {bare:10.0f} frames/s (same frames, reference stack, no engine)")
     print(f"  ratio    {fan / bare:10.2f}")
+
+    load_rate, dropped, per_listener = trio.run(load_case)
+    print(
+        f"load: {LOAD_LISTENERS} /events listeners reading everything, {LOAD_RUNS} parallel runs"
+        f" each waiting for {LOAD_SUBSCRIBERS} subscribers:"
+    )
+    print(f"  {load_rate:10.0f} frames/s ({per_listener} frames per listener)")
+    print(f"  {dropped:10d} listeners dropped as too slow")
     print(
         f"RESULT ws_us_per_step={ws_us:.2f} echo_us={echo_us:.2f} ws_ratio={ws_us / echo_us:.3f} "
         f"fanout_events_per_s={fan:.0f} fanout_bare_events_per_s={bare:.0f} "
-        f"fanout_ratio={fan / bare:.3f}"
+        f"fanout_vs_bare={fan / bare:.3f} load_frames_per_s={load_rate:.0f} "
+        f"load_dropped={dropped}"
     )
     return 0
 

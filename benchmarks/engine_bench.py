@@ -54,34 +54,12 @@ async def engine_per_step(runs: int, store_path: Path | None = None) -> float:
 
     With ``store_path``, state is kept in a SQLite store there (a fresh file).
     """
-    store = SQLiteStore(store_path) if store_path is not None else None
-    async with open_engine(workflows=[COLLECT_AND_CLEANUP], store=store) as engine:
-        for message_type in STEP_TYPES:
-            engine.subscribe("worker", message_type)
-        async with engine.open_listener(subscriber_id="worker") as listener:
-
-            async def answer() -> None:
-                async for message in listener:
-                    if isinstance(message, Action):
-                        listener.done(message)
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(answer)
-                await engine.run_workflow("collect_and_cleanup")  # warm up
-                start = time.perf_counter()
-                for _ in range(runs):
-                    await engine.run_workflow("collect_and_cleanup")
-                elapsed = time.perf_counter() - start
-                nursery.cancel_scope.cancel()
-    if store is not None:
-        store.close()
-    return elapsed / (runs * len(STEP_TYPES)) * 1e6
+    return await engine_concurrent_per_step(runs, 1, store_path)
 
 
 def durable_per_step(runs: int) -> float:
     """Per-step cost with the SQLite store, in a fresh file."""
-    with tempfile.TemporaryDirectory() as directory:
-        return trio.run(engine_per_step, runs, Path(directory) / "bench.sqlite3")
+    return durable_concurrent_per_step(runs, 1)
 
 
 async def baseline_per_step(runs: int) -> float:

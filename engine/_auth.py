@@ -4,7 +4,8 @@ A client proves it knows the pre-shared key (PSK) with a JWT in the header
 ``Authorization: Bearer <jwt>``. The JWT is signed with HS256; its key is
 derived from the PSK by PBKDF2-HMAC-SHA256 (100,000 iterations, 32 bytes) over
 a random 16-byte salt, which travels base64-encoded in the JWT header field
-``salt``. The claim ``exp`` is required and checked.
+``salt``. The claim ``exp`` is checked when present; a token without it is
+accepted, as Resoto's core accepts it (Resoto's clients always set it).
 
 Deriving a key costs tens of milliseconds, so derived keys are cached by salt
 (a client reuses its token, hence its salt, until it expires) and derivation
@@ -16,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import os
 import time
 from collections import OrderedDict
@@ -24,6 +26,7 @@ from typing import Any
 
 import jwt
 import trio
+from starlette.types import Message, Receive, Send
 
 from ._errors import AuthError as AuthError
 
@@ -96,7 +99,7 @@ class TokenVerifier:
 
         Raises:
             AuthError: the token is malformed, has no salt, has a bad signature,
-                has no ``exp`` or has expired.
+                or has expired (``exp`` is optional).
         """
         try:
             header = jwt.get_unverified_header(token)
@@ -113,14 +116,10 @@ class TokenVerifier:
             raise AuthError("the token's 'salt' must be 1 to 64 bytes")
         key = await self._key(salt)
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[ALGORITHM], options={"require": ["exp"]}
-            )
+            claims: dict[str, Any] = jwt.decode(token, key, algorithms=[ALGORITHM])
         except jwt.ExpiredSignatureError:
             self._remember(salt, key)
             raise AuthError("the token has expired") from None
-        except jwt.MissingRequiredClaimError:
-            raise AuthError("the token has no 'exp' claim") from None
         except jwt.InvalidSignatureError:
             raise AuthError("the token's signature does not match the pre-shared key") from None
         except jwt.InvalidTokenError as error:
@@ -141,3 +140,78 @@ class TokenVerifier:
         self._keys.move_to_end(salt)
         while len(self._keys) > self._cache_size:
             self._keys.popitem(last=False)
+
+
+#: WebSocket paths where, as in Resoto's core, a client without an Authorization
+#: header may authorize with its first message instead:
+#: ``{"kind": "authorization", "jwt": "Bearer <jwt>"}``.
+DEFERRED_PATHS = frozenset({"/events", "/work/queue"})
+
+
+_BEFORE_AUTHORIZATION = frozenset(
+    {
+        "websocket.accept",
+        "websocket.close",
+        "websocket.http.response.start",
+        "websocket.http.response.body",
+    }
+)
+
+
+class FirstMessageAuth:
+    """ASGI ``receive``/``send`` wrappers that authorize a WebSocket by its first message.
+
+    Until the first frame has been checked nothing is sent to the client and no
+    frame reaches the application. A good token lets every later frame through;
+    anything else closes the connection with 1008 and the application sees the
+    client leave.
+    """
+
+    def __init__(self, verifier: TokenVerifier, receive: Receive, send: Send) -> None:
+        self._verifier = verifier
+        self._receive = receive
+        self._send = send
+        self.authorized = False
+        self._denied = False
+
+    async def receive(self) -> Message:
+        """Return the next ASGI message for the application (the first frame is taken)."""
+        while True:
+            if self._denied:
+                return {"type": "websocket.disconnect", "code": 1008}
+            message = await self._receive()
+            if self.authorized or message["type"] != "websocket.receive":
+                return message
+            try:
+                await self._verifier.verify(bearer_token(_authorization(message)))
+            except AuthError as error:
+                self._denied = True
+                reason = f"unauthorized: {error}".encode()[:120].decode("utf-8", "ignore")
+                await self._send({"type": "websocket.close", "code": 1008, "reason": reason})
+                continue
+            self.authorized = True
+
+    async def send(self, message: Message) -> None:
+        """Pass a message to the client; until the client is authorized only the
+        handshake's answer and a close go out, frames are dropped."""
+        if not self.authorized and message["type"] not in _BEFORE_AUTHORIZATION:
+            return
+        await self._send(message)
+
+
+def _authorization(message: Message) -> str | None:
+    """Return the ``jwt`` of an authorization message, or None."""
+    text = message.get("text")
+    if text is None:
+        try:
+            text = bytes(message.get("bytes") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(value, dict) and value.get("kind") == "authorization":
+        jwt_value = value.get("jwt")
+        return jwt_value if isinstance(jwt_value, str) else None
+    return None

@@ -57,9 +57,7 @@ from ._definitions import (
     CronTrigger,
     Declarations,
     EventTrigger,
-    ExecuteCommand,
     Trigger,
-    WaitForEvent,
     Workflow,
     action_kind,
 )
@@ -406,11 +404,7 @@ def _step_json(workflow: Workflow) -> list[dict[str, Any]]:
             "timeout": step.timeout,
             "on_error": step.on_error.value,
         }
-        if isinstance(action, ExecuteCommand):
-            entry["command"] = list(action.command) if action.command else None
-            entry["callable"] = action.callable
-        if isinstance(action, WaitForEvent) and action.filter:
-            entry["filter"] = dict(action.filter)
+        entry.update(action.fields())
         steps.append(entry)
     return steps
 

@@ -154,7 +154,7 @@ class ConfigService:
                 a document the engine rejects (``phasebus.core``).
             ConfigConflict: ``if_match`` differs from the stored revision.
         """
-        self._check_id(config_id)
+        self.check_id(config_id)
         if not isinstance(data, Mapping):
             raise InvalidInputError([Problem("", f"a config must be a JSON object, got {data!r}")])
         self._check_revision(config_id, if_match)
@@ -203,7 +203,12 @@ class ConfigService:
             self._changed(config_id, None)
         return True
 
-    def _check_id(self, config_id: object) -> None:
+    def check_id(self, config_id: object) -> None:
+        """Check that ``config_id`` is a valid config id.
+
+        Raises:
+            InvalidInputError: it is not.
+        """
         if not isinstance(config_id, str) or not _ID.match(config_id):
             raise InvalidInputError(
                 [

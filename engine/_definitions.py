@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
@@ -181,6 +181,26 @@ def _tuple(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- actions
+#
+# Each kind of step is one class: what it is called in data files, what ends
+# a step of its kind, and how it is described. Views and the machine ask the
+# action; none of them switches on its type.
+
+
+class Ends(enum.Enum):
+    """What ends a step, by the kind of its action (its deadline ends any step)."""
+
+    #: Every subscriber the step waits for answering.
+    ANSWERS = "answers"
+    #: Nothing to wait for: the step is over once its message went out.
+    AT_ONCE = "at once"
+    #: One fact: the awaited event arrived, the command ended.
+    FACT = "fact"
+
+
+def show_data(data: Mapping[str, Any]) -> str:
+    """Show a table of values briefly, keys sorted: ``{cloud='aws', n=1}``."""
+    return "{" + ", ".join(f"{key}={value!r}" for key, value in sorted(data.items())) + "}"
 
 
 @attrs.frozen
@@ -192,6 +212,9 @@ class PerformAction:
     ``action_done`` or ``action_error``, or the step's deadline passes.
     """
 
+    kind: ClassVar[str] = "perform_action"
+    ends: ClassVar[Ends] = Ends.ANSWERS
+
     message_type: str
 
     def __attrs_post_init__(self) -> None:
@@ -199,10 +222,33 @@ class PerformAction:
         _check_name(problems, "message_type", self.message_type, "a message type")
         _raise_if(problems)
 
+    def message_type_for(self, step_name: str) -> str:
+        """Return the message type a step with this action sends."""
+        return self.message_type
+
+    def describe(self) -> str:
+        """Describe the action in words, e.g. ``perform action collect``."""
+        return f"perform action {self.message_type}"
+
+    def label(self, step_name: str) -> str:
+        """Return the action's line in a diagram of a step called ``step_name``."""
+        return self.kind if self.message_type == step_name else f"{self.kind} {self.message_type}"
+
+    def fields(self) -> dict[str, Any]:
+        """Return what views show of the action besides its kind and message type."""
+        return {}
+
+    def timeout_error(self, step_name: str, owed: Iterable[str]) -> str:
+        """Return the error of a step whose deadline passed while it still waited for ``owed``."""
+        return f"step {step_name!r} timed out waiting for {', '.join(sorted(owed))}"
+
 
 @attrs.frozen
 class EmitEvent:
     """Publish an ``event`` with ``data`` and move on at once."""
+
+    kind: ClassVar[str] = "emit_event"
+    ends: ClassVar[Ends] = Ends.AT_ONCE
 
     message_type: str
     data: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
@@ -213,6 +259,27 @@ class EmitEvent:
         _check_mapping(problems, "data", self.data)
         _raise_if(problems)
 
+    def message_type_for(self, step_name: str) -> str:
+        """Return the message type a step with this action sends."""
+        return self.message_type
+
+    def describe(self) -> str:
+        """Describe the action in words, e.g. ``emit event report_ready``."""
+        return f"emit event {self.message_type}"
+
+    def label(self, step_name: str) -> str:
+        """Return the action's line in a diagram of a step called ``step_name``."""
+        line = self.kind if self.message_type == step_name else f"{self.kind} {self.message_type}"
+        return f"{self.kind} {self.message_type} {show_data(self.data)}" if self.data else line
+
+    def fields(self) -> dict[str, Any]:
+        """Return what views show of the action besides its kind and message type."""
+        return {}
+
+    def timeout_error(self, step_name: str, owed: Iterable[str]) -> str:
+        """Return the error of a step whose deadline passed (it never waits: unused)."""
+        return f"step {step_name!r} timed out"
+
 
 @attrs.frozen
 class WaitForEvent:
@@ -222,6 +289,9 @@ class WaitForEvent:
     when every key it names is present in the event's data with an equal value;
     nested tables match recursively.
     """
+
+    kind: ClassVar[str] = "wait_for_event"
+    ends: ClassVar[Ends] = Ends.FACT
 
     message_type: str
     filter: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
@@ -236,6 +306,28 @@ class WaitForEvent:
         """Tell whether an event of ``message_type`` with ``data`` satisfies this wait."""
         return message_type == self.message_type and data_matches(self.filter, data)
 
+    def message_type_for(self, step_name: str) -> str:
+        """Return the message type a step with this action waits for."""
+        return self.message_type
+
+    def describe(self) -> str:
+        """Describe the action in words, e.g. ``wait for event post_collect``."""
+        return f"wait for event {self.message_type}"
+
+    def label(self, step_name: str) -> str:
+        """Return the action's line in a diagram of a step called ``step_name``."""
+        if self.filter:
+            return f"{self.kind} {self.message_type} {show_data(self.filter)}"
+        return self.kind if self.message_type == step_name else f"{self.kind} {self.message_type}"
+
+    def fields(self) -> dict[str, Any]:
+        """Return what views show of the action besides its kind and message type."""
+        return {"filter": dict(self.filter)} if self.filter else {}
+
+    def timeout_error(self, step_name: str, owed: Iterable[str]) -> str:
+        """Return the error of a step whose deadline passed before the event came."""
+        return f"step {step_name!r} timed out waiting for event {self.message_type!r}"
+
 
 @attrs.frozen
 class ExecuteCommand:
@@ -246,6 +338,9 @@ class ExecuteCommand:
     is given. A non-zero exit status or an exception is the step's error; the
     step's timeout cancels the command (a subprocess is killed).
     """
+
+    kind: ClassVar[str] = "execute_command"
+    ends: ClassVar[Ends] = Ends.FACT
 
     command: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     callable: str | None = None
@@ -262,24 +357,44 @@ class ExecuteCommand:
             problems.append(Problem("", "give exactly one of 'command' and 'callable'"))
         _raise_if(problems)
 
+    def message_type_for(self, step_name: str) -> str:
+        """Return the step's name: a command has no message type of its own."""
+        return step_name
+
+    def describe(self) -> str:
+        """Describe the action in words, e.g. ``execute backup()``."""
+        if self.callable is not None:
+            return f"execute {self.callable}()"
+        return "execute " + " ".join(self.command)
+
+    def label(self, step_name: str) -> str:
+        """Return the action's line in a diagram of a step called ``step_name``."""
+        if self.callable is not None:
+            return f"{self.kind} {self.callable}()"
+        return f"{self.kind} {' '.join(self.command)}"
+
+    def fields(self) -> dict[str, Any]:
+        """Return what views show of the action besides its kind and message type."""
+        return {"command": list(self.command) or None, "callable": self.callable}
+
+    def timeout_error(self, step_name: str, owed: Iterable[str]) -> str:
+        """Return the error of a step whose command outlived the deadline."""
+        return f"step {step_name!r} timed out: the command was cancelled"
+
 
 StepAction: TypeAlias = PerformAction | EmitEvent | WaitForEvent | ExecuteCommand
 
-#: The ``kind`` names of step actions in data files.
+#: The step actions by their ``kind`` in data files.
 ACTION_KINDS: dict[str, type[StepAction]] = {
-    "perform_action": PerformAction,
-    "emit_event": EmitEvent,
-    "wait_for_event": WaitForEvent,
-    "execute_command": ExecuteCommand,
+    cls.kind: cls for cls in (PerformAction, EmitEvent, WaitForEvent, ExecuteCommand)
 }
 
 
 def action_kind(action: StepAction) -> str:
     """Return the data-file name of an action's kind, e.g. ``perform_action``."""
-    for name, cls in ACTION_KINDS.items():
-        if type(action) is cls:
-            return name
-    raise TypeError(f"not a step action: {action!r}")
+    if type(action) not in ACTION_KINDS.values():
+        raise TypeError(f"not a step action: {action!r}")
+    return action.kind
 
 
 def data_matches(pattern: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
@@ -347,8 +462,7 @@ class Step:
     @property
     def message_type(self) -> str:
         """The message type this step sends or waits for (a command step: its name)."""
-        action = self.action
-        return self.name if isinstance(action, ExecuteCommand) else action.message_type
+        return self.action.message_type_for(self.name)
 
 
 # ---------------------------------------------------------------- triggers

@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from ._bus import Listener
-from ._definitions import PerformAction, Workflow
+from ._definitions import Ends, Workflow
 from ._engine import Engine
 from ._messages import Action, ActionAbort, Message, ProgressLeaf, ProgressTree
 
@@ -142,9 +142,9 @@ def demo_listeners(workflow: Workflow) -> list[DemoListener]:
     taken = {message_type for listener in listeners for message_type in listener.work}
     taken.add("merge_outer_edges")
     hooked = {
-        step.action.message_type: _hook
+        step.message_type: _hook
         for step in workflow.steps
-        if isinstance(step.action, PerformAction) and step.action.message_type not in taken
+        if step.action.ends is Ends.ANSWERS and step.message_type not in taken
     }
     if hooked:
         listeners.append(DemoListener(HOOKS, dict(sorted(hooked.items())), timeout=10.0))

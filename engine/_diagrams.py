@@ -27,15 +27,11 @@ from transitions.extensions.nesting import NestedState
 
 from ._definitions import (
     CronTrigger,
-    EmitEvent,
     EventTrigger,
-    ExecuteCommand,
-    PerformAction,
     Step,
     Surpass,
-    WaitForEvent,
     Workflow,
-    action_kind,
+    show_data,
 )
 from ._errors import DiagramError as DiagramError
 from ._errors import GraphvizNotFound as GraphvizNotFound
@@ -126,31 +122,10 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def _action_line(step: Step) -> str:
-    action = step.action
-    kind = action_kind(action)
-    if isinstance(action, ExecuteCommand):
-        if action.callable is not None:
-            return f"{kind} {action.callable}()"
-        return f"{kind} {' '.join(action.command)}"
-    if isinstance(action, WaitForEvent) and action.filter:
-        return f"{kind} {action.message_type} {_data(action.filter)}"
-    if isinstance(action, EmitEvent) and action.data:
-        return f"{kind} {action.message_type} {_data(action.data)}"
-    assert isinstance(action, PerformAction | EmitEvent | WaitForEvent)
-    if action.message_type == step.name:
-        return kind
-    return f"{kind} {action.message_type}"
-
-
-def _data(data: Any) -> str:
-    return "{" + ", ".join(f"{key}={value!r}" for key, value in sorted(data.items())) + "}"
-
-
 def _step_lines(step: Step) -> list[str]:
     return [
         step.name,
-        _action_line(step),
+        step.action.label(step.name),
         f"timeout {_seconds(step.timeout)}, on error {step.on_error.value}",
     ]
 
@@ -162,7 +137,8 @@ def _start_lines(workflow: Workflow) -> list[str]:
             lines.append(f"cron {trigger.cron} ({trigger.timezone})")
         elif isinstance(trigger, EventTrigger):
             lines.append(
-                f"event {trigger.event}" + (f" {_data(trigger.filter)}" if trigger.filter else "")
+                f"event {trigger.event}"
+                + (f" {show_data(trigger.filter)}" if trigger.filter else "")
             )
     lines.append(f"event {workflow.start_event}")
     lines.append(f"surpass: {_SURPASS[workflow.surpass]}")

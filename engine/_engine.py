@@ -367,6 +367,11 @@ class Engine:
         self._closed = False
 
     @property
+    def store(self) -> Store | None:
+        """The store the engine keeps its state in (None: nothing is kept)."""
+        return self._store
+
+    @property
     def nursery(self) -> trio.Nursery:
         """The engine's nursery: what runs in it is cancelled when the engine closes."""
         return self._nursery
@@ -899,11 +904,11 @@ class Engine:
         elif isinstance(answer, ActionError):
             if step.record_answer(subscriber_id, Answer.ERROR, answer.error):
                 run.dirty = True
-                self._emit_error(run, f"{subscriber_id}: {answer.error}")
+                self._emit_error(run, answer.error, subscriber_id)
                 self._answered(run)
         elif isinstance(answer, ActionInfo):
             if answer.level == "error" and subscriber_id in step.owed_at_start:
-                self._emit_error(run, f"{subscriber_id}: {answer.message}")
+                self._emit_error(run, answer.message, subscriber_id)
         elif step.record_progress(subscriber_id, answer.progress):
             self._progress_changed(run)
 
@@ -921,11 +926,12 @@ class Engine:
         if not self._move_on_safely(run):
             run.wake()  # the task ended (or failed): the driver takes it from here
 
-    def _emit_error(self, run: _Run, message: str) -> None:
+    def _emit_error(self, run: _Run, message: str, subscriber_id: str | None = None) -> None:
         if self._wanted(ERROR):
-            self._emit(
-                ERROR, {"workflow": run.task.workflow.name, "task": run.task.id, "message": message}
-            )
+            data = {"workflow": run.task.workflow.name, "task": run.task.id, "message": message}
+            if subscriber_id is not None:
+                data["subscriber_id"] = subscriber_id
+            self._emit(ERROR, data)
 
     # ------------------------------------------------------------ starting and stopping
 

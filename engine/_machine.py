@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, cast
 
 import attrs
 from transitions import Event, EventData, Machine, MachineError, State, Transition
 
 from ._definitions import (
-    EmitEvent,
-    ExecuteCommand,
+    Ends,
     OnError,
-    PerformAction,
     Step,
-    WaitForEvent,
     Workflow,
 )
 from ._messages import Progress
@@ -69,6 +67,11 @@ class StepEnd(enum.StrEnum):
     DONE = "done"
 
 
+#: The progress and sign-of-life maps of a step nobody reported in: most steps stay so,
+#: and a live task then holds fewer objects for the garbage collector to walk.
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
 @attrs.define(eq=False)
 class StepRun:
     """The live state of one step of a task.
@@ -85,16 +88,17 @@ class StepRun:
     owed_at_start: frozenset[str] = frozenset()
     answers: dict[str, Answer] = attrs.Factory(dict)
     errors: list[str] = attrs.Factory(list)
-    progress: dict[str, Progress] = attrs.Factory(dict)
+    #: Each owed listener's latest progress (a shared empty mapping until one reports).
+    progress: Mapping[str, Progress] = _NOTHING
     finished: bool = False
     timed_out: bool = False
     ended_at: float | None = None
     #: When each owed subscriber was last heard from (an answer, progress or info).
-    heard: dict[str, float] = attrs.Factory(dict)
+    heard: Mapping[str, float] = _NOTHING
     #: Whether the step was reported stalled (nobody heard from for too long).
     stalled: bool = False
     #: Owed subscribers that went away (removed, unsubscribed) before answering.
-    released: list[str] = attrs.Factory(list)
+    released: tuple[str, ...] = ()
     #: Whether the task was stopped (or replaced) while the step was under way.
     stopped: bool = False
 
@@ -104,7 +108,7 @@ class StepRun:
         self.deadline = deadline
         self.waiting_for = set(waiting_for)
         self.owed_at_start = waiting_for
-        if not isinstance(self.step.action, PerformAction | WaitForEvent | ExecuteCommand):
+        if self.step.action.ends is Ends.AT_ONCE:
             self.finished = True
 
     def record_answer(self, subscriber_id: str, answer: Answer, error: str | None = None) -> bool:
@@ -121,12 +125,16 @@ class StepRun:
         """Record a listener's progress; return whether the step is waiting for it."""
         if self.ended_at is not None or subscriber_id not in self.owed_at_start:
             return False
+        if not isinstance(self.progress, dict):
+            self.progress = {}
         self.progress[subscriber_id] = progress
         return True
 
     def record_heard(self, subscriber_id: str, at: float) -> None:
         """Record a sign of life from a subscriber the step waited for."""
         if self.ended_at is None and subscriber_id in self.owed_at_start:
+            if not isinstance(self.heard, dict):
+                self.heard = {}
             self.heard[subscriber_id] = at
 
     def last_sign_of_life(self) -> float:
@@ -138,7 +146,7 @@ class StepRun:
         if self.ended_at is not None or subscriber_id not in self.waiting_for:
             return False
         self.waiting_for.discard(subscriber_id)
-        self.released.append(subscriber_id)
+        self.released = (*self.released, subscriber_id)
         return True
 
     def record_finished(self, error: str | None = None) -> None:
@@ -153,22 +161,13 @@ class StepRun:
         if self.ended_at is not None or self.is_finished():
             return
         self.timed_out = True
-        action = self.step.action
-        if isinstance(action, PerformAction):
-            owed = ", ".join(sorted(self.waiting_for))
-            self.errors.append(f"step {self.step.name!r} timed out waiting for {owed}")
-        elif isinstance(action, WaitForEvent):
-            self.errors.append(
-                f"step {self.step.name!r} timed out waiting for event {action.message_type!r}"
-            )
-        else:
-            self.errors.append(f"step {self.step.name!r} timed out: the command was cancelled")
+        self.errors.append(self.step.action.timeout_error(self.step.name, self.waiting_for))
 
     def is_finished(self) -> bool:
         """Tell whether the step's work is over (answered, arrived, ended or timed out)."""
         if self.timed_out:
             return True
-        if isinstance(self.step.action, PerformAction):
+        if self.step.action.ends is Ends.ANSWERS:
             return self.began and not self.waiting_for
         return self.finished
 
@@ -195,9 +194,13 @@ class StepRun:
         return bool(self.errors) or self.is_finished()
 
 
-@attrs.define(slots=False, eq=False)
+@attrs.define(eq=False)
 class Task:
-    """One run of a workflow: the model of the workflow's machine."""
+    """One run of a workflow: the model of the workflow's machine.
+
+    Tasks are never added to the machine as models (transitions would attach
+    trigger methods to them), so a task can do without an instance dict.
+    """
 
     id: str
     workflow: Workflow
@@ -298,19 +301,6 @@ def _has_error(event: EventData) -> bool:
     return step is not None and step.has_error()
 
 
-def _describe_action(step: Step) -> str:
-    action = step.action
-    if isinstance(action, PerformAction):
-        return f"perform action {action.message_type}"
-    if isinstance(action, EmitEvent):
-        return f"emit event {action.message_type}"
-    if isinstance(action, WaitForEvent):
-        return f"wait for event {action.message_type}"
-    if action.callable is not None:
-        return f"execute {action.callable}()"
-    return "execute " + " ".join(action.command)
-
-
 @attrs.frozen
 class TransitionSpec:
     """One transition of a workflow's machine, described as data (for diagrams)."""
@@ -380,7 +370,7 @@ def machine_spec(workflow: Workflow) -> tuple[list[State], list[TransitionSpec]]
 
 def describe_state(step: Step) -> str:
     """Describe a step's state for views: its action and timeout."""
-    return f"{_describe_action(step)}, timeout {step.timeout:g}s, on error {step.on_error.value}"
+    return f"{step.action.describe()}, timeout {step.timeout:g}s, on error {step.on_error.value}"
 
 
 class _Transition(Transition):

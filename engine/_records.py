@@ -303,7 +303,7 @@ def restore_task(record: Mapping[str, Any], workflow: Workflow, clock: Clock) ->
         run.answers = {sid: Answer(answer) for sid, answer in entry["answers"].items()}
         run.errors = list(entry["errors"])
         run.timed_out = entry["timed_out"]
-        run.released = list(entry.get("released", ()))
+        run.released = tuple(entry.get("released", ()))
         run.stopped = entry.get("stopped", False)
         run.ended_at = trio_time(entry["ended_at"])
         # an ended step is stored without its waits (see _step_records)

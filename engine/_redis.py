@@ -43,7 +43,7 @@ import os
 import secrets
 import socket
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, Self, TypeVar
@@ -82,6 +82,10 @@ T = TypeVar("T")
 
 #: Hash: config id -> JSON ``{"revision", "data"}``. Written by any replica (the config API).
 CONFIGS = "configs"
+#: Hash: config kind's fqn -> the kind (JSON), as components register them. Any replica.
+CONFIG_KINDS = "config-kinds"
+#: Hash: config id -> its validation setting (JSON). Any replica (the config API).
+CONFIG_VALIDATIONS = "config-validations"
 #: Sorted set: subscriber ids, scored by ORDER when first stored (the order they are
 #: listed in). Written by any replica (subscriber API).
 SUBSCRIBERS = "subscribers"
@@ -767,6 +771,33 @@ class RedisStore(RedisConnection):
         if reply[0] != 1:
             actual = None if reply[1] is None else _text(reply[1])
             raise ConfigConflict(config_id, str(if_revision), actual)
+
+    async def load_config_models(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Return the stored config kinds and config validation settings."""
+
+        async def read() -> tuple[list[bytes], list[bytes]]:
+            async with self._client.pipeline(transaction=True) as pipeline:
+                kinds = pipeline.hvals(self.key(CONFIG_KINDS))
+                validations = pipeline.hvals(self.key(CONFIG_VALIDATIONS))
+            return list(await kinds), list(await validations)
+
+        kinds, validations = await self.call(read)
+        return [orjson.loads(k) for k in kinds], [orjson.loads(v) for v in validations]
+
+    async def save_config_kinds(self, kinds: Iterable[Mapping[str, Any]]) -> None:
+        """Store config kinds (replacing those with the same fqn)."""
+        fields = {kind["fqn"]: orjson.dumps(kind) for kind in kinds}
+        if fields:
+            await self.call(lambda: self._client.hset(self.key(CONFIG_KINDS), fields))
+
+    async def save_config_validation(self, validation: Mapping[str, Any]) -> None:
+        """Store a config's validation setting (replacing the one with the same id)."""
+        fields = {validation["id"]: orjson.dumps(validation)}
+        await self.call(lambda: self._client.hset(self.key(CONFIG_VALIDATIONS), fields))
+
+    async def delete_config_validation(self, config_id: str) -> None:
+        """Forget a config's validation setting."""
+        await self.call(lambda: self._client.hdel(self.key(CONFIG_VALIDATIONS), [config_id]))
 
     async def save_subscriber(
         self, subscriber_id: str, subscriptions: list[dict[str, Any]]

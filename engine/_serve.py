@@ -1,33 +1,28 @@
 """Serve an engine over HTTP and WebSocket: ``phasebus serve``.
 
-:func:`serve_app` runs any ASGI application with Hypercorn's HTTP/1.1 and
-WebSocket protocol on trio listeners that phasebus accepts itself, so that
-each connection's stream is known to the application (under
-:data:`~engine._web.STREAM_KEY` in the scope's ``state``): a listener dropped
-for being too slow can then be cut off even when its client reads nothing
-at all. :func:`serve` opens an engine with the built-in workflows (and those
-of a directory), creates the ``phasebus.core`` config and serves the API.
+:func:`serve_app` (from :mod:`engine._server`) runs any ASGI application on
+phasebus's own HTTP/1.1 and WebSocket server. :func:`serve` opens an engine
+with the built-in workflows (and those of a directory), creates the
+``phasebus.core`` config and serves the API.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
 import signal
+import ssl
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ASGIFramework, LifespanState
-from hypercorn.utils import wrap_app
 from starlette.types import ASGIApp
 
 from ._catalog import load_catalog
@@ -35,8 +30,11 @@ from ._config import CORE_CONFIG
 from ._definitions import Job, Workflow
 from ._engine import Engine, open_engine
 from ._errors import PhasebusError
+from ._server import ServerLimits as ServerLimits
+from ._server import serve_app as serve_app
 from ._store import Store, open_store
-from ._web import DEFAULT_MAX_MESSAGE, STREAM_KEY, create_app
+from ._tls import Authority
+from ._web import create_app
 
 logger = logging.getLogger(__name__)
 
@@ -53,58 +51,6 @@ DEFAULT_STORE = "phasebus.sqlite3"
 DEFAULT_RETENTION_DAYS = 60
 #: The longest retention: a century.
 MAX_RETENTION_DAYS = 36500
-
-
-def _hypercorn_config(max_message_size: int) -> HypercornConfig:
-    config = HypercornConfig()
-    config.websocket_max_message_size = max_message_size
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler
-    return config
-
-
-def _url(sockname: Any) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-async def serve_app(
-    app: ASGIApp,
-    *,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    max_message_size: int = DEFAULT_MAX_MESSAGE,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve an ASGI application on ``host``:``port`` until cancelled.
-
-    Start it with ``url = await nursery.start(serve_app, app, port=0)``: it
-    reports the base URL it listens on (``http://127.0.0.1:<port>``), with
-    the port chosen by the system when ``port`` is 0.
-
-    Args:
-        app: the ASGI application.
-        host: the address to listen on (loopback by default).
-        port: the port (0 for any free port).
-        max_message_size: largest WebSocket message; larger ones close the
-            connection with 1009.
-    """
-    config = _hypercorn_config(max_message_size)
-    context = WorkerContext(None)
-    wrapped = wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi")
-    listeners = await trio.open_tcp_listeners(port, host=host)
-
-    async def handle(stream: trio.SocketStream) -> None:
-        state: LifespanState = {STREAM_KEY: stream}
-        await TCPServer(wrapped, config, context, state, stream).run()  # type: ignore[arg-type]
-
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, handle, listeners)
-            task_status.started(_url(listeners[0].socket.getsockname()))
-    finally:
-        for listener in listeners:
-            await listener.aclose()
 
 
 def core_config(engine: Engine) -> dict[str, Any]:
@@ -130,6 +76,10 @@ async def serve(
     store: str = "memory",
     retention_days: float = DEFAULT_RETENTION_DAYS,
     announce: bool = True,
+    tls: bool = False,
+    cert: Path | None = None,
+    key: Path | None = None,
+    metrics: bool = True,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run an engine and serve its API until cancelled; report the base URL.
@@ -140,7 +90,10 @@ async def serve(
     resume. The config ``phasebus.core`` is created with the schedules in
     force unless it exists. With ``demo``, simulated listeners
     answer every step of the built-in workflows. With ``announce``, the URL
-    is printed on stdout once the server listens.
+    is printed on stdout once the server listens. With ``tls``, HTTPS and WSS
+    are served with a certificate of the server's own CA, both kept beside the
+    store (:mod:`engine._tls`); ``cert`` and ``key`` serve the user's
+    certificate instead. Without ``metrics``, ``/metrics`` is not served.
 
     Raises:
         PhasebusError: a bad declaration file, or a store file that cannot be used.
@@ -152,21 +105,35 @@ async def serve(
         )
     if not 0 <= port <= 65535:
         raise PhasebusError(f"--port: must be from 0 to 65535, got {port}")
+    if (cert is None) != (key is None):
+        raise PhasebusError("--cert and --key: give both or neither")
     catalog = load_catalog(workflows_dir)
     workflows, jobs = list(catalog.workflows.values()), list(catalog.jobs.values())
     durable = open_store(store, retention=timedelta(days=retention_days))
     try:
-        await _serve_engine(
-            workflows,
-            jobs,
-            durable,
-            host=host,
-            port=port,
-            psk=psk,
-            demo=demo,
-            announce=announce,
-            task_status=task_status,
-        )
+        with contextlib.ExitStack() as stack:
+            authority = None
+            if cert is not None and key is not None:
+                authority = Authority.from_files(cert, key)
+            elif tls:
+                if durable is None:  # nothing is kept: a CA for this run only
+                    directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                else:
+                    directory = Path(f"{store}.tls")
+                authority = Authority.load_or_create(directory)
+            await _serve_engine(
+                workflows,
+                jobs,
+                durable,
+                host=host,
+                port=port,
+                psk=psk,
+                demo=demo,
+                announce=announce,
+                authority=authority,
+                metrics=metrics,
+                task_status=task_status,
+            )
     finally:
         if durable is not None:
             durable.close()
@@ -182,6 +149,8 @@ async def _serve_engine(
     psk: str | None,
     demo: bool,
     announce: bool,
+    authority: Authority | None,
+    metrics: bool,
     task_status: trio.TaskStatus[str],
 ) -> None:
     async with open_engine(workflows=workflows, jobs=jobs, store=store) as engine:
@@ -189,7 +158,8 @@ async def _serve_engine(
             engine.configs.put(CORE_CONFIG, core_config(engine))
         if not demo:
             _forget_demo_subscribers(engine)
-        app = create_app(engine, psk=psk)
+        app = create_app(engine, psk=psk, tls=authority, metrics=metrics)
+        context = None if authority is None else authority.server_context()
         try:
             async with trio.open_nursery() as nursery:
                 # The server and the simulated listeners are shielded from the
@@ -198,7 +168,14 @@ async def _serve_engine(
                 shield = trio.CancelScope(shield=True)
                 url = await nursery.start(
                     functools.partial(
-                        _serve_shielded, shield, engine, app, host=host, port=port, demo=demo
+                        _serve_shielded,
+                        shield,
+                        engine,
+                        app,
+                        host=host,
+                        port=port,
+                        demo=demo,
+                        ssl_context=context,
                     )
                 )
                 if announce:
@@ -222,6 +199,7 @@ async def _serve_shielded(
     host: str,
     port: int,
     demo: bool,
+    ssl_context: ssl.SSLContext | None,
     task_status: trio.TaskStatus[str],
 ) -> None:
     with shield:
@@ -232,7 +210,9 @@ async def _serve_shielded(
                 from ._demo import serve_demo
 
                 await nursery.start(serve_demo, engine, COLLECT_AND_CLEANUP)
-            url = await nursery.start(functools.partial(serve_app, app, host=host, port=port))
+            url = await nursery.start(
+                functools.partial(serve_app, app, host=host, port=port, ssl_context=ssl_context)
+            )
             task_status.started(url)
 
 
@@ -294,6 +274,28 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="also load the workflows and jobs declared in DIR/*.toml and DIR/*.json",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS and WSS with a certificate of the server's own CA, created on first"
+        " start and kept beside the store (components fetch the CA from /ca/cert)",
+    )
+    parser.add_argument(
+        "--cert",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="serve HTTPS with this PEM certificate (chain); needs --key",
+    )
+    parser.add_argument(
+        "--key", metavar="FILE", type=Path, default=None, help="the PEM private key of --cert"
+    )
+    parser.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        help="do not serve /metrics (it needs no token, as in Resoto's core)",
+    )
+    parser.add_argument(
         "--demo",
         action="store_true",
         help="attach simulated listeners that answer every step of the built-in workflows",
@@ -316,6 +318,10 @@ def serve_options(
         "demo": args.demo,
         "store": args.store,
         "retention_days": args.retention,
+        "tls": args.tls,
+        "cert": args.cert,
+        "key": args.key,
+        "metrics": args.metrics,
     }
 
 

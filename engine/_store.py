@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 #: Marks the file as a phasebus store (SQLite's application_id).
 APPLICATION_ID = 0x50484253  # "PHBS"
 #: The schema this code writes; older files are migrated forward on open.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 #: How long finished tasks are kept, unless told otherwise.
 DEFAULT_RETENTION = timedelta(days=60)
@@ -118,6 +118,18 @@ class Store(Protocol):
     def prune(self, before: datetime) -> int:
         """Delete finished tasks that ended before ``before``; return how many."""
 
+    def load_config_models(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Return the stored config kinds and config validation settings."""
+
+    def save_config_kinds(self, kinds: Iterable[Mapping[str, Any]]) -> None:
+        """Store config kinds (replacing those with the same fqn)."""
+
+    def save_config_validation(self, validation: Mapping[str, Any]) -> None:
+        """Store a config's validation setting (replacing the one with the same id)."""
+
+    def delete_config_validation(self, config_id: str) -> None:
+        """Forget a config's validation setting."""
+
     def close(self) -> None:
         """Release the store."""
 
@@ -162,6 +174,12 @@ _MIGRATIONS: dict[int, str] = {
                json_extract(e.value, '$.wait_for_completion'), json_extract(e.value, '$.timeout')
         FROM subscribers AS s, json_each(s.subscriptions) AS e;
     ALTER TABLE subscribers DROP COLUMN subscriptions;
+    """,
+    # Version 5 keeps the config models components register (Resoto's kinds,
+    # one row per kind) and the validation setting of each config id.
+    5: """
+    CREATE TABLE config_kinds (fqn TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE config_validations (id TEXT PRIMARY KEY, data TEXT NOT NULL);
     """,
 }
 
@@ -258,7 +276,7 @@ class SQLiteStore:
                     self._run_script(_SCHEMA_V1)
                     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     version = 1
-                for target in range(version + 1, SCHEMA_VERSION + 1):
+                for target in sorted(t for t in _MIGRATIONS if version < t <= SCHEMA_VERSION):
                     self._run_script(_MIGRATIONS[target])
                     logger.info("migrated store %s to schema version %d", self.path, target)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -426,6 +444,31 @@ class SQLiteStore:
             )
         return cursor.rowcount
 
+    def load_config_models(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        kinds = [json.loads(row[0]) for row in self._db.execute("SELECT data FROM config_kinds")]
+        validations = [
+            json.loads(row[0]) for row in self._db.execute("SELECT data FROM config_validations")
+        ]
+        return kinds, validations
+
+    def save_config_kinds(self, kinds: Iterable[Mapping[str, Any]]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO config_kinds (fqn, data) VALUES (?, ?)",
+                [(kind["fqn"], json.dumps(kind)) for kind in kinds],
+            )
+
+    def save_config_validation(self, validation: Mapping[str, Any]) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO config_validations (id, data) VALUES (?, ?)",
+                (validation["id"], json.dumps(validation)),
+            )
+
+    def delete_config_validation(self, config_id: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM config_validations WHERE id = ?", (config_id,))
+
     def close(self) -> None:
         self._db.close()
 
@@ -535,6 +578,18 @@ class AsyncStore(Protocol):
 
     async def delete_config(self, config_id: str) -> None:
         """Forget a config."""
+
+    async def load_config_models(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Return the stored config kinds and config validation settings."""
+
+    async def save_config_kinds(self, kinds: Iterable[Mapping[str, Any]]) -> None:
+        """Store config kinds (replacing those with the same fqn)."""
+
+    async def save_config_validation(self, validation: Mapping[str, Any]) -> None:
+        """Store a config's validation setting (replacing the one with the same id)."""
+
+    async def delete_config_validation(self, config_id: str) -> None:
+        """Forget a config's validation setting."""
 
     async def save_subscriber(
         self, subscriber_id: str, subscriptions: list[dict[str, Any]]

@@ -2,85 +2,78 @@
 
 :func:`create_app` returns an ASGI application (Starlette routes behind a
 small authentication and body-size layer). Serve it with
-:func:`engine._serve.serve_app` (Hypercorn's protocol on trio) or any ASGI server.
+:func:`engine._server.serve_app` (phasebus's own server) or any ASGI server.
 
-Every WebSocket connection is one bus listener with one sender task that
-reads the listener and writes frames; frames are encoded once per message,
-however many connections send them. The connection's own task reads frames,
-stamps ``data.subscriber_id`` and ``data.received_at`` on each, and publishes
-them; a bad frame closes that connection only (1007, 1008, 1009). A listener
-the engine drops for being too slow is closed with 1008 ``too slow``; if its
-client does not read even the close frame, the socket is aborted after a
-grace period.
+Every WebSocket connection is one bus listener (:mod:`engine._websocket`):
+frames are encoded once per message however many connections send them,
+and a connection that falls behind is dropped by what is pending for it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-import attrs
-import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-from ._auth import AuthError, TokenVerifier, bearer_token
-from ._bus import ENGINE_CLOSED, LISTENER_DISCONNECTED, TOO_SLOW, Listener, ListenerDropped
+from ._auth import DEFERRED_PATHS, AuthError, FirstMessageAuth, TokenVerifier, bearer_token
 from ._bus import Subscriber as _Subscriber
 from ._bus import Subscription as _Subscription
-from ._config import ConfigConflict
-from ._convert import message_from_json, structure_strict, unstructure_declaration
+from ._config_model import ConfigModels
+from ._convert import structure_strict, unstructure_declaration
 from ._engine import Engine, StepInfo, TaskInfo, TaskResult
 from ._errors import BadInput as BadInput
 from ._errors import (
     InvalidInputError,
     ListenerError,
-    MessageError,
-    PhasebusError,
     UnknownTaskError,
     UnknownWorkflowError,
 )
-from ._json import JSONInputError, parse_json
+from ._http import read_json
 from ._machine import Outcome
-from ._messages import Action, ActionAbort, Event, Kind, Message
 from ._metrics import CONTENT_TYPE, EngineMetrics
+from ._resoto_api import REVISION_HEADER as REVISION_HEADER
+from ._resoto_api import ResotoRoutes
+from ._tls import Authority, CertificateRoutes
+from ._websocket import (
+    DEFAULT_MAX_PENDING_AGE,
+    DEFAULT_MAX_PENDING_BYTES,
+    LISTENER_BUFFER,
+    POLICY_VIOLATION,
+    SlowConsumerPolicy,
+    WebSocketSessions,
+)
+from ._websocket import describe as _describe
+from ._workqueue import WorkQueue, WorkRoutes
 
 logger = logging.getLogger(__name__)
 
-#: The response header carrying a config's revision.
-REVISION_HEADER = "Resoto-Config-Revision"
+#: Paths served without authentication, as Resoto's core serves them: the health
+#: checks, the CA certificate (a client needs it before it can trust anything) and
+#: the metrics (a Prometheus scraper cannot make tokens). Everything under
+#: :data:`PUBLIC_PREFIXES` is public too.
+PUBLIC_PATHS = frozenset({"/ca/cert", "/metrics"})
+PUBLIC_PREFIXES = ("/system/",)
 
-#: Paths served without authentication.
-PUBLIC_PATHS = frozenset({"/system/ping", "/system/ready"})
+
+def is_public(path: str) -> bool:
+    """Return whether ``path`` is served without a token."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
 
 #: Largest request body accepted, in bytes, unless told otherwise.
 DEFAULT_MAX_BODY = 1024 * 1024
 
 #: Largest WebSocket message accepted, in bytes, unless told otherwise.
 DEFAULT_MAX_MESSAGE = 1024 * 1024
-
-#: Key of the connection's stream in the ASGI scope's ``state`` (set by serve_app).
-STREAM_KEY = "phasebus.stream"
-
-# WebSocket close codes (RFC 6455).
-NORMAL = 1000
-GOING_AWAY = 1001
-INVALID_DATA = 1007
-POLICY_VIOLATION = 1008
-TOO_BIG = 1009
-
-_MAX_REASON = 123  # bytes of UTF-8 in a close frame's reason
 
 
 # ---------------------------------------------------------------- input
@@ -90,44 +83,7 @@ _TASK_QUERY = frozenset({"workflow", "outcome", "since", "has_errors", "limit"})
 _OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
-def _describe(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _close_reason(text: str) -> str:
-    data = text.encode("utf-8")
-    if len(data) <= _MAX_REASON:
-        return text
-    return data[: _MAX_REASON - 3].decode("utf-8", "ignore") + "..."
-
-
 # ---------------------------------------------------------------- output
-
-
-class _Encoder:
-    """The ASGI send events of recently sent messages, so that each message is encoded
-    once for all connections (the events are shared and never changed).
-
-    Entries are keyed by the message's id and hold the message itself, so an
-    id cannot be reused while its entry lives.
-    """
-
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._events: OrderedDict[int, tuple[Message, ASGIMessage]] = OrderedDict()
-
-    def event(self, message: Message) -> ASGIMessage:
-        key = id(message)
-        entry = self._events.get(key)
-        if entry is not None and entry[0] is message:
-            return entry[1]
-        text = json.dumps(message.to_json(), separators=(",", ":"), default=str)
-        event = {"type": "websocket.send", "text": text}
-        self._events[key] = (message, event)
-        if len(self._events) > self._size:
-            self._events.popitem(last=False)
-        return event
 
 
 def _time(value: Any) -> str | None:
@@ -195,24 +151,6 @@ def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
 # ---------------------------------------------------------------- connections
 
 
-@attrs.define(eq=False)
-class _Connection:
-    listener: Listener
-    send: Send
-    stream: trio.abc.AsyncResource | None
-    inner: trio.Nursery | None = None
-    outer: trio.Nursery | None = None
-    close: tuple[int, str] | None = None
-    client_gone: bool = False
-
-    def stop(self, code: int, reason: str) -> None:
-        """Close the connection with ``code``: stop reading and sending."""
-        if self.close is None:
-            self.close = (code, _close_reason(reason))
-        if self.inner is not None:
-            self.inner.cancel_scope.cancel()
-
-
 class _WebSocketEndpoint:
     """A raw ASGI WebSocket endpoint (Starlette passes scope, receive, send as they are)."""
 
@@ -236,18 +174,30 @@ class PhasebusApp:
         psk: str | None,
         max_body_size: int,
         max_message_size: int,
-        close_grace: float,
+        slow_consumer: SlowConsumerPolicy,
+        tls: Authority | None = None,
+        metrics: bool = True,
     ) -> None:
         self.engine = engine
+        self._serve_metrics = metrics
         self.metrics = EngineMetrics(engine)
         self.max_body_size = max_body_size
         self.max_message_size = max_message_size
-        self._close_grace = close_grace
         self._verifier = TokenVerifier(psk) if psk else None
-        self._encoder = _Encoder()
-        self._connections: dict[str, _Connection] = {}
-        self._stop_observing = engine.add_observer(
-            self._observe, message_types=(LISTENER_DISCONNECTED,), kinds=(Kind.EVENT,)
+        #: Resoto's config, config model and graph routes.
+        self.resoto = ResotoRoutes(engine, ConfigModels(engine.store), max_body_size=max_body_size)
+        #: Resoto's worker task queue.
+        self.work = WorkRoutes(
+            WorkQueue(),
+            engine.clock,
+            max_body_size=max_body_size,
+            max_message_size=max_message_size,
+        )
+        self.resoto.approver = self.work.approve_config
+        #: /ca/cert and /ca/sign.
+        self.certificates = CertificateRoutes(tls, psk, max_body_size=max_body_size)
+        self._websockets = WebSocketSessions(
+            engine, max_message_size=max_message_size, policy=slow_consumer
         )
         self._router = Starlette(
             routes=self._routes(),
@@ -259,7 +209,6 @@ class PhasebusApp:
 
     def close(self) -> None:
         """Stop observing the engine (the app serves nothing useful after this)."""
-        self._stop_observing()
         self.metrics.close()
 
     # ------------------------------------------------------------ ASGI entry
@@ -267,7 +216,16 @@ class PhasebusApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind in ("http", "websocket"):
-            if self._verifier is not None and scope["path"] not in PUBLIC_PATHS:
+            if (
+                self._verifier is not None
+                and kind == "websocket"
+                and scope["path"] in DEFERRED_PATHS
+                and _header(scope, b"authorization") is None
+            ):
+                deferred = FirstMessageAuth(self._verifier, receive, send)
+                await self._router(scope, deferred.receive, deferred.send)
+                return
+            if self._verifier is not None and not is_public(scope["path"]):
                 try:
                     await self._verifier.verify(bearer_token(_header(scope, b"authorization")))
                 except AuthError as error:
@@ -351,12 +309,10 @@ class PhasebusApp:
             Route("/subscriber/{id}/{message_type}", self.unsubscribe, methods=["DELETE"]),
             WebSocketRoute("/subscriber/{id}/handle", _WebSocketEndpoint(self.handle_subscriber)),
             WebSocketRoute("/events", _WebSocketEndpoint(self.handle_events)),
+            *self.resoto.routes(),
+            *self.work.routes(),
+            *self.certificates.routes(),
             WebSocketRoute("/{path:path}", _WebSocketEndpoint(self.no_websocket)),
-            Route("/configs", self.list_configs, methods=["GET"]),
-            Route("/config/{id}", self.get_config, methods=["GET"]),
-            Route("/config/{id}", self.put_config, methods=["PUT"]),
-            Route("/config/{id}", self.patch_config, methods=["PATCH"]),
-            Route("/config/{id}", self.delete_config, methods=["DELETE"]),
             Route("/workflows", self.list_workflows, methods=["GET"]),
             Route("/workflow/{id}", self.get_workflow, methods=["GET"]),
             Route("/workflow/{id}/run", self.run_workflow, methods=["POST"]),
@@ -366,25 +322,7 @@ class PhasebusApp:
         ]
 
     async def _json_body(self, request: Request) -> Any:
-        size = 0
-        chunks = []
-        async with contextlib.aclosing(request.stream()) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size > self.max_body_size:
-                    raise BadInput(
-                        413,
-                        "request body too large",
-                        [f"body: more than {self.max_body_size} bytes"],
-                    )
-                chunks.append(chunk)
-        body = b"".join(chunks)
-        if not body.strip():
-            raise BadInput(400, "invalid JSON body", ["body: empty, expected JSON"])
-        try:
-            return parse_json(body, path="body")
-        except JSONInputError as error:
-            raise BadInput(400, "invalid JSON body", [str(p) for p in error.problems]) from None
+        return await read_json(request, self.max_body_size)
 
     # ------------------------------------------------------------ health and metrics
 
@@ -395,6 +333,8 @@ class PhasebusApp:
         return PlainTextResponse("ok")
 
     async def get_metrics(self, request: Request) -> Response:
+        if not self._serve_metrics:
+            raise BadInput(404, "metrics are turned off (phasebus serve --no-metrics)")
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     # ------------------------------------------------------------ subscribers
@@ -491,73 +431,6 @@ class PhasebusApp:
             return call()
         except InvalidInputError as error:
             raise BadInput(400, "invalid input", [str(p) for p in error.problems]) from None
-
-    # ------------------------------------------------------------ configs
-
-    async def list_configs(self, request: Request) -> Response:
-        return JSONResponse(self.engine.configs.ids())
-
-    async def get_config(self, request: Request) -> Response:
-        config_id = request.path_params["id"]
-        config = self.engine.configs.get(config_id)
-        if config is None:
-            unreadable = self.engine.configs.unreadable.get(config_id)
-            if unreadable is not None:
-                raise BadInput(
-                    409,
-                    f"the stored config {config_id!r} cannot be read back: replace it (PUT)"
-                    " or delete it",
-                    [str(p) for p in unreadable],
-                )
-            raise BadInput(404, f"unknown config {config_id!r}")
-        return JSONResponse(dict(config.data), headers={REVISION_HEADER: config.revision})
-
-    def _if_match(self, request: Request) -> str | None:
-        value = request.headers.get("if-match")
-        if value is None:
-            return None
-        value = value.strip()
-        if value.startswith("W/"):
-            value = value[2:]
-        value = value.strip('"')
-        if value == "*":
-            current = self.engine.configs.get(request.path_params["id"])
-            return current.revision if current is not None else "*"
-        return value
-
-    async def _write_config(self, request: Request, *, patch: bool) -> Response:
-        config_id = request.path_params["id"]
-        body = await self._json_body(request)
-        if not isinstance(body, dict):
-            raise BadInput(
-                400, "invalid config", [f"body: must be a JSON object, got {_describe(body)}"]
-            )
-        configs = self.engine.configs
-        write = configs.patch if patch else configs.put
-        try:
-            config = write(config_id, body, if_match=self._if_match(request))
-        except ConfigConflict as error:
-            raise BadInput(409, str(error), extra={"revision": error.actual}) from None
-        except InvalidInputError as error:
-            raise BadInput(400, "invalid config", [str(p) for p in error.problems]) from None
-        return JSONResponse(dict(config.data), headers={REVISION_HEADER: config.revision})
-
-    async def put_config(self, request: Request) -> Response:
-        return await self._write_config(request, patch=False)
-
-    async def patch_config(self, request: Request) -> Response:
-        return await self._write_config(request, patch=True)
-
-    async def delete_config(self, request: Request) -> Response:
-        config_id = request.path_params["id"]
-        if_match = self._if_match(request)
-        if if_match is None and config_id not in self.engine.configs.ids():
-            raise BadInput(404, f"unknown config {config_id!r}")
-        try:
-            self.engine.configs.delete(config_id, if_match=if_match)
-        except ConfigConflict as error:
-            raise BadInput(409, str(error), extra={"revision": error.actual}) from None
-        return Response(status_code=204)
 
     # ------------------------------------------------------------ workflows and tasks
 
@@ -699,7 +572,7 @@ class PhasebusApp:
             )
             return
         try:
-            listener = self.engine.connect(subscriber_id=subscriber_id)
+            listener = self.engine.connect(subscriber_id=subscriber_id, buffer=LISTENER_BUFFER)
         except ListenerError:
             await self._deny(
                 scope,
@@ -709,7 +582,7 @@ class PhasebusApp:
                 {"error": f"subscriber {subscriber_id!r} is already connected", "problems": []},
             )
             return
-        await self._session(scope, receive, send, listener)
+        await self._websockets.run(scope, receive, send, listener)
 
     async def no_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = {"error": f"no WebSocket at {scope['path']}", "problems": []}
@@ -720,126 +593,8 @@ class PhasebusApp:
         for key, value in _query(scope):
             if key == "show":
                 show = [t.strip() for t in value.split(",") if t.strip()] or None
-        listener = self.engine.connect(message_types=show)
-        await self._session(scope, receive, send, listener)
-
-    async def _session(
-        self, scope: Scope, receive: Receive, send: Send, listener: Listener
-    ) -> None:
-        state = scope.get("state") or {}
-        conn = _Connection(listener, send, state.get(STREAM_KEY))
-        try:
-            connect = await receive()
-            if connect["type"] != "websocket.connect":
-                return
-            await send({"type": "websocket.accept"})
-            async with trio.open_nursery() as outer:
-                conn.outer = outer
-                self._connections[listener.id] = conn
-                async with trio.open_nursery() as inner:
-                    conn.inner = inner
-                    inner.start_soon(self._send_loop, conn)
-                    close = await self._receive_loop(conn, receive)
-                    if close is not None:
-                        conn.stop(*close)
-                    inner.cancel_scope.cancel()
-                if conn.close is not None and not conn.client_gone:
-                    code, reason = conn.close
-                    if code != NORMAL:
-                        logger.info("closing %s with %d: %s", listener.id, code, reason)
-                    await send({"type": "websocket.close", "code": code, "reason": reason})
-                outer.cancel_scope.cancel()
-        finally:
-            if self._connections.get(listener.id) is conn:
-                del self._connections[listener.id]
-            self.engine.disconnect(listener)
-
-    async def _send_loop(self, conn: _Connection) -> None:
-        listener = conn.listener
-        send = conn.send
-        event = self._encoder.event
-        try:
-            while True:
-                # take what is buffered without a scheduling round per message: each
-                # send is a checkpoint already
-                try:
-                    message = listener.receive_nowait()
-                except trio.WouldBlock:
-                    message = await listener.receive()
-                await send(event(message))
-        except ListenerDropped:
-            if listener.dropped == ENGINE_CLOSED:
-                conn.stop(GOING_AWAY, "the engine closed")
-            elif listener.dropped == TOO_SLOW:
-                conn.stop(POLICY_VIOLATION, TOO_SLOW)
-            else:
-                conn.stop(NORMAL, "")
-
-    async def _receive_loop(self, conn: _Connection, receive: Receive) -> tuple[int, str] | None:
-        while True:
-            message: ASGIMessage = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                text = message.get("text")
-                if text is None:
-                    try:
-                        text = bytes(message.get("bytes") or b"").decode("utf-8")
-                    except UnicodeDecodeError:
-                        return (INVALID_DATA, "frame is not valid UTF-8")
-                close = self._handle_frame(conn, text)
-                if close is not None:
-                    return close
-            elif kind == "websocket.disconnect":
-                conn.client_gone = True
-                return None
-
-    def _handle_frame(self, conn: _Connection, text: str) -> tuple[int, str] | None:
-        """Publish one frame's message; return (code, reason) to close the connection."""
-        if len(text) > self.max_message_size:
-            return (TOO_BIG, f"message larger than {self.max_message_size} bytes")
-        try:
-            value = parse_json(text)
-        except JSONInputError as error:
-            return (INVALID_DATA, "not JSON: " + "; ".join(map(str, error.problems)))
-        if not isinstance(value, dict):
-            return (POLICY_VIOLATION, f"a message must be a JSON object, got {_describe(value)}")
-        data = value.setdefault("data", {})
-        if isinstance(data, dict):
-            data["subscriber_id"] = conn.listener.id
-            now = self.engine.clock.now()
-            data["received_at"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        try:
-            message = message_from_json(value)
-        except MessageError as error:
-            return (
-                POLICY_VIOLATION,
-                "invalid message: " + "; ".join(str(p) for p in error.problems),
-            )
-        if isinstance(message, Action | ActionAbort):
-            return (POLICY_VIOLATION, f"clients may not send {message.kind.value} messages")
-        try:
-            self.engine.publish(message)
-        except PhasebusError as error:
-            return (POLICY_VIOLATION, str(error))
-        return None
-
-    def _observe(self, message: Message) -> None:
-        if message.message_type != LISTENER_DISCONNECTED or not isinstance(message, Event):
-            return
-        conn = self._connections.get(str(message.data.get("subscriber_id")))
-        if conn is not None and conn.listener.dropped == TOO_SLOW:
-            conn.stop(POLICY_VIOLATION, TOO_SLOW)
-            if conn.outer is not None:
-                with contextlib.suppress(RuntimeError):  # the connection is closing already
-                    conn.outer.start_soon(self._abort_later, conn)
-
-    async def _abort_later(self, conn: _Connection) -> None:
-        """Abort a dropped connection whose client does not read even the close frame."""
-        await trio.sleep(self._close_grace)
-        if conn.stream is not None:
-            logger.warning("aborting connection of %s: it does not read", conn.listener.id)
-            with contextlib.suppress(Exception):
-                await trio.aclose_forcefully(conn.stream)
+        listener = self.engine.connect(message_types=show, buffer=LISTENER_BUFFER)
+        await self._websockets.run(scope, receive, send, listener)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -860,26 +615,39 @@ def create_app(
     psk: str | None = None,
     max_body_size: int = DEFAULT_MAX_BODY,
     max_message_size: int = DEFAULT_MAX_MESSAGE,
-    close_grace: float = 2.0,
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+    max_pending_age: float = DEFAULT_MAX_PENDING_AGE,
+    tls: Authority | None = None,
+    metrics: bool = True,
 ) -> PhasebusApp:
     """Return the ASGI application serving ``engine`` (PROTOCOL.md).
 
     Args:
         engine: the engine to serve.
-        psk: the pre-shared key; when set, every request but the health
-            checks needs ``Authorization: Bearer <jwt>``.
+        psk: the pre-shared key; when set, every request but those to
+            :func:`is_public` paths needs ``Authorization: Bearer <jwt>``.
         max_body_size: largest request body, in bytes (larger ones get 413).
         max_message_size: largest WebSocket message, in bytes (larger ones
             close the connection with 1009). Give the server the same limit.
-        close_grace: seconds a dropped connection has to take its close frame
-            before its socket is aborted.
+        max_pending_bytes: bytes of messages pending for one WebSocket
+            (queued or being written) before it is dropped as too slow.
+        max_pending_age: seconds the oldest message pending for one
+            WebSocket may wait before it is dropped as too slow.
+        tls: the server's CA and certificate, served at ``/ca/cert`` (and
+            used by ``/ca/sign``); None for a server without TLS.
+        metrics: serve ``/metrics`` (open to all, as in Resoto's core).
 
-    Call :meth:`PhasebusApp.close` when done, to stop observing the engine.
+    Raises:
+        ValueError: a limit that is not a positive number.
+
+    Call :meth:`PhasebusApp.close` when done, to stop its metrics.
     """
     return PhasebusApp(
         engine,
         psk=psk,
         max_body_size=max_body_size,
         max_message_size=max_message_size,
-        close_grace=close_grace,
+        slow_consumer=SlowConsumerPolicy(max_pending_bytes, max_pending_age),
+        tls=tls,
+        metrics=metrics,
     )

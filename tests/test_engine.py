@@ -256,7 +256,13 @@ async def test_action_error_counts_as_an_answer_under_continue(
     assert result.duration == 0
     assert result.steps[0].answered == {"w": "error"}
     assert result.errors == ("w: Failed to collect: boom",)
-    assert events(seen, "error")[0].data["message"] == "w: Failed to collect: boom"
+    # the message as the subscriber sent it; who sent it in a field of its own
+    assert events(seen, "error")[0].data == {
+        "workflow": "wf",
+        "task": result.id,
+        "message": "Failed to collect: boom",
+        "subscriber_id": "w",
+    }
 
 
 async def test_action_error_under_stop_fails_at_once_and_aborts_the_others(
@@ -854,8 +860,8 @@ async def test_error_events_for_action_errors_and_error_infos(
             w.error(action, "gave up")
             assert task_id is not None
             await engine.wait_task(task_id)
-        messages = [e.data["message"] for e in events(drain(watch))]
-    assert messages == ["w: [aws:123] Access Denied", "w: gave up"]
+        messages = [(e.data["subscriber_id"], e.data["message"]) for e in events(drain(watch))]
+    assert messages == [("w", "[aws:123] Access Denied"), ("w", "gave up")]
 
 
 # ------------------------------------------------------------------ bad input

@@ -128,6 +128,24 @@ async def test_configs_subscribers_tasks_and_marks_round_trip(store: RedisStore)
     assert await store.lease_of("t2") is None
 
 
+async def test_config_kinds_and_validations_round_trip(store: RedisStore) -> None:
+    assert await store.load_config_models() == ([], [])
+    await store.save_config_kinds(
+        [{"fqn": "a", "runtime_kind": "string"}, {"fqn": "b", "properties": [{"name": "x"}]}]
+    )
+    await store.save_config_kinds([{"fqn": "a", "runtime_kind": "int32"}])
+    await store.save_config_kinds([])
+    await store.save_config_validation({"id": "app", "external_validation": True})
+    await store.save_config_validation({"id": "gone", "external_validation": False})
+    await store.delete_config_validation("gone")
+    kinds, validations = await store.load_config_models()
+    assert sorted(kinds, key=lambda k: k["fqn"]) == [
+        {"fqn": "a", "runtime_kind": "int32"},
+        {"fqn": "b", "properties": [{"name": "x"}]},
+    ]
+    assert validations == [{"id": "app", "external_validation": True}]
+
+
 async def test_a_config_changed_by_another_replica_is_not_overwritten(redis_url: str) -> None:
     async with open_redis_store(redis_url) as first, open_redis_store(redis_url) as second:
         await first.save_config(Config("app", {"n": 1}, "r1-a"))

@@ -268,9 +268,21 @@ def test_a_store_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
     assert state.revision_counter == 7
     store.save_schedule_mark(("wf", "0 * * * *", "UTC"), T0)
     assert store.load().schedule_marks == {("wf", "0 * * * *", "UTC"): T0}
+    store.save_config_kinds([{"fqn": "app", "properties": []}])
+    store.save_config_validation({"id": "app", "external_validation": True})
     store.close()
-    (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
+    check = sqlite3.connect(path)
+    (version,) = check.execute("PRAGMA user_version").fetchone()
+    check.close()
     assert version == SCHEMA_VERSION
+    store = SQLiteStore(path)
+    assert store.load_config_models() == (
+        [{"fqn": "app", "properties": []}],
+        [{"id": "app", "external_validation": True}],
+    )
+    store.delete_config_validation("app")
+    assert store.load_config_models()[1] == []
+    store.close()
 
 
 def test_a_version_2_store_keeps_its_subscriptions_and_marks_tasks_with_errors(

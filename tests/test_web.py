@@ -315,7 +315,7 @@ async def test_200_events_listeners_all_receive_every_event_of_a_run() -> None:
 
 
 async def test_listener_that_stops_reading_is_dropped_without_slowing_the_run() -> None:
-    async with running_server(workflows=[quick_workflow()], listener_buffer=32) as server:
+    async with running_server(workflows=[quick_workflow()], max_pending_bytes=64 * 1024) as server:
         engine = server.engine
         stalled = trio.socket.socket()
         stalled.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)

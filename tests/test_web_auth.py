@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
+import json
 import os
 import time
 from typing import Any
 
 import jwt
 import pytest
+import trio
+import trio_websocket
 
 from engine._auth import AuthError, TokenVerifier, make_token
 
@@ -55,7 +59,6 @@ async def test_a_resoto_token_is_accepted_over_http_and_websocket() -> None:
         ("Bearer not-a-jwt", "malformed token: "),
         ("Bearer " + resoto_token("another key"), "the token's signature does not match"),
         ("Bearer " + resoto_token(PSK, exp=-60), "the token has expired"),
-        ("Bearer " + resoto_token(PSK, exp=None), "the token has no 'exp' claim"),
         (
             "Bearer " + jwt.encode({"exp": time.time() + 60}, "k" * 32, algorithm="HS256"),
             "the token header has no 'salt'",
@@ -74,17 +77,35 @@ async def test_requests_without_a_valid_token_get_401(
         assert answer.json()["error"] == "unauthorized"
         assert answer.json()["problems"][0].startswith(problem)
         ws_headers = [] if authorization is None else [(b"authorization", authorization.encode())]
-        for path in ("/events", "/subscriber/w/handle"):
+        # without any header, /events and /work/queue wait for an authorization message
+        paths = ["/subscriber/w/handle"] + ([] if authorization is None else ["/events"])
+        for path in paths:
             rejected = await server.rejection(path, headers=ws_headers)
             assert rejected.status_code == 401
         assert server.engine.listeners == []
 
 
-async def test_health_checks_need_no_token() -> None:
+async def test_a_token_without_exp_is_accepted_as_resoto_accepts_it() -> None:
+    async with running_server(psk=PSK, token=resoto_token(PSK, exp=None)) as server:
+        assert (await server.http.get("/configs")).status_code == 200
+
+
+async def test_health_checks_metrics_and_the_ca_certificate_need_no_token() -> None:
     async with running_server(psk=PSK) as server:
         assert (await server.http.get("/system/ping")).text == "pong"
         assert (await server.http.get("/system/ready")).text == "ok"
-        assert (await server.http.get("/metrics")).status_code == 401
+        metrics = await server.http.get("/metrics")
+        assert metrics.status_code == 200
+        assert "phasebus" in metrics.text
+        # without --tls there is no CA: the answer says so, it does not ask for a token
+        ca = await server.http.get("/ca/cert")
+        assert ca.status_code == 404
+        assert "without TLS" in ca.json()["error"]
+        # /ca/sign is not open
+        assert (await server.http.post("/ca/sign", content=b"x")).status_code == 401
+        # anything else still needs one
+        assert (await server.http.get("/system/other")).status_code == 404
+        assert (await server.http.get("/metrics/other")).status_code == 401
 
 
 async def test_verifier_caches_keys_only_for_good_signatures() -> None:
@@ -97,3 +118,50 @@ async def test_verifier_caches_keys_only_for_good_signatures() -> None:
     assert list(verifier._keys) == [salt]
     with pytest.raises(ValueError, match=r"^psk must be a non-empty string$"):
         TokenVerifier("")
+
+
+async def test_events_and_the_work_queue_may_authorize_with_their_first_message() -> None:
+    async with running_server(workflows=[quick_workflow()], psk=PSK) as server:
+        authorize = json.dumps({"kind": "authorization", "jwt": f"Bearer {resoto_token(PSK)}"})
+        async with server.websocket("/events?show=config-updated", headers=[]) as ws:
+            # nothing reaches a client that has not authorized yet
+            server.engine.configs.put("before", {"a": 1})
+            await ws.send_message(authorize)
+            # the token is checked in a worker thread: publish until one arrives
+            event = None
+            with trio.fail_after(10):
+                for number in itertools.count():
+                    server.engine.configs.put(f"after-{number}", {"a": 1})
+                    with trio.move_on_after(0.2):
+                        event = await receive_json(ws)
+                        break
+            assert event is not None
+            assert event["data"]["id"].startswith("after-")
+        async with server.websocket("/work/queue", headers=[]) as ws:
+            await ws.send_message(authorize)
+            await ws.send_message(json.dumps([{"name": "tag", "filter": {}}]))
+            with trio.fail_after(5):
+                while not server.app.work.queue.workers:
+                    await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        json.dumps({"kind": "authorization", "jwt": "Bearer " + resoto_token("wrong")}),
+        json.dumps({"kind": "authorization"}),
+        json.dumps([{"name": "tag"}]),
+        "not json",
+    ],
+)
+async def test_a_bad_first_message_closes_the_unauthorized_websocket(first: str) -> None:
+    async with running_server(psk=PSK) as server:
+        for path in ("/events", "/work/queue"):
+            async with server.websocket(path, headers=[]) as ws:
+                await ws.send_message(first)
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    with trio.fail_after(5):
+                        await ws.get_message()
+                assert closed.value.reason.code == 1008
+                assert (closed.value.reason.reason or "").startswith("unauthorized: ")
+        assert server.app.work.queue.workers == []

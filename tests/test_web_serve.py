@@ -105,6 +105,10 @@ def test_the_psk_comes_from_the_option_or_the_environment() -> None:
         "demo": True,
         "store": "memory",
         "retention_days": 60,
+        "tls": False,
+        "cert": None,
+        "key": None,
+        "metrics": True,
     }
 
 

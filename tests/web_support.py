@@ -14,7 +14,7 @@ import trio
 import trio_websocket
 
 from engine import Engine, Step, Store, Workflow, open_engine
-from engine._serve import serve_app
+from engine._server import ServerLimits, serve_app
 from engine._web import PhasebusApp, create_app
 from machines import COLLECT_AND_CLEANUP
 
@@ -114,9 +114,16 @@ async def running_server(
     max_body_size: int = 64 * 1024,
     max_message_size: int = 64 * 1024,
     close_grace: float = 0.2,
+    max_pending_bytes: int = 16 * 1024 * 1024,
+    max_pending_age: float = 30.0,
+    limits: ServerLimits | None = None,
     store: Store | None = None,
 ) -> AsyncIterator[Server]:
-    """Run an engine and its API on 127.0.0.1, port 0, with an HTTP client."""
+    """Run an engine and its API on 127.0.0.1, port 0, with an HTTP client.
+
+    ``close_grace`` is the server's ``close_timeout``: how long a closing
+    WebSocket may take its close frame before its socket is aborted.
+    """
     async with open_engine(
         workflows=workflows, listener_buffer=listener_buffer, store=store
     ) as engine:
@@ -125,13 +132,17 @@ async def running_server(
             psk=psk,
             max_body_size=max_body_size,
             max_message_size=max_message_size,
-            close_grace=close_grace,
+            max_pending_bytes=max_pending_bytes,
+            max_pending_age=max_pending_age,
         )
+        limits = limits or ServerLimits(close_timeout=close_grace)
         headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
         try:
             async with trio.open_nursery() as nursery:
                 url = await nursery.start(
-                    functools.partial(serve_app, app, port=0, max_message_size=max_message_size)
+                    functools.partial(
+                        serve_app, app, port=0, limits=limits, max_message_size=max_message_size
+                    )
                 )
                 async with httpx.AsyncClient(
                     base_url=url,
