@@ -60,6 +60,7 @@ from ._engine import TaskInfo as TaskInfo
 from ._engine import TaskResult as TaskResult
 from ._engine import open_engine as open_engine
 from ._errors import DeclarationError as DeclarationError
+from ._errors import DefinitionConflict as DefinitionConflict
 from ._errors import InvalidInputError as InvalidInputError
 from ._errors import ListenerError as ListenerError
 from ._errors import MessageError as MessageError
@@ -83,10 +84,13 @@ from ._messages import Message as Message
 from ._messages import Progress as Progress
 from ._messages import ProgressLeaf as ProgressLeaf
 from ._messages import ProgressTree as ProgressTree
+from ._registry import Definition as Definition
 from ._store import DEFAULT_RETENTION as DEFAULT_RETENTION
 from ._store import SQLiteStore as SQLiteStore
 from ._store import Store as Store
 from ._store import StoreError as StoreError
 from ._store import open_store as open_store
+from ._tasklog import LogEntry as LogEntry
+from ._tasklog import LogKind as LogKind
 
 __version__ = "0.1.0"

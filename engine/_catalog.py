@@ -1,8 +1,8 @@
-"""The workflows a command can name: the built-in ones and those of a directory."""
+"""The workflows a command can name: the built-in ones and those of files and directories."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import attrs
@@ -64,21 +64,27 @@ def one_line(error: DeclarationError) -> str:
     return line
 
 
-def load_catalog(directory: Path | None) -> Catalog:
-    """Return the built-in workflows and those declared in ``directory``.
+def load_catalog(paths: Path | Sequence[Path] | None) -> Catalog:
+    """Return the built-in workflows and those declared in ``paths`` (files or directories).
+
+    A directory adds its ``*.toml`` and ``*.json`` files.
 
     Raises:
-        UsageError: the directory cannot be read, a file in it is invalid, or an
-            id is declared twice; the message is one line.
+        UsageError: a path does not exist or is not a declaration file, a
+            file is invalid, or an id is declared twice; the message is one line.
     """
     workflows = dict(BUILTIN_WORKFLOWS)
     jobs: dict[str, Job] = {}
     sources = dict.fromkeys(workflows, BUILTIN)
-    if directory is None:
+    if paths is None:
         return Catalog(workflows, jobs, sources)
-    if not directory.is_dir():
-        raise UsageError(f"--workflows: {str(directory)!r} is not a directory")
-    for path in declaration_files([directory]):
+    given = [paths] if isinstance(paths, Path) else list(paths)
+    for path in given:
+        if not path.exists():
+            raise UsageError(f"--workflows: {str(path)!r} does not exist")
+        if path.is_file() and path.suffix not in (".toml", ".json"):
+            raise UsageError(f"--workflows: {str(path)!r} is not a .toml or .json file")
+    for path in declaration_files(given):
         try:
             declarations = Declarations.from_file(path)
         except DeclarationError as error:

@@ -1,8 +1,12 @@
 """The ``phasebus`` command line.
 
-Subcommands: ``run``, ``workflows``, ``validate`` and ``diagram``. The
-built-in workflows (``machines``) are always known; ``--workflows DIR`` adds
-the workflows and jobs declared in the ``.toml`` and ``.json`` files of DIR.
+Subcommands that work locally: ``run``, ``workflows``, ``validate``,
+``diagram``, ``schedule``; ``serve`` runs a server; ``tasks``, ``task``,
+``history``, ``jobs``, ``workflows add|delete|activate|deactivate``, ``run
+--url``, ``stop``, ``events`` and ``token`` drive a server. The built-in
+workflows (``machines``) are always known; ``--workflows PATH`` adds the
+workflows and jobs declared in a ``.toml`` or ``.json`` file, or in the files of
+a directory.
 
 Exit status: 0 on success; 1 when a run does not end ``done``, ``validate``
 finds a problem or ``diagram --check`` finds a stale diagram; 2 for a usage
@@ -39,6 +43,15 @@ from ._catalog import (
     load_catalog,
     one_line,
     plural,
+)
+from ._cli_remote import (
+    jobs_command,
+    print_token,
+    render_log,
+    run_remote,
+    stop_task,
+    tail_events,
+    workflows_command,
 )
 from ._client import (
     DEFAULT_URL,
@@ -106,16 +119,19 @@ def _parser() -> argparse.ArgumentParser:
         "--verbose",
         action="count",
         default=0,
-        help="log more (-v: info, -vv: debug) on stderr",
+        help="log more on stderr (-v: info, -vv: debug, libraries included); also after the"
+        " subcommand",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def workflows_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--workflows",
-            metavar="DIR",
+            metavar="PATH",
             type=Path,
-            help="also load the workflows and jobs declared in DIR/*.toml and DIR/*.json",
+            action="append",
+            help="also load the workflows and jobs declared in PATH: a .toml or .json file, or"
+            " a directory of them (repeat for more)",
         )
 
     run = commands.add_parser(
@@ -134,6 +150,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the event stream as JSON lines (the default when output is not a terminal)",
     )
+    run.add_argument(
+        "--url",
+        help="start it on this server instead and follow it there (exit status by its outcome)",
+    )
+    run.add_argument("--psk", help=f"pre-shared key to sign requests (default ${PSK_VARIABLE})")
     workflows_option(run)
 
     listing = commands.add_parser(
@@ -143,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--json", action="store_true", help="print JSON")
     workflows_option(listing)
+    changes = listing.add_subparsers(dest="workflows_command", metavar="SUBCOMMAND")
 
     validate = commands.add_parser(
         "validate",
@@ -219,10 +241,67 @@ def _parser() -> argparse.ArgumentParser:
     )
     server_options(tasks)
     one = commands.add_parser(
-        "task", help="show one task of a server", description="Show one task, running or finished."
+        "task",
+        help="show one task of a server",
+        description="Show one task, running or finished (TASK: its id or a unique prefix).",
     )
     one.add_argument("task_id", metavar="TASK")
+    one.add_argument(
+        "--log",
+        action="store_true",
+        help="show the task's log: listeners' infos and errors, time-outs, failed commands",
+    )
     server_options(one)
+    stop = commands.add_parser(
+        "stop",
+        help="stop a running task on a server",
+        description="Stop a running or queued task (TASK: its id or a unique prefix); the "
+        "listeners still owed an answer get action_abort.",
+    )
+    stop.add_argument("task_id", metavar="TASK")
+    server_options(stop)
+    events = commands.add_parser(
+        "events",
+        help="print a server's bus, one line per message",
+        description="Print the messages of a server's bus as they come, one line each.",
+    )
+    events.add_argument(
+        "--show",
+        metavar="TYPES",
+        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+        help="only these message types, comma-separated (e.g. task_end,error)",
+    )
+    events.add_argument(
+        "--limit", type=_count, metavar="N", help="stop after N messages (default: never)"
+    )
+    server_options(events)
+    token = commands.add_parser(
+        "token",
+        help="print a bearer token for the pre-shared key (for curl and scripts)",
+        description="Print a JWT signed with the pre-shared key, as Resoto's clients send it: "
+        'curl -H "Authorization: Bearer $(phasebus token)" ...',
+    )
+    token.add_argument("--psk", help=f"pre-shared key (default ${PSK_VARIABLE})")
+    token.add_argument(
+        "--expires",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="seconds until it expires (default 3600)",
+    )
+    _jobs_parser(commands, server_options)
+    for name in ("add", "delete", "activate", "deactivate"):
+        change = changes.add_parser(
+            name,
+            help=f"{name} a workflow on a server"
+            + (" (every workflow and job of FILE)" if name == "add" else ""),
+            description=f"{name.capitalize()} workflows on a server.",
+        )
+        if name == "add":
+            change.add_argument("file", metavar="FILE", help="a .toml or .json data file")
+        else:
+            change.add_argument("id", metavar="WORKFLOW")
+        server_options(change)
     history = commands.add_parser(
         "history",
         help="list a server's finished tasks",
@@ -266,7 +345,120 @@ def _parser() -> argparse.ArgumentParser:
         help="ask this server instead: schedules in force, next runs and recent schedule firings",
     )
     listing.add_argument("--psk", help=f"pre-shared key to sign requests (default ${PSK_VARIABLE})")
+    _verbose_everywhere(parser)
     return parser
+
+
+def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let ``-v`` follow any subcommand too (``phasebus serve -v``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument(
+                    "-v",
+                    "--verbose",
+                    dest="sub_verbose",
+                    action="count",
+                    default=0,
+                    help="log more (-v: info, -vv: debug, libraries included) on stderr",
+                )
+                _verbose_everywhere(sub)
+
+
+def _jobs_parser(commands: Any, server_options: Any) -> None:
+    jobs = commands.add_parser(
+        "jobs",
+        help="list, define and run jobs on a server",
+        description="Define, change and run jobs (custom automations) on a running server.",
+    )
+    actions = jobs.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND", required=True)
+    listing = actions.add_parser("list", help="list the jobs", description="List the jobs.")
+    server_options(listing)
+    for name, summary in (
+        ("add", "define a job: phasebus jobs add ID [options] -- COMMAND [ARG...]"),
+        ("update", "change a job: only the options given change"),
+    ):
+        sub = actions.add_parser(name, help=summary, description=summary)
+        sub.add_argument("id", metavar="ID", help="the job's id")
+        sub.add_argument(
+            "command_line",
+            metavar="COMMAND",
+            nargs="*",
+            help="the command and its arguments, after '--' (no shell)",
+        )
+        sub.add_argument("--callable", metavar="NAME", help="run this registered callable")
+        sub.add_argument(
+            "--schedule",
+            metavar="CRON",
+            help='cron schedule, e.g. "0 5 * * *" (with --event: both; on update they replace'
+            " the triggers)",
+        )
+        sub.add_argument(
+            "--timezone", default="UTC", metavar="ZONE", help="the schedule's time zone"
+        )
+        sub.add_argument("--event", metavar="TYPE", help="start on every event of this type")
+        sub.add_argument(
+            "--filter",
+            type=_json_object,
+            metavar="JSON",
+            help='only events whose data match, e.g. \'{"workflow": "metrics"}\'',
+        )
+        sub.add_argument(
+            "--wait-for-event",
+            metavar="TYPE[:SECONDS]",
+            help="once triggered, run when this event arrives within SECONDS (default 60)",
+        )
+        sub.add_argument(
+            "--timeout",
+            type=_number,
+            metavar="SECONDS",
+            help="how long the command may run (default 60)",
+        )
+        sub.add_argument("--description", metavar="TEXT", help="what the job is for")
+        state = sub.add_mutually_exclusive_group()
+        state.add_argument(
+            "--active",
+            dest="active",
+            action="store_const",
+            const=True,
+            help="let its triggers start it (the default)",
+        )
+        state.add_argument(
+            "--inactive",
+            dest="active",
+            action="store_const",
+            const=False,
+            help="define it paused (its triggers do nothing until activated)",
+        )
+        server_options(sub)
+    for name, summary in (
+        ("show", "show a job"),
+        ("delete", "delete a job"),
+        ("activate", "let a job's triggers start it again"),
+        ("deactivate", "pause a job's triggers (it can still be run)"),
+        ("run", "start a job now"),
+    ):
+        sub = actions.add_parser(name, help=summary, description=summary.capitalize() + ".")
+        sub.add_argument("id", metavar="ID")
+        server_options(sub)
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    return int(value) if value.is_integer() else value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
 
 
 def _count(text: str) -> int:
@@ -604,7 +796,15 @@ async def ask_server(args: argparse.Namespace, *, stdout: TextIO) -> int:
             render_ledger(workflows, stdout)
         return EXIT_OK
     if args.command == "task":
-        task = await fetch(url, f"/task/{urllib.parse.quote(args.task_id, safe='')}", psk)
+        path = f"/task/{urllib.parse.quote(args.task_id, safe='')}"
+        if args.log:
+            log = await fetch(url, path + "/log", psk)
+            if args.json:
+                stdout.write(json.dumps(log, indent=2) + "\n")
+            else:
+                render_log(log, stdout)
+            return EXIT_OK
+        task = await fetch(url, path, psk)
         if args.json:
             stdout.write(json.dumps(task, indent=2) + "\n")
         else:
@@ -692,9 +892,38 @@ def preview_schedule(
 # ---------------------------------------------------------------- main
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line; what follows ``--`` is a job's command (``jobs add ID -- ...``)."""
+    tail: list[str] = []
+    if "--" in argv:
+        index = argv.index("--")
+        argv, tail = argv[:index], argv[index + 1 :]
+    args = _parser().parse_args(argv)
+    if tail:
+        if not hasattr(args, "command_line"):
+            raise UsageError(f"unexpected arguments after '--': {' '.join(tail)}")
+        args.command_line = [*args.command_line, *tail]
+    return args
+
+
 def _configure_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
+    """Log on stderr: warnings; with -v phasebus's own info too; with -vv everything's debug.
+
+    Libraries' internals (transitions' callbacks, the HTTP server's) stay at
+    warning unless -vv. Logging already set up (by a program that runs the
+    command in-process, or by pytest) is left as it is.
+    """
+    if logging.getLogger().handlers:
+        return
+    root = logging.WARNING if verbose < 2 else logging.DEBUG
+    logging.basicConfig(
+        level=root,
+        format=f"{PROG} %(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("engine").setLevel(
+        logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    )
 
 
 async def main_async(
@@ -713,10 +942,10 @@ async def main_async(
     stderr = sys.stderr if stderr is None else stderr
     try:
         try:
-            args = _parser().parse_args(argv)
+            args = _parse(list(sys.argv[1:] if argv is None else argv))
         except SystemExit as done:  # --help and --version print and exit
             return done.code if isinstance(done.code, int) else EXIT_OK
-        _configure_logging(args.verbose)
+        _configure_logging(args.verbose + getattr(args, "sub_verbose", 0))
         return await _dispatch(args, stdout=stdout, stderr=stderr, console=console)
     except Exception as raised:
         error = _expected(raised)
@@ -743,6 +972,22 @@ async def _dispatch(
         return validate(args.files, stdout=stdout)
     if args.command == "serve":
         return await serve_command(args)
+    if args.command in ("jobs", "stop", "events", "token") or (
+        args.command == "workflows" and args.workflows_command is not None
+    ):
+        return await _drive_server(args, stdout=stdout)
+    if args.command == "run" and args.url is not None:
+        if args.demo:
+            raise UsageError("run: --demo runs in-process; a server has its own listeners")
+        if console is None and not args.json and stdout.isatty():
+            console = Console(file=stdout)
+        return await run_remote(
+            server_url(args.url),
+            server_psk(args.psk),
+            args.workflow,
+            stdout=stdout,
+            console=None if args.json else console,
+        )
     if args.command in ("tasks", "task", "history") or (
         args.command == "workflows" and args.url is not None
     ):
@@ -781,6 +1026,23 @@ async def _dispatch(
         console=None if args.json else console,
     )
     return EXIT_OK if result.outcome is Outcome.DONE else EXIT_FAILED
+
+
+async def _drive_server(args: argparse.Namespace, *, stdout: TextIO) -> int:
+    psk = server_psk(args.psk)
+    if args.command == "token":
+        return print_token(psk, expires_in=args.expires, stdout=stdout)
+    url = server_url(args.url)
+    if args.command == "jobs":
+        return await jobs_command(args, url, psk, stdout=stdout)
+    if args.command == "workflows":
+        return await workflows_command(args, url, psk, stdout=stdout)
+    if args.command == "stop":
+        return await stop_task(url, psk, args.task_id, stdout=stdout)
+    assert args.command == "events"
+    return await tail_events(
+        url, psk, show=args.show, as_json=args.json, limit=args.limit, stdout=stdout
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

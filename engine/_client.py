@@ -29,9 +29,15 @@ PSK_VARIABLE = "PHASEBUS_PSK"
 
 
 def server_url(url: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """Return ``url``, else ``$PHASEBUS_URL``, else the default address."""
+    """Return ``url``, else ``$PHASEBUS_URL``, else the default address.
+
+    A URL without a scheme (``127.0.0.1:8900``) means ``http://``.
+    """
     environ = os.environ if environ is None else environ
-    return (url or environ.get(URL_VARIABLE) or DEFAULT_URL).rstrip("/")
+    chosen = (url or environ.get(URL_VARIABLE) or DEFAULT_URL).strip().rstrip("/")
+    if "://" not in chosen:
+        chosen = "http://" + chosen
+    return chosen
 
 
 def server_psk(psk: str | None, environ: Mapping[str, str] | None = None) -> str | None:
@@ -40,24 +46,50 @@ def server_psk(psk: str | None, environ: Mapping[str, str] | None = None) -> str
     return psk if psk is not None else environ.get(PSK_VARIABLE) or None
 
 
-def _get(url: str, path: str, psk: str | None, query: Mapping[str, str] | None = None) -> Any:
+def _refusal(url: str, psk: str | None, detail: str) -> ServerError:
+    if psk is None:
+        return ServerError(
+            f"{url} wants a token: give --psk or set {PSK_VARIABLE}"
+            + (f" ({detail})" if detail else "")
+        )
+    return ServerError(
+        f"{url} refused the pre-shared key: tokens signed with it are not accepted"
+        f" (check --psk or {PSK_VARIABLE})" + (f": {detail}" if detail else "")
+    )
+
+
+def _request(
+    url: str,
+    method: str,
+    path: str,
+    psk: str | None,
+    query: Mapping[str, str] | None = None,
+    body: Any = None,
+) -> Any:
     target = url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    data = None if body is None else json.dumps(body).encode("utf-8")
     try:
-        request = urllib.request.Request(target, headers={"Accept": "application/json"})
+        request = urllib.request.Request(
+            target, data=data, method=method, headers={"Accept": "application/json"}
+        )
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
         if psk is not None:
             request.add_header("Authorization", f"Bearer {make_token(psk)}")
         with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+            raw = response.read()
+            return json.loads(raw) if raw.strip() else None
     except urllib.error.HTTPError as error:
-        detail = ""
+        detail, problems = "", []  # type: str, list[Any]
         with contextlib.suppress(ValueError, AttributeError):
-            detail = json.loads(error.read()).get("error", "")
+            answer = json.loads(error.read())
+            detail, problems = answer.get("error", ""), answer.get("problems") or []
         if error.code == 401:
-            raise ServerError(
-                f"{url} wants a token: give --psk or set {PSK_VARIABLE}"
-                + (f" ({detail})" if detail else "")
-            ) from None
-        raise ServerError(detail or f"{target}: HTTP {error.code}") from None
+            raise _refusal(url, psk, "; ".join(problems)) from None
+        message = detail or f"{method} {target}: HTTP {error.code}"
+        if problems:
+            message += ": " + "; ".join(str(p) for p in problems)
+        raise ServerError(message) from None
     except ValueError as error:  # not a URL urllib can use
         raise ServerError(f"--url: {error}") from None
     except (urllib.error.URLError, OSError) as error:
@@ -71,7 +103,17 @@ async def fetch(
     url: str, path: str, psk: str | None, query: Mapping[str, str] | None = None
 ) -> Any:
     """GET a JSON document from the server."""
-    return await trio.to_thread.run_sync(_get, url, path, psk, query)
+    return await trio.to_thread.run_sync(_request, url, "GET", path, psk, query)
+
+
+async def call(url: str, method: str, path: str, psk: str | None, body: Any = None) -> Any:
+    """Send a request with an optional JSON body; return the answer's JSON (None if empty)."""
+    return await trio.to_thread.run_sync(_request, url, method, path, psk, None, body)
+
+
+def quoted(segment: str) -> str:
+    """Quote one path segment (an id) for a URL."""
+    return urllib.parse.quote(segment, safe="")
 
 
 # ---------------------------------------------------------------- rendering
@@ -191,7 +233,9 @@ def render_ledger(workflows: Sequence[Mapping[str, Any]], out: TextIO) -> None:
     for index, workflow in enumerate(workflows):
         if index:
             out.write("\n")
-        out.write(f"{workflow['id']}  {workflow['kind']}\n")
+        origin = workflow.get("origin")
+        state = "" if workflow.get("active", True) else ", inactive"
+        out.write(f"{workflow['id']}  {workflow['kind']}{f', {origin}' if origin else ''}{state}\n")
         schedules = ", ".join(f"{s['cron']} ({s['timezone']})" for s in workflow["schedules"])
         out.write(f"  schedules  {schedules or 'none'}\n")
         out.write(f"  next run   {workflow['next_run'] or 'not scheduled'}\n")

@@ -703,7 +703,10 @@ class Job:
     """A custom automation: run one command when a trigger fires.
 
     A job is a workflow of one execute-command step, optionally preceded by a
-    step that waits for an event (``wait_for``, within ``wait_timeout``).
+    step that waits for an event (``wait_for``, within ``wait_timeout``): the
+    command then runs when that event arrives within the timeout after the
+    trigger fired. An inactive job (``active = false``) is not started by its
+    triggers until it is activated; it can still be run on demand.
     """
 
     id: str
@@ -715,10 +718,13 @@ class Job:
     timeout: float = 60.0
     surpass: Surpass = attrs.field(default=Surpass.WAIT, converter=_to_surpass)
     description: str = ""
+    active: bool = True
 
     def __attrs_post_init__(self) -> None:
         problems: list[Problem] = []
         _check_name(problems, "id", self.id, "an id")
+        if not isinstance(self.active, bool):
+            problems.append(Problem("active", f"must be true or false, got {self.active!r}"))
         try:
             ExecuteCommand(self.command, self.callable)
         except DeclarationError as error:

@@ -82,8 +82,10 @@ from ._messages import (
 from ._records import RestoreError, finished_record, restore_task, task_has_errors, task_record
 from ._records import StepResult as StepResult  # re-exported: views import it from here
 from ._records import TaskResult as TaskResult
+from ._registry import DEFINITION_EVENTS, Registry
 from ._store import Store, StoredState
 from ._subscribers import SubscriptionChange
+from ._tasklog import LogKind, TaskLog
 from ._timers import Timers
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,8 @@ SCHEDULE_GRACE = 60.0
 MISSED_RECORD_LIMIT = 1000
 #: Schedule firings kept per workflow.
 LEDGER_LENGTH = 100
+#: Characters of a failed command's output kept in its task's log.
+COMMAND_OUTPUT_TAIL = 1500
 
 
 #: Event types only the engine publishes: what listeners rely on cannot be forged.
@@ -122,6 +126,7 @@ RESERVED_EVENTS = frozenset(
         "message-listener-disconnected",
         "config-updated",
         "config-deleted",
+        *DEFINITION_EVENTS,
     }
 )
 
@@ -230,6 +235,8 @@ class CommandContext:
 class _Run:
     task: Task
     registered: _Registered
+    #: Data sent with each action of the task: the workflow and the previous run's timing.
+    routing: Mapping[str, Any] = attrs.field(default=MappingProxyType({}))
     #: The driver's trio task while it sleeps (waiting for a fact or a time).
     sleeper: trio.lowlevel.Task | None = None
     woken: bool = False
@@ -277,7 +284,10 @@ class _Run:
 class _Registered:
     workflow: Workflow
     machine: WorkflowMachine
-    is_job: bool
+    #: The job this workflow runs, if it is one.
+    job: Job | None
+    #: Whether its triggers (schedules, events, ``start_<id>_workflow``) are off.
+    paused: bool = False
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     active: dict[_Run, None] = attrs.Factory(dict)  # insertion-ordered set
     queued: str | None = None
@@ -298,6 +308,21 @@ QUEUED = "queued"
 
 def _new_id() -> str:
     return str(uuid.uuid4())
+
+
+def _routing(workflow_id: str, steps: Iterable[tuple[str, float, float]]) -> Mapping[str, Any]:
+    """Return the data sent with each action of a workflow: its id and ``timing``.
+
+    ``timing`` maps each step of the workflow's previous run to its
+    ``started_at`` and ``finished_at`` in whole seconds since the epoch (``steps``
+    gives name, start and end), as Resoto sends it, so that listeners can
+    estimate how long they will take.
+    """
+    timing = {
+        name: {"started_at": int(started), "finished_at": int(ended)}
+        for name, started, ended in steps
+    }
+    return MappingProxyType({"workflow": workflow_id, "timing": timing})
 
 
 def _encodable(text: str) -> str:
@@ -365,6 +390,10 @@ class Engine:
         self._timers = Timers()
         nursery.start_soon(self._timers.serve)
         self._closed = False
+        #: The workflows and jobs by origin, changed at run time (see engine._registry).
+        self.definitions = Registry(self, store, self._emit)
+        #: Every task's log (see engine._tasklog).
+        self.log = TaskLog(clock.now, store, keep_tasks=keep_results)
 
     @property
     def store(self) -> Store | None:
@@ -385,7 +414,12 @@ class Engine:
 
     def is_job(self, workflow_id: str) -> bool:
         """Tell whether the workflow with this id was registered as a job."""
-        return self._registered(workflow_id).is_job
+        return self._registered(workflow_id).job is not None
+
+    def job(self, workflow_id: str) -> Job | None:
+        """Return the job registered under this id, or None (a workflow, or nothing)."""
+        registered = self._workflows.get(workflow_id)
+        return None if registered is None else registered.job
 
     def register_command(self, name: str, command: Command) -> None:
         """Register an async callable that execute-command steps can run by ``name``."""
@@ -396,19 +430,32 @@ class Engine:
     def add_workflow(self, workflow: Workflow, *, replace: bool = False) -> None:
         """Register a workflow and start its schedules.
 
+        With ``replace``, a workflow of the same id is replaced: its running
+        tasks finish on the definition they started with, a queued run waits
+        for the new one, and a workflow stays paused if it was (see
+        :meth:`set_paused`). A job is paused when declared inactive
+        (``active = false``).
+
         Raises:
             DeclarationError: the id is taken (unless ``replace``), or a step
                 runs a command that is not registered. Nothing is registered then.
         """
-        self._add(workflow, is_job=False, replace=replace)
+        self._add(workflow, job=None, replace=replace)
 
     def add_job(self, job: Job, *, replace: bool = False) -> None:
         """Register a job (see :meth:`add_workflow`)."""
         if not isinstance(job, Job):
             raise TypeError(f"expected a Job, got {job!r}")
-        self._add(job.as_workflow(), is_job=True, replace=replace)
+        try:
+            self._add(job.as_workflow(), job=job, replace=replace)
+        except DeclarationError as error:  # name the job's fields, not its workflow's
+            problems = [
+                Problem("callable", p.message) if p.path.endswith("action.callable") else p
+                for p in error.problems
+            ]
+            raise DeclarationError(problems, source=error.source) from None
 
-    def _add(self, workflow: Workflow, *, is_job: bool, replace: bool) -> None:
+    def _add(self, workflow: Workflow, *, job: Job | None, replace: bool) -> None:
         if not isinstance(workflow, Workflow):
             raise TypeError(f"expected a Workflow, got {workflow!r}")
         problems = []
@@ -431,25 +478,71 @@ class Engine:
                 )
         if problems:
             raise DeclarationError(problems, source=workflow.id)
-        registered = _Registered(workflow, WorkflowMachine(workflow), is_job)
-        if workflow.id in self._workflows:
-            self.remove_workflow(workflow.id)
+        registered = _Registered(workflow, WorkflowMachine(workflow), job)
+        previous = self._workflows.pop(workflow.id, None)
+        # a job's declaration says whether it is active; a workflow keeps its state
+        registered.paused = (
+            not job.active if job is not None else previous is not None and previous.paused
+        )
+        if previous is not None:  # replaced: a queued run now waits for the new definition
+            registered.queued, registered.queued_event = previous.queued, previous.queued_event
+            previous.queued = previous.queued_event = None
+            if registered.queued is not None:
+                self._queued[registered.queued] = registered
+            self._disarm(previous)
         self._workflows[workflow.id] = registered
-        self._start_events[workflow.start_event] = workflow.id
-        for trigger in workflow.triggers:
-            if isinstance(trigger, EventTrigger):
-                self._event_triggers.setdefault(trigger.event, []).append((trigger, workflow.id))
-        self._reschedule(registered)
+        registered.routing = self._routing(workflow.id)
+        self._arm(registered)
 
     def remove_workflow(self, workflow_id: str) -> None:
         """Unregister a workflow or job; its running tasks go on to their end."""
         registered = self._workflows.pop(workflow_id, None)
         if registered is None:
             raise UnknownWorkflowError(workflow_id)
-        registered.scope.cancel()
+        self._disarm(registered)
         if registered.queued is not None:
             self.stop_task(registered.queued, reason=f"workflow {workflow_id!r} was removed")
-        self._start_events.pop(registered.workflow.start_event, None)
+
+    def is_paused(self, workflow_id: str) -> bool:
+        """Tell whether a workflow's triggers are off (see :meth:`set_paused`)."""
+        return self._registered(workflow_id).paused
+
+    def set_paused(self, workflow_id: str, paused: bool) -> None:
+        """Turn a workflow's triggers off or on again: schedules, events, its start event.
+
+        It can still be started on demand (:meth:`start_workflow`) while paused.
+        Schedule times that pass while it is paused are not caught up.
+        """
+        registered = self._registered(workflow_id)
+        if registered.paused != paused:
+            registered.paused = paused
+            if not paused:  # times passed while paused are not missed: nothing catches up
+                now = self.clock.now()
+                for key in [k for k in self._schedule_marks if k[0] == workflow_id]:
+                    self._schedule_marks[key] = now
+                    if self._writer is not None:
+                        self._writer.save_schedule_mark(key, now)
+            self._disarm(registered)
+            self._arm(registered)
+
+    def _arm(self, registered: _Registered) -> None:
+        """Register a workflow's start event and event triggers and start its schedules."""
+        workflow = registered.workflow
+        if not registered.paused:
+            self._start_events[workflow.start_event] = workflow.id
+            for trigger in workflow.triggers:
+                if isinstance(trigger, EventTrigger):
+                    self._event_triggers.setdefault(trigger.event, []).append(
+                        (trigger, workflow.id)
+                    )
+        self._reschedule(registered)
+
+    def _disarm(self, registered: _Registered) -> None:
+        """Stop a workflow's schedules and forget its start event and event triggers."""
+        workflow_id = registered.workflow.id
+        registered.scope.cancel()
+        if self._start_events.get(registered.workflow.start_event) == workflow_id:
+            del self._start_events[registered.workflow.start_event]
         for event_type in list(self._event_triggers):
             kept = [(t, w) for t, w in self._event_triggers[event_type] if w != workflow_id]
             if kept:
@@ -470,7 +563,9 @@ class Engine:
         return [] if override is None else [override]  # type: ignore[list-item]
 
     def next_run(self, workflow_id: str) -> datetime | None:
-        """Return when a schedule next starts the workflow, or None."""
+        """Return when a schedule next starts the workflow, or None (also while it is paused)."""
+        if self._registered(workflow_id).paused:
+            return None
         now = self.clock.now()
         times = [t.next_after(now) for t in self.schedules(workflow_id)]
         return min(times) if times else None
@@ -478,7 +573,7 @@ class Engine:
     def _reschedule(self, registered: _Registered) -> None:
         registered.scope.cancel()
         registered.scope = trio.CancelScope()
-        triggers = self.schedules(registered.workflow.id)
+        triggers = [] if registered.paused else self.schedules(registered.workflow.id)
         if triggers:
             self._nursery.start_soon(self._run_schedules, registered, registered.scope, triggers)
 
@@ -499,6 +594,16 @@ class Engine:
         self._schedule_overrides = overrides
         for registered in self._workflows.values():
             self._reschedule(registered)
+
+    def _routing(self, workflow_id: str) -> Mapping[str, Any]:
+        """Return the data of a workflow's actions, with its last finished run's timing."""
+        last = self.history(workflow=workflow_id, limit=1)
+        steps = (
+            ((s.name, s.started_at.timestamp(), s.ended_at.timestamp()) for s in last[0].steps)
+            if last
+            else ()
+        )
+        return _routing(workflow_id, steps)
 
     def _registered(self, workflow_id: str) -> _Registered:
         try:
@@ -642,6 +747,13 @@ class Engine:
                 and isinstance(step.step.action, PerformAction)
                 and step.forget_subscriber(subscriber_id)
             ):
+                self.log.add(
+                    run.task.id,
+                    LogKind.RELEASED,
+                    f"{subscriber_id} went away: the step no longer waits for it",
+                    step=step.step.name,
+                    subscriber=subscriber_id,
+                )
                 run.wake()
 
     # ------------------------------------------------------------ listeners
@@ -904,9 +1016,24 @@ class Engine:
         elif isinstance(answer, ActionError):
             if step.record_answer(subscriber_id, Answer.ERROR, answer.error):
                 run.dirty = True
+                self.log.add(
+                    run.task.id,
+                    LogKind.ERROR,
+                    answer.error,
+                    step=answer.step,
+                    subscriber=subscriber_id,
+                )
                 self._emit_error(run, answer.error, subscriber_id)
                 self._answered(run)
         elif isinstance(answer, ActionInfo):
+            self.log.add(
+                run.task.id,
+                LogKind.INFO,
+                answer.message,
+                step=answer.step,
+                subscriber=subscriber_id,
+                level=answer.level,
+            )
             if answer.level == "error" and subscriber_id in step.owed_at_start:
                 self._emit_error(run, answer.message, subscriber_id)
         elif step.record_progress(subscriber_id, answer.progress):
@@ -997,7 +1124,7 @@ class Engine:
 
     def _start(self, registered: _Registered, task_id: str, reason: str) -> str:
         task = registered.machine.new_task(task_id, now=trio.current_time())
-        run = _Run(task, registered)
+        run = _Run(task, registered, registered.routing)
         registered.active[run] = None
         self._running[task_id] = run
         logger.info("starting task %s of %s (%s)", task_id, registered.workflow.id, reason)
@@ -1102,6 +1229,19 @@ class Engine:
         if result is None:
             raise UnknownTaskError(task_id)
         return result
+
+    def task_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Return up to ``limit`` ids of known tasks (running, queued, finished) with ``prefix``."""
+        found: dict[str, None] = {}
+        for ids in (self._running, self._queued, reversed(self._results)):
+            for task_id in ids:
+                if task_id.startswith(prefix):
+                    found[task_id] = None
+                    if len(found) >= limit:
+                        return list(found)
+        if self._store is not None:
+            found.update(dict.fromkeys(self._store.task_ids(prefix, limit=limit)))
+        return list(found)[:limit]
 
     def _finished(self, task_id: str) -> TaskResult | None:
         if task_id in self._results:
@@ -1283,17 +1423,18 @@ class Engine:
             "task %s: step %s stalled, waiting for %s", run.task.id, step.step.name, silent
         )
         quiet = now - quiet_since
-        self._emit_error(
-            run,
+        stalled = (
             f"step {step.step.name!r} stalled: nothing heard from {silent} for {quiet:g}s"
-            f" (deadline in {step.deadline - now:g}s)",
+            f" (deadline in {step.deadline - now:g}s)"
         )
+        self.log.add(run.task.id, LogKind.STALLED, stalled, step=step.step.name)
+        self._emit_error(run, stalled)
 
     def _action(self, run: _Run) -> Action:
         task = run.task
         assert task.step is not None
         step = task.step.step
-        return Action(step.message_type, task.id, step.name, extra=run.registered.routing)
+        return Action(step.message_type, task.id, step.name, extra=run.routing)
 
     def _arm_timer(self, run: _Run) -> None:
         """Make sure the task's timer fires by its next due time (deadline, progress, stall)."""
@@ -1327,6 +1468,7 @@ class Engine:
             self._check_stall(run, step)
         if now >= step.deadline and not step.is_finished():
             step.record_deadline()
+            self.log.add(run.task.id, LogKind.TIMEOUT, step.errors[-1], step=step.step.name)
             self._emit_error(run, step.errors[-1])
 
     def _step_ended(self, run: _Run, step: StepRun) -> None:
@@ -1349,9 +1491,7 @@ class Engine:
 
     def _abort(self, run: _Run, step: StepRun) -> None:
         task = run.task
-        abort = ActionAbort(
-            step.step.message_type, task.id, step.step.name, extra=run.registered.routing
-        )
+        abort = ActionAbort(step.step.message_type, task.id, step.step.name, extra=run.routing)
         self._bus.publish(abort, subscribers=step.waiting_for)
 
     def _stop_now(self, run: _Run) -> None:
@@ -1370,6 +1510,7 @@ class Engine:
         action = step.step.action
         assert isinstance(action, ExecuteCommand)
         error: str | None = None
+        output = ""
         if step.ended_at is not None:  # stopped before the command could start
             return
         with trio.CancelScope() as scope:
@@ -1385,6 +1526,7 @@ class Engine:
                         list(action.command), capture_stdout=True, capture_stderr=True, check=False
                     )
                     if result.returncode != 0:
+                        output = (result.stdout + result.stderr).decode("utf-8", "replace")
                         stderr = result.stderr.decode("utf-8", "replace").strip()[-400:]
                         error = (
                             f"command {action.command[0]!r} exited with status {result.returncode}"
@@ -1400,6 +1542,13 @@ class Engine:
         step.record_finished(error)
         run.dirty = True
         if error is not None:
+            tail = output.strip()[-COMMAND_OUTPUT_TAIL:]
+            self.log.add(
+                run.task.id,
+                LogKind.COMMAND_FAILED,
+                f"{error}\n--- last output ---\n{tail}" if tail else error,
+                step=step.step.name,
+            )
             self._emit_error(run, f"step {step.step.name!r}: {error}")
         run.wake()
 
@@ -1484,6 +1633,24 @@ class Engine:
             except Exception:
                 logger.exception("task %s: its result is kept in memory only", task.id)
                 self._results[result.id] = result
+        to_epoch = self.clock.to_epoch
+        self._workflows.get(task.workflow.id, registered).routing = _routing(
+            task.workflow.id,
+            (
+                (s.step.name, to_epoch(s.entered_at), to_epoch(s.ended_at))
+                for s in task.history
+                if s.ended_at is not None
+            ),
+        )
+        errors = task.errors
+        logger.info(
+            "task %s of %s ended %s in %.1fs%s",
+            task.id,
+            task.workflow.id,
+            result.outcome.value,
+            result.duration,
+            f" with {len(errors)} error(s): {'; '.join(errors)[:300]}" if errors else "",
+        )
         if self._wanted(TASK_END):
             data: dict[str, Any] = {
                 "task_id": task.id,
@@ -1532,6 +1699,7 @@ class Engine:
 
     def _restore(self, state: StoredState) -> None:
         """Load what the store kept and resume the interrupted tasks."""
+        self.definitions.restore(state.definitions)
         self._restoring = True
         try:
             for config_id in self.configs.restore(state.configs, state.revision_counter):
@@ -1622,10 +1790,17 @@ class Engine:
         if step is not None and step.began and isinstance(step.step.action, PerformAction):
             subscribed = self.subscribers.waiting_for(step.step.action.message_type)
             for subscriber_id in list(step.waiting_for):
-                if subscriber_id not in subscribed:
-                    step.forget_subscriber(subscriber_id)
+                if subscriber_id not in subscribed and step.forget_subscriber(subscriber_id):
+                    self.log.add(
+                        task.id,
+                        LogKind.RELEASED,
+                        f"{subscriber_id} is gone since the restart: the step no longer waits"
+                        " for it",
+                        step=step.step.name,
+                        subscriber=subscriber_id,
+                    )
         logger.info("resuming task %s of %s in state %s", task.id, task.workflow.id, task.state)
-        run = _Run(task, registered, replay=True)
+        run = _Run(task, registered, registered.routing, replay=True)
         registered.active[run] = None
         self._running[task.id] = run
         self._nursery.start_soon(self._drive, run)
@@ -1724,6 +1899,7 @@ async def open_engine(
     keep_results: int = 10_000,
     stall_fraction: float | None = 0.5,
     store: Store | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the ``async with`` block.
 
@@ -1744,6 +1920,9 @@ async def open_engine(
         store: where state is kept across restarts (see :class:`SQLiteStore`);
             on open, configs, subscribers and schedule marks are loaded and
             interrupted tasks resume where they were. None keeps nothing.
+        sources: the file that declared each of ``workflows`` and ``jobs``, by
+            id; those cannot be changed at run time (see
+            :attr:`Engine.definitions`). The others count as built in.
 
     Leaving the block cancels everything the engine runs: running tasks stop
     where they are, without ``task_end``, and listeners are disconnected.
@@ -1769,6 +1948,7 @@ async def open_engine(
             engine.add_workflow(workflow)
         for job in jobs:
             engine.add_job(job)
+        engine.definitions.declare(sources or {})
         if store is not None:
             engine._restore(store.load())
             nursery.start_soon(engine._prune_history, store)

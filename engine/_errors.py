@@ -166,5 +166,17 @@ class GraphvizNotFound(DiagramError):
         )
 
 
+class DefinitionConflict(PhasebusError):
+    """A change of a workflow or job that its origin does not allow (HTTP 409)."""
+
+
+class TaskLookupError(PhasebusError, LookupError):
+    """A task id (or prefix) names no task (``status`` 404), or more than one (400)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
 class LeaseLost(StoreError):
     """A write under a lease was refused: the lease expired or was taken over; nothing written."""

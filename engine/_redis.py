@@ -121,6 +121,15 @@ HISTORY_ENDED = "history-ended"
 HISTORY_BY_WORKFLOW = "history-workflow:"
 HISTORY_BY_OUTCOME = "history-outcome:"
 HISTORY_BY_ERRORS = "history-errors:"
+#: Sorted set (all scores 0, ordered by id): the ids of running and finished tasks, for
+#: looking tasks up by a prefix of their id. Commit adds, prune removes.
+TASK_IDS = "task-ids"
+#: List per task (+ task id): its log entries (JSON), oldest first, the latest ``keep`` only.
+#: Written by the replica driving the task; removed with the task by prune.
+TASK_LOG = "task-log:"
+#: Hash: definition id -> a run-time workflow or job, or a change to a built-in one (JSON).
+#: Written by any replica (the definitions API).
+DEFINITIONS = "definitions"
 #: Hash: JSON ``[workflow, cron, time zone]`` -> when the schedule last fired (seconds).
 #: Written by the replica that fired it.
 SCHEDULE_MARKS = "schedule-marks"
@@ -173,7 +182,7 @@ else
     if record then tasks[#tasks + 1] = record end
   end
 end
-return {configs, subscribers, tasks, redis.call('HGETALL', KEYS[4])}
+return {configs, subscribers, tasks, redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5])}
 """
 
 _SAVE_CONFIG = """
@@ -225,6 +234,7 @@ for _ = 1, writes do
   local id = ARGV[i + 1]
   if ARGV[i] == 'S' then
     redis.call('HSET', KEYS[2], id, ARGV[i + 2])
+    redis.call('ZADD', KEYS[9], 0, id)
     redis.call('HSET', KEYS[3], id, ARGV[2])
     redis.call('SADD', KEYS[4], id)
     i = i + 3
@@ -245,6 +255,7 @@ for _ = 1, writes do
       member = string.format('%0DIGITSx', redis.call('INCR', KEYS[7])) .. ':' .. id
     end
     redis.call('HSET', KEYS[5], id, ARGV[i + 6])
+    redis.call('ZADD', KEYS[9], 0, id)
     redis.call('HSET', KEYS[6], id, cjson.encode({member, workflow, outcome, errors}))
     redis.call('ZADD', KEYS[8], ended, member)
     redis.call('ZADD', ARGV[3] .. workflow, ended, member)
@@ -292,6 +303,8 @@ for _, member in ipairs(members) do
   redis.call('ZREM', ARGV[4] .. meta[4], member)
   redis.call('HDEL', KEYS[2], id)
   redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('DEL', ARGV[6] .. id)
 end
 return #members
 """.replace("SKIP", str(_ORDER_DIGITS + 2))
@@ -653,9 +666,15 @@ class RedisStore(RedisConnection):
 
     async def load(self, *, lease: str | None = None) -> StoredState:
         """Return everything stored; with ``lease``, only the running tasks held under it."""
-        configs_raw, subscribers_raw, tasks_raw, marks_raw = await self.script(
+        configs_raw, subscribers_raw, tasks_raw, marks_raw, definitions_raw = await self.script(
             "load",
-            [self.key(CONFIGS), self.key(SUBSCRIBERS), self.key(RUNNING), self.key(SCHEDULE_MARKS)],
+            [
+                self.key(CONFIGS),
+                self.key(SUBSCRIBERS),
+                self.key(RUNNING),
+                self.key(SCHEDULE_MARKS),
+                self.key(DEFINITIONS),
+            ],
             [self.key(SUBSCRIPTIONS), "" if lease is None else self.key(LEASE_TASKS, lease)],
         )
         configs = []
@@ -692,6 +711,10 @@ class RedisStore(RedisConnection):
             tuple(orjson.loads(record) for record in tasks_raw),
             marks,
             revision_counter(configs),
+            {
+                _text(definitions_raw[index]): orjson.loads(definitions_raw[index + 1])
+                for index in range(0, len(definitions_raw), 2)
+            },
         )
 
     async def history(
@@ -905,6 +928,7 @@ class RedisStore(RedisConnection):
                 self.key(HISTORY_META),
                 self.key(HISTORY_ORDER),
                 self.key(HISTORY_ENDED),
+                self.key(TASK_IDS),
             ],
             args,
         )
@@ -912,7 +936,7 @@ class RedisStore(RedisConnection):
             raise LeaseLost(f"commit refused, nothing written: {_text(reply[1])}")
 
     async def prune(self, before: datetime, *, batch: int = 500) -> int:
-        """Delete finished tasks that ended before ``before``; return how many.
+        """Delete finished tasks that ended before ``before`` (and their logs); return how many.
 
         Deletes ``batch`` tasks per script, so that Redis serves others in between.
         """
@@ -920,18 +944,69 @@ class RedisStore(RedisConnection):
         while True:
             count: int = await self.script(
                 "prune",
-                [self.key(HISTORY_ENDED), self.key(HISTORY), self.key(HISTORY_META)],
+                [
+                    self.key(HISTORY_ENDED),
+                    self.key(HISTORY),
+                    self.key(HISTORY_META),
+                    self.key(TASK_IDS),
+                ],
                 [
                     _seconds(before.timestamp()),
                     self.key(HISTORY_BY_WORKFLOW),
                     self.key(HISTORY_BY_OUTCOME),
                     self.key(HISTORY_BY_ERRORS),
                     batch,
+                    self.key(TASK_LOG),
                 ],
             )
             total += count
             if count < batch:
                 return total
+
+    async def task_ids(self, prefix: str, *, limit: int) -> list[str]:
+        """Return up to ``limit`` ids of running or finished tasks that start with ``prefix``.
+
+        They come in the order of their bytes, running and finished mixed (the
+        SQLite store lists running tasks first).
+        """
+        low, high = (
+            (b"[" + prefix.encode(), b"(" + prefix.encode() + b"\xff")
+            if prefix
+            else (
+                b"-",
+                b"+",
+            )
+        )
+        ids = await self.call(
+            lambda: self._client.zrange(
+                self.key(TASK_IDS), low, high, sortby=PureToken.BYLEX, offset=0, count=limit
+            )
+        )
+        return [_text(task_id) for task_id in ids]
+
+    async def add_log_entry(self, task_id: str, entry: bytes, *, keep: int) -> None:
+        """Append an entry (JSON) to a task's log, keeping only its latest ``keep`` entries."""
+
+        async def append() -> None:
+            async with self._client.pipeline(transaction=True) as pipeline:
+                pipeline.rpush(self.key(TASK_LOG, task_id), [entry])
+                pipeline.ltrim(self.key(TASK_LOG, task_id), -keep, -1)
+
+        await self.call(append)
+
+    async def task_log(self, task_id: str) -> list[dict[str, Any]]:
+        """Return a task's log entries, oldest first."""
+        entries = await self.call(lambda: self._client.lrange(self.key(TASK_LOG, task_id), 0, -1))
+        return [orjson.loads(entry) for entry in entries]
+
+    async def save_definition(self, definition_id: str, record: bytes) -> None:
+        """Store a run-time definition (or a change to a built-in one), as JSON."""
+        fields = {definition_id: record}
+        await self.call(lambda: self._client.hset(self.key(DEFINITIONS), fields))
+
+    async def delete_definition(self, definition_id: str) -> None:
+        """Forget a run-time definition."""
+        await self.call(lambda: self._client.hdel(self.key(DEFINITIONS), [definition_id]))
 
     # ------------------------------------------------------------ schedules
 

@@ -71,7 +71,7 @@ async def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     psk: str | None = None,
-    workflows_dir: Path | None = None,
+    workflows_dir: Path | Sequence[Path] | None = None,
     demo: bool = False,
     store: str = "memory",
     retention_days: float = DEFAULT_RETENTION_DAYS,
@@ -96,7 +96,8 @@ async def serve(
     certificate instead. Without ``metrics``, ``/metrics`` is not served.
 
     Raises:
-        PhasebusError: a bad declaration file, or a store file that cannot be used.
+        PhasebusError: a bad declaration file, a store file that cannot be
+            used, or an address it cannot listen on (the port in use).
     """
     if not 0 < retention_days <= MAX_RETENTION_DAYS:
         raise PhasebusError(
@@ -124,6 +125,7 @@ async def serve(
             await _serve_engine(
                 workflows,
                 jobs,
+                catalog.sources,
                 durable,
                 host=host,
                 port=port,
@@ -142,6 +144,7 @@ async def serve(
 async def _serve_engine(
     workflows: list[Workflow],
     jobs: list[Job],
+    sources: Mapping[str, str],
     store: Store | None,
     *,
     host: str,
@@ -153,7 +156,7 @@ async def _serve_engine(
     metrics: bool,
     task_status: trio.TaskStatus[str],
 ) -> None:
-    async with open_engine(workflows=workflows, jobs=jobs, store=store) as engine:
+    async with open_engine(workflows=workflows, jobs=jobs, store=store, sources=sources) as engine:
         if engine.configs.get(CORE_CONFIG) is None:
             engine.configs.put(CORE_CONFIG, core_config(engine))
         if not demo:
@@ -268,10 +271,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workflows",
-        metavar="DIR",
+        metavar="PATH",
         type=Path,
+        action="append",
         default=None,
-        help="also load the workflows and jobs declared in DIR/*.toml and DIR/*.json",
+        help="also load the workflows and jobs declared in PATH: a .toml or .json file, or a"
+        " directory of them (repeat for more); they cannot be changed over the API",
     )
     parser.add_argument(
         "--tls",

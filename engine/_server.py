@@ -59,6 +59,8 @@ from wsproto.events import (
 from wsproto.events import Request as WSRequest
 from wsproto.utilities import ProtocolError as WSProtocolError
 
+from ._errors import PhasebusError
+
 logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
@@ -959,6 +961,9 @@ async def serve_app(
         limits: time-outs and sizes (:class:`ServerLimits`).
         max_message_size: largest WebSocket message, in bytes (overrides
             ``limits.max_message_size``).
+
+    Raises:
+        PhasebusError: it cannot listen there (naming the port in use).
     """
     if max_message_size is not None:
         limits = attrs.evolve(limits, max_message_size=max_message_size)
@@ -970,7 +975,11 @@ async def serve_app(
         )
         limits = attrs.evolve(limits, max_connections=allowed)
     server = _Server(app, limits, ssl_context)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as error:
+        why = "the port is in use" if error.errno == errno.EADDRINUSE else error.strerror or error
+        raise PhasebusError(f"cannot listen on {host}:{port}: {why}") from None
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:

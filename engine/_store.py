@@ -48,6 +48,8 @@ class StoredState:
     tasks: tuple[dict[str, Any], ...] = ()
     schedule_marks: Mapping[tuple[str, str, str], datetime] = attrs.field(factory=dict, hash=False)
     revision_counter: int = 0
+    #: Run-time definitions and changes to built-in ones, by id (see engine._registry).
+    definitions: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, hash=False)
 
 
 class Store(Protocol):
@@ -116,7 +118,22 @@ class Store(Protocol):
         """Return one finished task, or None."""
 
     def prune(self, before: datetime) -> int:
-        """Delete finished tasks that ended before ``before``; return how many."""
+        """Delete finished tasks that ended before ``before`` (and their logs); return how many."""
+
+    def save_definition(self, definition_id: str, record: bytes) -> None:
+        """Store a run-time definition (or a change to a built-in one), as JSON."""
+
+    def delete_definition(self, definition_id: str) -> None:
+        """Forget a run-time definition."""
+
+    def add_log_entry(self, task_id: str, entry: bytes, *, keep: int) -> None:
+        """Append an entry (JSON) to a task's log, keeping only its latest ``keep`` entries."""
+
+    def task_log(self, task_id: str) -> list[dict[str, Any]]:
+        """Return a task's log entries, oldest first."""
+
+    def task_ids(self, prefix: str, *, limit: int) -> list[str]:
+        """Return up to ``limit`` ids of running or finished tasks that start with ``prefix``."""
 
     def load_config_models(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Return the stored config kinds and config validation settings."""
@@ -175,11 +192,20 @@ _MIGRATIONS: dict[int, str] = {
         FROM subscribers AS s, json_each(s.subscriptions) AS e;
     ALTER TABLE subscribers DROP COLUMN subscriptions;
     """,
-    # Version 5 keeps the config models components register (Resoto's kinds,
+    # Version 4 keeps the config models components register (Resoto's kinds,
     # one row per kind) and the validation setting of each config id.
-    5: """
+    4: """
     CREATE TABLE config_kinds (fqn TEXT PRIMARY KEY, data TEXT NOT NULL);
     CREATE TABLE config_validations (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+    """,
+    # Version 5 keeps the workflows and jobs defined while the engine runs (and
+    # changes to built-in ones), and every task's log.
+    5: """
+    CREATE TABLE definitions (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE task_log (
+        task_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
+        PRIMARY KEY (task_id, seq)
+    );
     """,
 }
 
@@ -276,7 +302,7 @@ class SQLiteStore:
                     self._run_script(_SCHEMA_V1)
                     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     version = 1
-                for target in sorted(t for t in _MIGRATIONS if version < t <= SCHEMA_VERSION):
+                for target in range(version + 1, SCHEMA_VERSION + 1):
                     self._run_script(_MIGRATIONS[target])
                     logger.info("migrated store %s to schema version %d", self.path, target)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -325,7 +351,10 @@ class SQLiteStore:
             ),
             default=0,
         )
-        return StoredState(configs, subscribers, tasks, marks, counter)
+        definitions = {
+            row[0]: json.loads(row[1]) for row in db.execute("SELECT id, data FROM definitions")
+        }
+        return StoredState(configs, subscribers, tasks, marks, counter, definitions)
 
     def history(
         self,
@@ -439,10 +468,60 @@ class SQLiteStore:
 
     def prune(self, before: datetime) -> int:
         with self._transaction():
+            self._db.execute(
+                "DELETE FROM task_log WHERE task_id IN (SELECT id FROM history WHERE ended_at < ?)",
+                (before.timestamp(),),
+            )
             cursor = self._db.execute(
                 "DELETE FROM history WHERE ended_at < ?", (before.timestamp(),)
             )
         return cursor.rowcount
+
+    def save_definition(self, definition_id: str, record: bytes) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO definitions (id, data) VALUES (?, ?)",
+                (definition_id, record.decode("utf-8")),
+            )
+
+    def delete_definition(self, definition_id: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM definitions WHERE id = ?", (definition_id,))
+
+    def add_log_entry(self, task_id: str, entry: bytes, *, keep: int) -> None:
+        with self._transaction():
+            (last,) = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM task_log WHERE task_id = ?", (task_id,)
+            ).fetchone()
+            self._db.execute(
+                "INSERT INTO task_log (task_id, seq, data) VALUES (?, ?, ?)",
+                (task_id, last + 1, entry.decode("utf-8")),
+            )
+            if last + 1 > keep:
+                self._db.execute(
+                    "DELETE FROM task_log WHERE task_id = ? AND seq <= ?",
+                    (task_id, last + 1 - keep),
+                )
+
+    def task_log(self, task_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT data FROM task_log WHERE task_id = ? ORDER BY seq", (task_id,)
+        )
+        return [json.loads(row[0]) for row in rows]
+
+    def task_ids(self, prefix: str, *, limit: int) -> list[str]:
+        # a range on the primary key, so that the lookup uses its index
+        clause, values = "", ()  # type: str, tuple[str, ...]
+        if prefix:
+            clause = "WHERE id >= ? AND id < ?"
+            values = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+        ids: list[str] = []
+        for table in ("running_tasks", "history"):
+            rows = self._db.execute(
+                f"SELECT id FROM {table} {clause} ORDER BY id LIMIT ?", (*values, limit)
+            )
+            ids.extend(row[0] for row in rows if row[0] not in ids)
+        return ids[:limit]
 
     def load_config_models(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         kinds = [json.loads(row[0]) for row in self._db.execute("SELECT data FROM config_kinds")]
@@ -591,6 +670,21 @@ class AsyncStore(Protocol):
     async def delete_config_validation(self, config_id: str) -> None:
         """Forget a config's validation setting."""
 
+    async def save_definition(self, definition_id: str, record: bytes) -> None:
+        """Store a run-time definition (or a change to a built-in one), as JSON."""
+
+    async def delete_definition(self, definition_id: str) -> None:
+        """Forget a run-time definition."""
+
+    async def add_log_entry(self, task_id: str, entry: bytes, *, keep: int) -> None:
+        """Append an entry (JSON) to a task's log, keeping only its latest ``keep`` entries."""
+
+    async def task_log(self, task_id: str) -> list[dict[str, Any]]:
+        """Return a task's log entries, oldest first."""
+
+    async def task_ids(self, prefix: str, *, limit: int) -> list[str]:
+        """Return up to ``limit`` ids of running or finished tasks that start with ``prefix``."""
+
     async def save_subscriber(
         self, subscriber_id: str, subscriptions: list[dict[str, Any]]
     ) -> None:
@@ -643,7 +737,7 @@ class AsyncStore(Protocol):
         """Return one finished task, or None."""
 
     async def prune(self, before: datetime) -> int:
-        """Delete finished tasks that ended before ``before``; return how many."""
+        """Delete finished tasks that ended before ``before`` (and their logs); return how many."""
 
     async def acquire_lease(self, name: str, ttl: timedelta) -> int | None:
         """Take the lease ``name`` for ``ttl`` if nobody holds it; return its fencing token.

@@ -9,8 +9,9 @@ reports. Nothing here starts a thread: the panel is refreshed by a trio task.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, Iterator
 from datetime import datetime
+from typing import Protocol
 
 import attrs
 import trio
@@ -214,21 +215,60 @@ class _StepLog:
     failed: bool = False
 
 
+class TaskSource(Protocol):
+    """Where a live view reads a task: an engine in process, or a server."""
+
+    async def task(self, task_id: str) -> TaskInfo | TaskResult:
+        """Return the task's info while it runs, its result once it ended."""
+
+    async def wait_task(self, task_id: str) -> TaskResult:
+        """Return the task's result once it ended."""
+
+    def now(self) -> datetime:
+        """Return the current wall-clock time (the source's)."""
+
+
+@attrs.frozen
+class EngineSource:
+    """An engine in this process, as a :class:`TaskSource`."""
+
+    engine: Engine
+
+    async def task(self, task_id: str) -> TaskInfo | TaskResult:
+        return self.engine.task(task_id)
+
+    async def wait_task(self, task_id: str) -> TaskResult:
+        return await self.engine.wait_task(task_id)
+
+    def now(self) -> datetime:
+        return self.engine.clock.now()
+
+
 class LiveView:
     """Follow one task on a terminal: log lines above a live panel, then the summary."""
 
-    def __init__(self, console: Console, engine: Engine, workflow: Workflow, task_id: str) -> None:
+    def __init__(
+        self,
+        console: Console,
+        engine: Engine | TaskSource,
+        workflow: Workflow,
+        task_id: str,
+        *,
+        refresh: float = REFRESH_INTERVAL,
+    ) -> None:
         self.console = console
-        self.engine = engine
+        self.source: TaskSource = EngineSource(engine) if isinstance(engine, Engine) else engine
+        self._refresh_interval = refresh
         self.workflow = workflow
         self.task_id = task_id
         self._current: _StepLog | None = None
         self._live: Live | None = None
 
-    async def follow(self, listener: Listener) -> TaskResult:
+    async def follow(self, listener: Listener | AsyncIterable[Message]) -> TaskResult:
         """Show the task until it ends; return its result.
 
-        ``listener`` must see every message (opened without a subscriber or types).
+        ``listener`` must see every message (opened without a subscriber or
+        types, or a server's ``/events`` without ``show``).
         """
         with Live(
             console=self.console,
@@ -250,16 +290,16 @@ class LiveView:
                         break
                 nursery.cancel_scope.cancel()
             self._live = None
-        result = await self.engine.wait_task(self.task_id)
+        result = await self.source.wait_task(self.task_id)
         self.console.print(render_summary(self.workflow, result))
         return result
 
     async def _refresh(self, live: Live) -> None:
         while True:
-            info = self.engine.task(self.task_id)
+            info = await self.source.task(self.task_id)
             if isinstance(info, TaskInfo):
-                live.update(render_task(self.workflow, info, self.engine.clock.now()), refresh=True)
-            await trio.sleep(REFRESH_INTERVAL)
+                live.update(render_task(self.workflow, info, self.source.now()), refresh=True)
+            await trio.sleep(self._refresh_interval)
 
     def _print(self, renderable: RenderableType) -> None:
         (self._live.console if self._live is not None else self.console).print(renderable)

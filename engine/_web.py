@@ -12,6 +12,7 @@ and a connection that falls behind is dropped by what is pending for it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
 from ._auth import DEFERRED_PATHS, AuthError, FirstMessageAuth, TokenVerifier, bearer_token
@@ -32,8 +34,10 @@ from ._convert import structure_strict, unstructure_declaration
 from ._engine import Engine, StepInfo, TaskInfo, TaskResult
 from ._errors import BadInput as BadInput
 from ._errors import (
+    EngineClosed,
     InvalidInputError,
     ListenerError,
+    TaskLookupError,
     UnknownTaskError,
     UnknownWorkflowError,
 )
@@ -43,6 +47,7 @@ from ._metrics import CONTENT_TYPE, EngineMetrics
 from ._resoto_api import REVISION_HEADER as REVISION_HEADER
 from ._resoto_api import ResotoRoutes
 from ._tls import Authority, CertificateRoutes
+from ._web_definitions import DefinitionRoutes, resolve_task_id
 from ._websocket import (
     DEFAULT_MAX_PENDING_AGE,
     DEFAULT_MAX_PENDING_BYTES,
@@ -55,6 +60,8 @@ from ._websocket import describe as _describe
 from ._workqueue import WorkQueue, WorkRoutes
 
 logger = logging.getLogger(__name__)
+#: One line per HTTP request (method, path, status, milliseconds), at info.
+access_logger = logging.getLogger("engine.access")
 
 #: Paths served without authentication, as Resoto's core serves them: the health
 #: checks, the CA certificate (a client needs it before it can trust anything) and
@@ -74,6 +81,14 @@ DEFAULT_MAX_BODY = 1024 * 1024
 
 #: Largest WebSocket message accepted, in bytes, unless told otherwise.
 DEFAULT_MAX_MESSAGE = 1024 * 1024
+
+#: The ASGI messages that answer a request, with the status they stand for.
+_STATUS_EVENTS = {
+    "http.response.start": 0,  # its own status
+    "websocket.accept": 101,
+    "websocket.http.response.start": 0,  # its own status
+    "websocket.close": 403,  # before the handshake was accepted: refused
+}
 
 
 # ---------------------------------------------------------------- input
@@ -200,10 +215,11 @@ class PhasebusApp:
             engine, max_message_size=max_message_size, policy=slow_consumer
         )
         self._router = Starlette(
-            routes=self._routes(),
+            routes=DefinitionRoutes(engine, self._json_body).routes() + self._routes(),
             exception_handlers={
                 BadInput: self._bad_input,
                 HTTPException: self._http_exception,
+                EngineClosed: self._stopping,
             },
         )
 
@@ -214,6 +230,46 @@ class PhasebusApp:
     # ------------------------------------------------------------ ASGI entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and access_logger.isEnabledFor(logging.INFO):
+            await self._logged(scope, receive, send)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _logged(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a request and log one line for it: method, path, status, milliseconds.
+
+        A WebSocket is logged when its handshake is answered (``WS``, status
+        101 when accepted).
+        """
+        started = time.perf_counter()
+        status = 0
+        websocket = scope["type"] == "websocket"
+
+        def log() -> None:
+            access_logger.info(
+                "%s %s %s %.1fms",
+                "WS" if websocket else scope.get("method", "-"),
+                scope.get("path", "-"),
+                status or "-",
+                (time.perf_counter() - started) * 1000,
+            )
+
+        async def send_logged(message: ASGIMessage) -> None:
+            nonlocal status
+            kind = message["type"]
+            if not status and kind in _STATUS_EVENTS:
+                status = message.get("status") or _STATUS_EVENTS[kind]
+                if websocket:
+                    log()
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, send_logged)
+        finally:
+            if not websocket or not status:
+                log()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind in ("http", "websocket"):
             if (
@@ -286,6 +342,10 @@ class PhasebusApp:
     async def _bad_input(self, request: Request, error: Exception) -> Response:
         assert isinstance(error, BadInput)
         return JSONResponse(error.body(), error.status)
+
+    async def _stopping(self, request: Request, error: Exception) -> Response:
+        # the engine froze (the server is stopping): nothing was changed
+        return JSONResponse({"error": str(error), "problems": []}, 503, {"Retry-After": "1"})
 
     async def _http_exception(self, request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
@@ -445,6 +505,8 @@ class PhasebusApp:
                     "id": workflow_id,
                     "name": workflow.name,
                     "kind": "job" if engine.is_job(workflow_id) else "workflow",
+                    "origin": engine.definitions.origin(workflow_id),
+                    "active": engine.definitions.is_active(workflow_id),
                     "description": workflow.description,
                     "steps": [step.name for step in workflow.steps],
                     "surpass": workflow.surpass.value,
@@ -540,8 +602,14 @@ class PhasebusApp:
         )
         return JSONResponse(running + [task_json(result) for result in finished])
 
+    def _task_id(self, request: Request) -> str:
+        try:
+            return resolve_task_id(self.engine, request.path_params["id"])
+        except TaskLookupError as error:
+            raise BadInput(error.status, str(error)) from None
+
     async def get_task(self, request: Request) -> Response:
-        task_id = request.path_params["id"]
+        task_id = self._task_id(request)
         try:
             task = self.engine.task(task_id)
         except UnknownTaskError:
@@ -549,7 +617,7 @@ class PhasebusApp:
         return JSONResponse(task_json(task))
 
     async def stop_task(self, request: Request) -> Response:
-        task_id = request.path_params["id"]
+        task_id = self._task_id(request)
         try:
             stopped = self.engine.stop_task(task_id, reason="stopped through the API")
         except UnknownTaskError:

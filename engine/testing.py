@@ -82,7 +82,19 @@ class Twice:
     after: float = 0.0
 
 
-Behaviour: TypeAlias = Done | Fail | Silent | ReportProgress | Disconnect | Twice
+@attrs.frozen
+class Report:
+    """Send an ``action_info`` with ``message`` at ``level``, then behave as ``then``.
+
+    What it reports lands in the task's log (:func:`task_log`).
+    """
+
+    message: str
+    level: str = "info"
+    then: Behaviour = Done()
+
+
+Behaviour: TypeAlias = Done | Fail | Silent | ReportProgress | Disconnect | Twice | Report
 
 
 class ScriptedListener:
@@ -137,10 +149,13 @@ class ScriptedListener:
 
     async def _act(self, listener: Listener, action: Action) -> None:
         behaviour = self.behaviour_for(action.message_type)
-        while isinstance(behaviour, ReportProgress):
-            for part in range(1, behaviour.parts + 1):
-                await trio.sleep(behaviour.every)
-                listener.progress(action, ProgressLeaf(action.step, part, behaviour.parts))
+        while isinstance(behaviour, ReportProgress | Report):
+            if isinstance(behaviour, Report):
+                listener.info(action, behaviour.message, level=behaviour.level)
+            else:
+                for part in range(1, behaviour.parts + 1):
+                    await trio.sleep(behaviour.every)
+                    listener.progress(action, ProgressLeaf(action.step, part, behaviour.parts))
             behaviour = behaviour.then
         if isinstance(behaviour, Silent):
             return
@@ -250,6 +265,19 @@ def record(engine: Engine) -> Recorder:
     return Recorder(engine)
 
 
+def task_log(engine: Engine, task_id: str) -> list[str]:
+    """Return a task's log as lines to compare: ``kind step subscriber: message``.
+
+    ``info`` entries read ``info(level)``; a missing step or subscriber is left out.
+    """
+    lines = []
+    for entry in engine.log.entries(task_id):
+        kind = f"info({entry.level})" if entry.level is not None else entry.kind.value
+        where = " ".join(part for part in (kind, entry.step, entry.subscriber) if part)
+        lines.append(f"{where}: {entry.message}")
+    return lines
+
+
 @asynccontextmanager
 async def open_test_engine(
     *, start_time: datetime = DEFAULT_START, **options: Any
@@ -270,6 +298,7 @@ __all__ = [
     "Done",
     "Fail",
     "Recorder",
+    "Report",
     "ReportProgress",
     "ScriptedListener",
     "Silent",
@@ -278,4 +307,5 @@ __all__ = [
     "open_test_engine",
     "record",
     "scripted_listener",
+    "task_log",
 ]

@@ -149,9 +149,7 @@ def test_run_a_job_that_needs_a_registered_callable_is_a_clear_error(
     )
     assert main(["run", "hook", "--workflows", str(directory)]) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert line == (
-        "phasebus: error: hook: steps[0].action.callable: no command is registered as 'notify_team'"
-    )
+    assert line == ("phasebus: error: hook: callable: no command is registered as 'notify_team'")
 
 
 def test_run_unknown_workflow(capsys: pytest.CaptureFixture[str]) -> None:
@@ -276,7 +274,7 @@ def test_workflows_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_workflows_directory_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["workflows", "--workflows", str(tmp_path / "missing")]) == 2
     assert one_error_line(capsys.readouterr().err) == (
-        f"phasebus: error: --workflows: {str(tmp_path / 'missing')!r} is not a directory"
+        f"phasebus: error: --workflows: {str(tmp_path / 'missing')!r} does not exist"
     )
 
 

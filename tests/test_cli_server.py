@@ -75,6 +75,7 @@ async def test_workflows_from_the_server_show_schedules_and_ledger() -> None:
     assert status == 0
     blocks = out.split("\n\n")
     hourly = next(block for block in blocks if block.startswith("hourly"))
+    assert hourly.startswith("hourly  workflow, built-in\n")
     assert "  schedules  0 * * * * (UTC)" in hourly
     assert "  next run   " in hourly
 
@@ -121,9 +122,12 @@ async def test_bad_history_options(argv: list[str]) -> None:
 
 
 async def test_odd_inputs_get_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    status, _, err = await cli("tasks", "--url", "notaurl")
+    status, _, err = await cli("tasks", "--url", "http://[bad")
     assert status == 1
-    assert err.startswith("phasebus: error: --url: unknown url type")
+    assert err == "phasebus: error: --url: Invalid IPv6 URL\n"
+    status, _, err = await cli("tasks", "--url", "127.0.0.1:1")  # no scheme: http://
+    assert status == 1
+    assert err.startswith("phasebus: error: cannot reach phasebus at http://127.0.0.1:1: ")
     status, _, err = await cli(
         "schedule", "preview", "collect_and_cleanup", "--from", "0001-01-01T00:10:00+01:00"
     )

@@ -67,3 +67,53 @@ def test_the_diagram_in_the_readme_is_the_generated_one() -> None:
     (shown,) = blocks("mermaid")
     generated = Path(__file__).parent.parent / "diagrams" / "collect_and_cleanup.mmd"
     assert shown == generated.read_text(encoding="utf-8")
+
+
+def test_without_pytest_trio_the_fixture_says_what_to_install(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_plain="async def test_uses_the_engine(phasebus_engine):\n    pass\n")
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-p", "no:trio")
+    from engine._pytest_plugin import MISSING_PYTEST_TRIO
+
+    assert MISSING_PYTEST_TRIO in result.stdout.lines
+    assert result.ret != 0
+
+
+def test_the_testing_extra_brings_pytest_trio() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    testing = pyproject["project"]["optional-dependencies"]["testing"]
+    assert any(requirement.startswith("pytest-trio") for requirement in testing)
+    assert "pip install 'phasebus[testing]'" in README
+
+
+async def test_every_route_of_the_api_is_in_the_readme_table() -> None:
+    import re
+
+    from starlette.routing import Route, WebSocketRoute
+
+    from engine import open_engine
+    from engine._web import create_app
+
+    table = README.split("### Every route")[1].split("\n\n")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    async with open_engine() as engine:
+        app = create_app(engine)
+        routes = list(app._router.routes)
+        app.close()
+    missing = []
+    for route in routes:
+        path = re.sub(r"\{\w+:path\}", "...", route.path)  # type: ignore[attr-defined]
+        if path == "/...":
+            continue  # the refusal of WebSockets anywhere else
+        pattern = re.compile(re.escape(path) + r"(?![\w/{])")
+        found = [row.split(" | ")[0] for row in rows if pattern.search(row)]
+        if isinstance(route, WebSocketRoute):
+            ok = any("WebSocket" in row for row in found)
+        else:
+            assert isinstance(route, Route)
+            methods = (route.methods or set()) - {"HEAD", "OPTIONS"}
+            ok = any("any method" in row or all(f"`{m}" in row for m in methods) for row in found)
+        if not ok:
+            missing.append(f"{path} {sorted(getattr(route, 'methods', None) or ['WS'])}")
+    assert missing == []

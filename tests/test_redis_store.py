@@ -103,6 +103,9 @@ async def test_configs_subscribers_tasks_and_marks_round_trip(store: RedisStore)
         [running("t1", "notify"), finished("t2", 100.0)], owner="replica", fence=token
     )
     await store.save_schedule_mark(("wf", "0 * * * *", "Europe/Berlin"), T0)
+    await store.save_definition("job:x", b'{"id": "x", "kind": "job"}')
+    await store.save_definition("wf:gone", b"{}")
+    await store.delete_definition("wf:gone")
 
     state = await store.load()
     assert [(c.id, dict(c.data), c.revision) for c in state.configs] == [
@@ -122,6 +125,7 @@ async def test_configs_subscribers_tasks_and_marks_round_trip(store: RedisStore)
         ("t3", "collect"),
     ]
     assert state.schedule_marks == {("wf", "0 * * * *", "Europe/Berlin"): T0}
+    assert state.definitions == {"job:x": {"id": "x", "kind": "job"}}
     assert await store.finished_task("t2") == orjson.loads(finished("t2", 100.0).record)
     assert await store.finished_task("t1") is None
     assert await store.lease_of("t1") == "replica"

@@ -120,3 +120,14 @@ async def test_leaving_open_engine_stops_tasks_where_they_are(tmp_path: Path) ->
             result = await engine.wait_task(task_id)
     assert result.outcome is Outcome.DONE
     assert result.steps[1].answered == {"w": "done"}
+
+
+async def test_a_write_while_stopping_gets_503_and_changes_nothing(tmp_path: Path) -> None:
+    from .web_support import running_server
+
+    async with running_server(store=SQLiteStore(tmp_path / "state.sqlite3")) as server:
+        server.engine.freeze()
+        answer = await server.http.put("/config/app", json={"a": 1})
+        assert answer.status_code == 503
+        assert answer.json()["error"] == "the engine is stopping: config 'app' not changed"
+        assert (await server.http.get("/config/app")).status_code == 404

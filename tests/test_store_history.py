@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from engine._redis import RedisStore
-from engine._store import FinishTask, SQLiteStore
+from engine._store import FinishTask, SaveTask, SQLiteStore
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
 
@@ -57,6 +57,33 @@ class History:
             return self.sqlite.prune(before)
         assert self.redis is not None
         return await self.redis.prune(before, batch=3)
+
+    async def save_running(self, task_id: str) -> None:
+        record = orjson.dumps({"id": task_id, "state": "collect"})
+        if self.sqlite is not None:
+            self.sqlite.save_task(task_id, "wf", record)
+        else:
+            assert self.redis is not None
+            await self.redis.commit([SaveTask(task_id, "wf", record)], owner="replica", fence=1)
+
+    async def task_ids(self, prefix: str, *, limit: int) -> list[str]:
+        if self.sqlite is not None:
+            return self.sqlite.task_ids(prefix, limit=limit)
+        assert self.redis is not None
+        return await self.redis.task_ids(prefix, limit=limit)
+
+    async def add_log_entry(self, task_id: str, entry: bytes, *, keep: int) -> None:
+        if self.sqlite is not None:
+            self.sqlite.add_log_entry(task_id, entry, keep=keep)
+        else:
+            assert self.redis is not None
+            await self.redis.add_log_entry(task_id, entry, keep=keep)
+
+    async def task_log(self, task_id: str) -> list[dict[str, Any]]:
+        if self.sqlite is not None:
+            return self.sqlite.task_log(task_id)
+        assert self.redis is not None
+        return await self.redis.task_log(task_id)
 
     async def finished_task(self, task_id: str) -> dict[str, Any] | None:
         if self.sqlite is not None:
@@ -188,3 +215,46 @@ async def test_pruning_removes_what_ended_before_and_keeps_the_filters_right(
         assert found == expected(kept, **filters), filters
     await store.finish(finish("a1", 50, "wf", "done", False))  # stored again after pruning
     assert [r["id"] for r in await store.history(workflow="wf", limit=2)] == ["a1", "a6"]
+
+
+async def test_tasks_are_found_by_a_prefix_of_their_id_and_logs_go_with_pruning(
+    store: History,
+) -> None:
+    for write in WRITES:
+        await store.finish(write)
+    await store.save_running("a10")
+    await store.save_running("b1")
+    # the order differs (SQLite lists running tasks first): the set is the rule
+    assert sorted(await store.task_ids("a", limit=100)) == [
+        "a1",
+        "a10",
+        "a2",
+        "a3",
+        "a4",
+        "a5",
+        "a6",
+        "a7",
+        "a8",
+        "a9",
+    ]
+    assert sorted(await store.task_ids("a1", limit=100)) == ["a1", "a10"]
+    assert len(await store.task_ids("", limit=3)) == 3
+    assert await store.task_ids("c", limit=3) == []
+    for n in range(5):
+        await store.add_log_entry("a1", orjson.dumps({"n": n}), keep=3)
+        await store.add_log_entry("a8", orjson.dumps({"n": n}), keep=10)
+    assert await store.task_log("a1") == [{"n": 2}, {"n": 3}, {"n": 4}]
+    assert len(await store.task_log("a8")) == 5
+    assert await store.task_log("nothing") == []
+    assert await store.prune(datetime.fromtimestamp(T0 + 20, UTC)) == 3
+    assert await store.task_log("a1") == []
+    assert len(await store.task_log("a8")) == 5
+    assert sorted(await store.task_ids("a", limit=100)) == [
+        "a10",
+        "a2",
+        "a3",
+        "a4",
+        "a6",
+        "a7",
+        "a8",
+    ]

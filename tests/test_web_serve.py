@@ -76,7 +76,7 @@ async def test_serve_command_reports_bad_declarations(
     assert "bad.toml" in err
     status = await serve_command(parse("--port", "0", "--workflows", str(tmp_path / "none")))
     assert status == 2
-    assert "is not a directory" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_serve_arguments_and_psk_from_the_environment() -> None:

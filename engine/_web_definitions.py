@@ -1,0 +1,175 @@
+"""HTTP routes for run-time workflows and jobs, and for tasks' logs (PROTOCOL.md).
+
+- ``GET /jobs``; ``GET``, ``PUT``, ``DELETE /job/{id}``; ``POST /job/{id}/run``;
+- ``PUT``, ``DELETE /workflow/{id}``;
+- ``POST /workflow/{id}/activate`` and ``/deactivate``, the same for jobs;
+- ``GET /task/{id}/log``.
+
+A ``PUT`` body is one workflow or job as in a JSON data file (the id may be
+left out); an invalid one gets 400 listing every problem with its path, and
+nothing changes. Workflows and jobs declared in files cannot be changed (409
+naming the file); built-in ones cannot be deleted (409). Task ids may be
+given by any unique prefix (:func:`resolve_task_id`).
+
+The routes are mounted by :mod:`engine._web`, whose error handling (of
+:class:`~engine._errors.BadInput`) and body limits apply to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ._engine import Engine
+from ._errors import (
+    BadInput,
+    DeclarationError,
+    DefinitionConflict,
+    EngineClosed,
+    TaskLookupError,
+    UnknownTaskError,
+    UnknownWorkflowError,
+)
+from ._registry import DefinitionKind
+
+#: Reads a request's JSON body (the application's reader: size limits, the JSON rule).
+BodyReader = Callable[[Request], Awaitable[Any]]
+
+
+def resolve_task_id(engine: Engine, given: str) -> str:
+    """Return the id of the one task whose id is ``given`` or starts with it.
+
+    Raises:
+        TaskLookupError: no task matches (404), or several do (400).
+    """
+    try:
+        engine.task(given)
+    except UnknownTaskError:
+        pass
+    else:
+        return given
+    found = engine.task_ids(given, limit=3)
+    if not found:
+        raise TaskLookupError(404, f"unknown task {given!r}")
+    if len(found) > 1:
+        listed = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+        raise TaskLookupError(
+            400, f"task id prefix {given!r} is ambiguous: it matches {listed}; give more of it"
+        )
+    return found[0]
+
+
+class DefinitionRoutes:
+    """The handlers of the run-time definition routes of one engine."""
+
+    def __init__(self, engine: Engine, read_json: BodyReader) -> None:
+        self.engine = engine
+        self._read_json = read_json
+
+    def routes(self) -> list[BaseRoute]:
+        """Return the routes to mount."""
+        routes: list[BaseRoute] = [
+            Route("/jobs", self.list_jobs, methods=["GET"]),
+            Route("/job/{id}", self.get_job, methods=["GET"]),
+            Route("/job/{id}/run", self.run_job, methods=["POST"]),
+            Route("/task/{id}/log", self.task_log, methods=["GET"]),
+        ]
+        for kind in ("job", "workflow"):
+            routes += [
+                Route(f"/{kind}/{{id}}", self._put(kind), methods=["PUT"]),
+                Route(f"/{kind}/{{id}}", self._delete(kind), methods=["DELETE"]),
+                Route(f"/{kind}/{{id}}/activate", self._activate(kind, True), methods=["POST"]),
+                Route(f"/{kind}/{{id}}/deactivate", self._activate(kind, False), methods=["POST"]),
+            ]
+        return routes
+
+    # ------------------------------------------------------------ jobs
+
+    async def list_jobs(self, request: Request) -> Response:
+        return JSONResponse([d.to_json() for d in self.engine.definitions.all("job")])
+
+    async def get_job(self, request: Request) -> Response:
+        job_id = request.path_params["id"]
+        if self.engine.job(job_id) is None:
+            raise BadInput(404, f"unknown job {job_id!r}")
+        return JSONResponse(self.engine.definitions.get(job_id).to_json())
+
+    async def run_job(self, request: Request) -> Response:
+        job_id = request.path_params["id"]
+        if self.engine.job(job_id) is None:
+            raise BadInput(404, f"unknown job {job_id!r}")
+        result = self.engine.start_workflow(job_id, reason="api")
+        body = {
+            "workflow": result.workflow,
+            "decision": result.decision.value,
+            "task_id": result.task_id,
+            "replaced": list(result.replaced),
+            "reason": result.reason,
+        }
+        return JSONResponse(body, 202 if result.task_id is not None else 200)
+
+    # ------------------------------------------------------------ changes
+
+    def _put(self, kind: DefinitionKind) -> Callable[[Request], Awaitable[Response]]:
+        async def put(request: Request) -> Response:
+            definition_id = request.path_params["id"]
+            body = await self._read_json(request)
+            registry = self.engine.definitions
+            try:
+                declaration = registry.parse(kind, definition_id, body)
+                definition, created = registry.put(declaration)
+            except DeclarationError as error:
+                raise BadInput(400, f"invalid {kind}", [str(p) for p in error.problems]) from None
+            except DefinitionConflict as error:
+                raise BadInput(409, str(error)) from None
+            except EngineClosed as error:
+                raise BadInput(503, str(error)) from None
+            return JSONResponse(definition.to_json(), 201 if created else 200)
+
+        return put
+
+    def _delete(self, kind: DefinitionKind) -> Callable[[Request], Awaitable[Response]]:
+        async def delete(request: Request) -> Response:
+            definition_id = request.path_params["id"]
+            try:
+                self.engine.definitions.delete(kind, definition_id)
+            except UnknownWorkflowError:
+                raise BadInput(404, f"unknown {kind} {definition_id!r}") from None
+            except DefinitionConflict as error:
+                raise BadInput(409, str(error)) from None
+            except EngineClosed as error:
+                raise BadInput(503, str(error)) from None
+            return Response(status_code=204)
+
+        return delete
+
+    def _activate(
+        self, kind: DefinitionKind, active: bool
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def activate(request: Request) -> Response:
+            definition_id = request.path_params["id"]
+            try:
+                definition = self.engine.definitions.set_active(kind, definition_id, active)
+            except UnknownWorkflowError:
+                raise BadInput(404, f"unknown {kind} {definition_id!r}") from None
+            except DefinitionConflict as error:
+                raise BadInput(409, str(error)) from None
+            except EngineClosed as error:
+                raise BadInput(503, str(error)) from None
+            return JSONResponse(definition.to_json())
+
+        return activate
+
+    # ------------------------------------------------------------ task logs
+
+    async def task_log(self, request: Request) -> Response:
+        try:
+            task_id = resolve_task_id(self.engine, request.path_params["id"])
+        except TaskLookupError as error:
+            raise BadInput(error.status, str(error)) from None
+        entries = self.engine.log.entries(task_id)
+        return JSONResponse({"task_id": task_id, "entries": [e.to_json() for e in entries]})
