@@ -45,13 +45,11 @@ from ._diagrams import mermaid_diagram as mermaid_diagram
 from ._diagrams import svg_diagram as svg_diagram
 from ._engine import ERROR as ERROR
 from ._engine import PROGRESS as PROGRESS
-from ._engine import SCHEDULE_FIRED as SCHEDULE_FIRED
 from ._engine import TASK_END as TASK_END
 from ._engine import TASK_STARTED as TASK_STARTED
 from ._engine import CommandContext as CommandContext
 from ._engine import Engine as Engine
 from ._engine import EngineClosed as EngineClosed
-from ._engine import ScheduleFiring as ScheduleFiring
 from ._engine import StartDecision as StartDecision
 from ._engine import StartResult as StartResult
 from ._engine import StepInfo as StepInfo
@@ -85,6 +83,8 @@ from ._messages import Progress as Progress
 from ._messages import ProgressLeaf as ProgressLeaf
 from ._messages import ProgressTree as ProgressTree
 from ._registry import Definition as Definition
+from ._schedules import SCHEDULE_FIRED as SCHEDULE_FIRED
+from ._schedules import ScheduleFiring as ScheduleFiring
 from ._store import DEFAULT_RETENTION as DEFAULT_RETENTION
 from ._store import SQLiteStore as SQLiteStore
 from ._store import Store as Store

@@ -18,7 +18,7 @@ import enum
 import functools
 import logging
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -43,7 +43,6 @@ from ._bus import (
 from ._clock import Clock
 from ._config import CORE_CONFIG, Config, ConfigService, schedule_problems
 from ._definitions import (
-    CatchUp,
     CronTrigger,
     EmitEvent,
     EventTrigger,
@@ -83,6 +82,9 @@ from ._records import RestoreError, finished_record, restore_task, task_has_erro
 from ._records import StepResult as StepResult  # re-exported: views import it from here
 from ._records import TaskResult as TaskResult
 from ._registry import DEFINITION_EVENTS, Registry
+from ._schedules import SCHEDULE_FIRED as SCHEDULE_FIRED
+from ._schedules import MarkKey, Schedules
+from ._schedules import ScheduleFiring as ScheduleFiring
 from ._store import Store, StoredState
 from ._subscribers import SubscriptionChange
 from ._tasklog import LogKind, TaskLog
@@ -102,14 +104,6 @@ TASK_END = "task_end"
 ERROR = "error"
 
 
-SCHEDULE_FIRED = "schedule_fired"
-
-#: Seconds a scheduled time may be late and still count as on time.
-SCHEDULE_GRACE = 60.0
-#: Missed times looked at, at most, after a gap (the latest ones).
-MISSED_RECORD_LIMIT = 1000
-#: Schedule firings kept per workflow.
-LEDGER_LENGTH = 100
 #: Characters of a failed command's output kept in its task's log.
 COMMAND_OUTPUT_TAIL = 1500
 
@@ -189,36 +183,6 @@ class StartResult:
 
 
 @attrs.frozen
-class ScheduleFiring:
-    """One time a schedule fired, and what came of it.
-
-    ``outcome`` is ``started``, ``skipped_overlap`` (surpass skipped it),
-    ``queued`` (surpass wait queued it), ``caught_up`` (a missed time run
-    late) or ``missed`` (a missed time not run, by the catch-up policy).
-    """
-
-    workflow: str
-    cron: str
-    timezone: str
-    planned: datetime
-    actual: datetime
-    outcome: str
-    task_id: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the data of the ``schedule_fired`` event."""
-        return {
-            "workflow": self.workflow,
-            "cron": self.cron,
-            "timezone": self.timezone,
-            "planned": self.planned.isoformat(),
-            "actual": self.actual.isoformat(),
-            "outcome": self.outcome,
-            "task_id": self.task_id,
-        }
-
-
-@attrs.frozen
 class CommandContext:
     """What a registered command is told about the step that runs it."""
 
@@ -288,7 +252,6 @@ class _Registered:
     job: Job | None
     #: Whether its triggers (schedules, events, ``start_<id>_workflow``) are off.
     paused: bool = False
-    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     active: dict[_Run, None] = attrs.Factory(dict)  # insertion-ordered set
     queued: str | None = None
     queued_event: trio.Event | None = None
@@ -299,7 +262,6 @@ class _Registered:
         self.routing = MappingProxyType({"workflow": self.workflow.id})
 
 
-_DECLARED = object()
 _ANSWER_TYPES = frozenset({ActionDone, ActionError, ActionInfo, ActionProgress})
 
 #: The stored state of a run queued behind an active one (surpass ``wait``).
@@ -377,9 +339,14 @@ class Engine:
         self._running: dict[str, _Run] = {}
         self._queued: dict[str, _Registered] = {}
         self._results: OrderedDict[str, TaskResult] = OrderedDict()
-        self._schedule_overrides: dict[str, CronTrigger | None] = {}
-        self._schedule_marks: dict[tuple[str, str, str], datetime] = {}
-        self._ledger: dict[str, deque[ScheduleFiring]] = {}
+        #: The cron schedules in force and their ledger.
+        self._schedules = Schedules(
+            clock=clock,
+            nursery=nursery,
+            fire=self._fire,
+            announce=self._announce_firing,
+            save_mark=self._save_mark,
+        )
         #: The config service; ``phasebus.core`` holds the workflow schedules.
         self.configs = ConfigService(
             self._emit,
@@ -517,11 +484,7 @@ class Engine:
         if registered.paused != paused:
             registered.paused = paused
             if not paused:  # times passed while paused are not missed: nothing catches up
-                now = self.clock.now()
-                for key in [k for k in self._schedule_marks if k[0] == workflow_id]:
-                    self._schedule_marks[key] = now
-                    if self._writer is not None:
-                        self._writer.save_schedule_mark(key, now)
+                self._schedules.forgive(workflow_id)
             self._disarm(registered)
             self._arm(registered)
 
@@ -535,12 +498,12 @@ class Engine:
                     self._event_triggers.setdefault(trigger.event, []).append(
                         (trigger, workflow.id)
                     )
-        self._reschedule(registered)
+            self._schedules.start(workflow)
 
     def _disarm(self, registered: _Registered) -> None:
         """Stop a workflow's schedules and forget its start event and event triggers."""
         workflow_id = registered.workflow.id
-        registered.scope.cancel()
+        self._schedules.stop(workflow_id)
         if self._start_events.get(registered.workflow.start_event) == workflow_id:
             del self._start_events[registered.workflow.start_event]
         for event_type in list(self._event_triggers):
@@ -556,26 +519,12 @@ class Engine:
         They are the declared ones unless the config ``phasebus.core`` sets
         the workflow's schedule.
         """
-        registered = self._registered(workflow_id)
-        override = self._schedule_overrides.get(workflow_id, _DECLARED)
-        if override is _DECLARED:
-            return [t for t in registered.workflow.triggers if isinstance(t, CronTrigger)]
-        return [] if override is None else [override]  # type: ignore[list-item]
+        return self._schedules.in_force(self._registered(workflow_id).workflow)
 
     def next_run(self, workflow_id: str) -> datetime | None:
         """Return when a schedule next starts the workflow, or None (also while it is paused)."""
-        if self._registered(workflow_id).paused:
-            return None
-        now = self.clock.now()
-        times = [t.next_after(now) for t in self.schedules(workflow_id)]
-        return min(times) if times else None
-
-    def _reschedule(self, registered: _Registered) -> None:
-        registered.scope.cancel()
-        registered.scope = trio.CancelScope()
-        triggers = [] if registered.paused else self.schedules(registered.workflow.id)
-        if triggers:
-            self._nursery.start_soon(self._run_schedules, registered, registered.scope, triggers)
+        registered = self._registered(workflow_id)
+        return None if registered.paused else self._schedules.next_run(registered.workflow)
 
     def _check_config(self, config_id: str, data: Mapping[str, Any]) -> list[Problem]:
         if config_id != CORE_CONFIG:
@@ -591,9 +540,10 @@ class Engine:
             overrides[workflow_id] = (
                 None if schedule is None else CronTrigger(schedule, entry.get("timezone", "UTC"))
             )
-        self._schedule_overrides = overrides
+        self._schedules.set_overrides(overrides)
         for registered in self._workflows.values():
-            self._reschedule(registered)
+            if not registered.paused:
+                self._schedules.start(registered.workflow)
 
     def _routing(self, workflow_id: str) -> Mapping[str, Any]:
         """Return the data of a workflow's actions, with its last finished run's timing."""
@@ -611,86 +561,29 @@ class Engine:
         except KeyError:
             raise UnknownWorkflowError(workflow_id) from None
 
-    async def _run_schedules(
-        self, registered: _Registered, scope: trio.CancelScope, triggers: list[CronTrigger]
-    ) -> None:
-        with scope:
-            async with trio.open_nursery() as nursery:
-                for trigger in triggers:
-                    nursery.start_soon(self._run_schedule, registered, trigger)
-
-    async def _run_schedule(self, registered: _Registered, trigger: CronTrigger) -> None:
-        workflow_id = registered.workflow.id
-        key = (workflow_id, trigger.cron, trigger.timezone)
-        last = self._schedule_marks.get(key) or self.clock.now()
-        while True:
-            await self.clock.sleep_until(trigger.next_after(last))
-            now = self.clock.now()
-            due = trigger.fire_times(last, now, limit=MISSED_RECORD_LIMIT)
-            if not due:  # woke a hair early (clock rounding): sleep again
-                continue
-            if len(due) == 1 and (now - due[0]).total_seconds() <= SCHEDULE_GRACE:
-                self._fire(workflow_id, trigger, due[0], now, catching_up=False)
-            else:
-                if trigger.catch_up is CatchUp.SKIP:
-                    run: list[datetime] = []
-                elif trigger.catch_up is CatchUp.LATEST:
-                    run = due[-1:]
-                else:
-                    run = due[-trigger.catch_up_limit :]
-                for planned in due[: len(due) - len(run)]:
-                    self._record_firing(workflow_id, trigger, planned, now, "missed", None)
-                for planned in run:
-                    self._fire(workflow_id, trigger, planned, now, catching_up=True)
-            last = due[-1]
-            if self._frozen:
-                return
-            self._schedule_marks[key] = last
-            if self._writer is not None:
-                self._writer.save_schedule_mark(key, last)
-
-    def _fire(
-        self,
-        workflow_id: str,
-        trigger: CronTrigger,
-        planned: datetime,
-        now: datetime,
-        *,
-        catching_up: bool,
-    ) -> None:
-        started = self.start_workflow(
-            workflow_id, reason=f"schedule {trigger.cron} ({trigger.timezone}) for {planned}"
-        )
-        if started.decision is StartDecision.SKIPPED:
-            outcome = "skipped_overlap"
-        elif started.decision is StartDecision.QUEUED:
-            outcome = "queued"
-        else:
-            outcome = "caught_up" if catching_up else "started"
-        self._record_firing(workflow_id, trigger, planned, now, outcome, started.task_id)
-
-    def _record_firing(
-        self,
-        workflow_id: str,
-        trigger: CronTrigger,
-        planned: datetime,
-        actual: datetime,
-        outcome: str,
-        task_id: str | None,
-    ) -> None:
-        firing = ScheduleFiring(
-            workflow_id, trigger.cron, trigger.timezone, planned, actual, outcome, task_id
-        )
-        self._ledger.setdefault(workflow_id, deque(maxlen=LEDGER_LENGTH)).append(firing)
-        if outcome == "missed":
-            logger.warning("schedule %s of %s missed %s", trigger.cron, workflow_id, planned)
-        if self._wanted(SCHEDULE_FIRED):
-            self._emit(SCHEDULE_FIRED, firing.to_json())
-
     def schedule_ledger(self, workflow_id: str) -> list[ScheduleFiring]:
         """Return the most recent schedule firings of a workflow, oldest first."""
         self._registered(workflow_id)
-        return list(self._ledger.get(workflow_id, ()))
+        return self._schedules.ledger(workflow_id)
+
+    def _fire(self, workflow_id: str, reason: str) -> tuple[str, str | None]:
+        started = self.start_workflow(workflow_id, reason=reason)
+        if started.decision is StartDecision.SKIPPED:
+            return "skipped_overlap", None
+        if started.decision is StartDecision.QUEUED:
+            return "queued", started.task_id
+        return "started", started.task_id
+
+    def _announce_firing(self, firing: ScheduleFiring) -> None:
+        if self._wanted(SCHEDULE_FIRED):
+            self._emit(SCHEDULE_FIRED, firing.to_json())
+
+    def _save_mark(self, key: MarkKey, moment: datetime) -> bool:
+        if self._frozen:
+            return False
+        if self._writer is not None:
+            self._writer.save_schedule_mark(key, moment)
+        return True
 
     # ------------------------------------------------------------ subscribers
 
@@ -1725,7 +1618,7 @@ class Engine:
                     )
                     if self._writer is not None:
                         self._writer.delete_subscriber(subscriber_id)
-            self._schedule_marks.update(state.schedule_marks)
+            self._schedules.restore(state.schedule_marks)
         finally:
             self._restoring = False
         core = self.configs.get(CORE_CONFIG)
@@ -1871,8 +1764,7 @@ class Engine:
             if run.timer is not None:
                 self._timers.cancel(run.timer)
                 run.timer = None
-        for registered in self._workflows.values():
-            registered.scope.cancel()  # no schedule fires any more
+        self._schedules.stop_all()  # no schedule fires any more
 
     def _close(self) -> None:
         self.freeze()

@@ -17,6 +17,7 @@ from engine import (
     Workflow,
     open_engine,
 )
+from engine._schedules import CatchUpPlan, catch_up
 
 from .test_engine import drain, events
 
@@ -132,3 +133,36 @@ def test_bad_catch_up_settings_are_named() -> None:
         "catch_up: must be one of 'skip', 'latest', 'all', got 'sometimes'",
         "catch_up_limit: must be an integer from 1 to 1000, got 0",
     ]
+
+
+# ---------------------------------------------------------------- the catch-up rule, alone
+
+
+def hours(*values: int) -> list[datetime]:
+    return [datetime(2026, 3, 2, value, tzinfo=UTC) for value in values]
+
+
+@pytest.mark.parametrize(
+    ("policy", "limit", "run", "missed"),
+    [
+        (CatchUp.SKIP, 10, [], [1, 2, 3]),
+        (CatchUp.LATEST, 10, [3], [1, 2]),
+        (CatchUp.ALL, 10, [1, 2, 3], []),
+        (CatchUp.ALL, 2, [2, 3], [1]),
+    ],
+)
+def test_the_catch_up_policy_decides_what_a_gap_runs(
+    policy: CatchUp, limit: int, run: list[int], missed: list[int]
+) -> None:
+    trigger = CronTrigger("0 * * * *", catch_up=policy, catch_up_limit=limit)
+    plan = catch_up(trigger, hours(1, 2, 3), now=datetime(2026, 3, 2, 3, 30, tzinfo=UTC))
+    assert plan == CatchUpPlan(tuple(hours(*run)), tuple(hours(*missed)), late=True)
+
+
+def test_one_time_within_the_grace_is_on_time_whatever_the_policy() -> None:
+    trigger = CronTrigger("0 * * * *", catch_up=CatchUp.SKIP)
+    (due,) = hours(3)
+    on_time = catch_up(trigger, [due], now=due.replace(second=59))
+    assert on_time == CatchUpPlan((due,), (), late=False)
+    late = catch_up(trigger, [due], now=due.replace(minute=1, second=1))
+    assert late == CatchUpPlan((), (due,), late=True)
