@@ -181,6 +181,16 @@ class StartResult:
     replaced: tuple[str, ...] = ()
     reason: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON of the answer to ``POST /workflow/{id}/run``."""
+        return {
+            "workflow": self.workflow,
+            "decision": self.decision.value,
+            "task_id": self.task_id,
+            "replaced": list(self.replaced),
+            "reason": self.reason,
+        }
+
 
 @attrs.frozen
 class CommandContext:

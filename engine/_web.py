@@ -536,14 +536,7 @@ class PhasebusApp:
             result = self.engine.start_workflow(workflow_id, reason="api")
         except UnknownWorkflowError:
             raise BadInput(404, f"unknown workflow {workflow_id!r}") from None
-        body = {
-            "workflow": result.workflow,
-            "decision": result.decision.value,
-            "task_id": result.task_id,
-            "replaced": list(result.replaced),
-            "reason": result.reason,
-        }
-        return JSONResponse(body, 202 if result.task_id is not None else 200)
+        return JSONResponse(result.to_json(), 202 if result.task_id is not None else 200)
 
     async def list_tasks(self, request: Request) -> Response:
         """The running tasks, then finished ones (newest first), filtered by the query.

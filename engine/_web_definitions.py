@@ -17,7 +17,8 @@ The routes are mounted by :mod:`engine._web`, whose error handling (of
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from starlette.requests import Request
@@ -29,7 +30,6 @@ from ._errors import (
     BadInput,
     DeclarationError,
     DefinitionConflict,
-    EngineClosed,
     TaskLookupError,
     UnknownTaskError,
     UnknownWorkflowError,
@@ -103,14 +103,7 @@ class DefinitionRoutes:
         if self.engine.job(job_id) is None:
             raise BadInput(404, f"unknown job {job_id!r}")
         result = self.engine.start_workflow(job_id, reason="api")
-        body = {
-            "workflow": result.workflow,
-            "decision": result.decision.value,
-            "task_id": result.task_id,
-            "replaced": list(result.replaced),
-            "reason": result.reason,
-        }
-        return JSONResponse(body, 202 if result.task_id is not None else 200)
+        return JSONResponse(result.to_json(), 202 if result.task_id is not None else 200)
 
     # ------------------------------------------------------------ changes
 
@@ -126,8 +119,6 @@ class DefinitionRoutes:
                 raise BadInput(400, f"invalid {kind}", [str(p) for p in error.problems]) from None
             except DefinitionConflict as error:
                 raise BadInput(409, str(error)) from None
-            except EngineClosed as error:
-                raise BadInput(503, str(error)) from None
             return JSONResponse(definition.to_json(), 201 if created else 200)
 
         return put
@@ -135,14 +126,8 @@ class DefinitionRoutes:
     def _delete(self, kind: DefinitionKind) -> Callable[[Request], Awaitable[Response]]:
         async def delete(request: Request) -> Response:
             definition_id = request.path_params["id"]
-            try:
+            with _refused(kind, definition_id):
                 self.engine.definitions.delete(kind, definition_id)
-            except UnknownWorkflowError:
-                raise BadInput(404, f"unknown {kind} {definition_id!r}") from None
-            except DefinitionConflict as error:
-                raise BadInput(409, str(error)) from None
-            except EngineClosed as error:
-                raise BadInput(503, str(error)) from None
             return Response(status_code=204)
 
         return delete
@@ -152,14 +137,8 @@ class DefinitionRoutes:
     ) -> Callable[[Request], Awaitable[Response]]:
         async def activate(request: Request) -> Response:
             definition_id = request.path_params["id"]
-            try:
+            with _refused(kind, definition_id):
                 definition = self.engine.definitions.set_active(kind, definition_id, active)
-            except UnknownWorkflowError:
-                raise BadInput(404, f"unknown {kind} {definition_id!r}") from None
-            except DefinitionConflict as error:
-                raise BadInput(409, str(error)) from None
-            except EngineClosed as error:
-                raise BadInput(503, str(error)) from None
             return JSONResponse(definition.to_json())
 
         return activate
@@ -173,3 +152,14 @@ class DefinitionRoutes:
             raise BadInput(error.status, str(error)) from None
         entries = self.engine.log.entries(task_id)
         return JSONResponse({"task_id": task_id, "entries": [e.to_json() for e in entries]})
+
+
+@contextlib.contextmanager
+def _refused(kind: DefinitionKind, definition_id: str) -> Iterator[None]:
+    """Answer an unknown definition with 404 and a declared one (from a file) with 409."""
+    try:
+        yield
+    except UnknownWorkflowError:
+        raise BadInput(404, f"unknown {kind} {definition_id!r}") from None
+    except DefinitionConflict as error:
+        raise BadInput(409, str(error)) from None
