@@ -93,7 +93,7 @@ from ._registry import DEFINITION_EVENTS, Registry
 from ._schedules import SCHEDULE_FIRED as SCHEDULE_FIRED
 from ._schedules import MarkKey, Schedules
 from ._schedules import ScheduleFiring as ScheduleFiring
-from ._store import Finished, Store, StoredState, TaskWrite
+from ._store import FinishTask, SaveTask, Store, StoredState
 from ._subscribers import SubscriptionChange
 from ._tasklog import LogKind, TaskLog
 from ._timers import Timers
@@ -1330,7 +1330,7 @@ class Engine:
                 run.encoded_steps = []
             task = run.task
             self._persistence.stage(
-                TaskWrite(
+                SaveTask(
                     task.id, task.workflow.id, task_record(task, self.clock, run.encoded_steps)
                 )
             )
@@ -1638,16 +1638,14 @@ class Engine:
         """Keep a finished task's result (in the store's history, when there is one)."""
         if self._persistence.durable:
             self._persistence.stage(
-                TaskWrite(
+                FinishTask(
                     result.id,
                     result.workflow,
+                    result.outcome.value,
+                    result.started_at.timestamp(),
+                    result.ended_at.timestamp(),
                     record if record is not None else orjson.dumps(result.to_record()),
-                    Finished(
-                        result.outcome.value,
-                        result.started_at.timestamp(),
-                        result.ended_at.timestamp(),
-                        result.has_errors if has_errors is None else has_errors,
-                    ),
+                    result.has_errors if has_errors is None else has_errors,
                 )
             )
         self._results[result.id] = result

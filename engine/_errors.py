@@ -176,3 +176,7 @@ class TaskLookupError(PhasebusError, LookupError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class LeaseLost(StoreError):
+    """A write under a lease was refused: the lease expired or was taken over; nothing written."""

@@ -19,11 +19,13 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import attrs
+import trio
 
 from ._config import Config
+from ._errors import LeaseLost as LeaseLost
 from ._errors import StoreError as StoreError
 
 logger = logging.getLogger(__name__)
@@ -38,27 +40,37 @@ DEFAULT_RETENTION = timedelta(days=60)
 
 
 @attrs.frozen
-class Finished:
-    """How a finished task is filed in the history."""
+class SaveTask:
+    """A running task's new state, for a store's ``commit``.
 
-    outcome: str
-    #: Seconds since the epoch.
-    started_at: float
-    ended_at: float
-    #: Whether its steps met errors or were released (``history --has-errors``).
-    has_errors: bool = False
-
-
-@attrs.frozen
-class TaskWrite:
-    """One task's new state in a group commit: running (its record) or finished."""
+    ``record`` is :func:`engine._records.task_record`'s JSON.
+    """
 
     task_id: str
     workflow: str
-    #: The running task's state, or the finished task's result, as JSON.
     record: bytes
-    #: Set when the task has ended: it moves from the running tasks to the history.
-    finished: Finished | None = None
+
+
+@attrs.frozen
+class FinishTask:
+    """A finished task moving from the running tasks to the history, for a store's ``commit``.
+
+    ``record`` is :func:`engine._records.finished_record`'s JSON; the times are
+    seconds since the epoch; ``has_errors`` tells whether its steps met errors
+    or were released.
+    """
+
+    task_id: str
+    workflow: str
+    outcome: str
+    started_at: float
+    ended_at: float
+    record: bytes
+    has_errors: bool = False
+
+
+#: One write of :meth:`AsyncStore.commit`.
+TaskWrite = SaveTask | FinishTask
 
 
 @attrs.frozen
@@ -453,16 +465,16 @@ class SQLiteStore:
             self._db.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,))
 
     def commit(self, writes: Sequence[TaskWrite]) -> None:
-        if len(writes) == 1 and writes[0].finished is None:
-            write = writes[0]
-            self.save_task(write.task_id, write.workflow, write.record)
+        (only,) = writes if len(writes) == 1 else (None,)
+        if isinstance(only, SaveTask):  # one statement is a transaction of its own
+            self.save_task(only.task_id, only.workflow, only.record)
             return
         with self._transaction():
             for write in writes:
-                if write.finished is None:
+                if isinstance(write, SaveTask):
                     self._db.execute(_SAVE_TASK, (write.task_id, write.workflow, write.record))
                 else:
-                    self._file(write, write.finished)
+                    self._file(write)
 
     def save_task(self, task_id: str, workflow: str, record: bytes) -> None:
         # one statement, its own transaction
@@ -479,11 +491,11 @@ class SQLiteStore:
         *,
         has_errors: bool = False,
     ) -> None:
-        write = TaskWrite(task_id, workflow, record)
+        write = FinishTask(task_id, workflow, outcome, started_at, ended_at, record, has_errors)
         with self._transaction():
-            self._file(write, Finished(outcome, started_at, ended_at, has_errors))
+            self._file(write)
 
-    def _file(self, write: TaskWrite, finished: Finished) -> None:
+    def _file(self, write: FinishTask) -> None:
         self._db.execute("DELETE FROM running_tasks WHERE id = ?", (write.task_id,))
         self._db.execute(
             "INSERT INTO history (id, workflow, outcome, started_at, ended_at, data,"
@@ -494,11 +506,11 @@ class SQLiteStore:
             (
                 write.task_id,
                 write.workflow,
-                finished.outcome,
-                finished.started_at,
-                finished.ended_at,
+                write.outcome,
+                write.started_at,
+                write.ended_at,
                 write.record,
-                int(finished.has_errors),
+                int(write.has_errors),
             ),
         )
 
@@ -637,3 +649,174 @@ def open_store(
     if location is None or str(location) == "memory":
         return None
     return SQLiteStore(location, retention=retention)
+
+
+# ---------------------------------------------------------------- the asynchronous seam
+
+
+class AsyncStore(Protocol):
+    """Where the engine keeps what must survive a restart, shared by several replicas.
+
+    Every method is a coroutine run by the engine's trio driver, never inside
+    the engine's atomic step code. A store that is out of reach (a Redis
+    server restarting) retries each call until it can answer: callers bound
+    the wait with trio's cancel scopes, and :attr:`ready` says meanwhile that
+    the store does not answer.
+
+    Running tasks are written only under a lease (:meth:`acquire_lease`): a
+    replica holds one lease, every task it drives is written under it, and a
+    write whose lease expired or was taken over is refused whole
+    (:class:`~engine._errors.LeaseLost`), so that a replica that was paused and
+    wakes up after another took its tasks over writes nothing.
+    """
+
+    #: How long finished tasks are kept.
+    retention: timedelta
+
+    @property
+    def ready(self) -> bool:
+        """Tell whether the store answered its last call (False while it is out of reach)."""
+
+    async def load(self, *, lease: str | None = None) -> StoredState:
+        """Return everything stored; with ``lease``, only the running tasks held under it
+        (without: all running tasks, whoever holds them)."""
+
+    async def save_config(self, config: Config) -> None:
+        """Store a config (replacing one with the same id)."""
+
+    async def delete_config(self, config_id: str) -> None:
+        """Forget a config."""
+
+    async def load_config_models(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Return the stored config kinds and config validation settings."""
+
+    async def save_config_kinds(self, kinds: Iterable[Mapping[str, Any]]) -> None:
+        """Store config kinds (replacing those with the same fqn)."""
+
+    async def save_config_validation(self, validation: Mapping[str, Any]) -> None:
+        """Store a config's validation setting (replacing the one with the same id)."""
+
+    async def delete_config_validation(self, config_id: str) -> None:
+        """Forget a config's validation setting."""
+
+    async def save_definition(self, definition_id: str, record: bytes) -> None:
+        """Store a run-time definition (or a change to a built-in one), as JSON."""
+
+    async def delete_definition(self, definition_id: str) -> None:
+        """Forget a run-time definition."""
+
+    async def add_log_entry(self, task_id: str, entry: bytes, *, keep: int) -> None:
+        """Append an entry (JSON) to a task's log, keeping only its latest ``keep`` entries."""
+
+    async def task_log(self, task_id: str) -> list[dict[str, Any]]:
+        """Return a task's log entries, oldest first."""
+
+    async def task_ids(self, prefix: str, *, limit: int) -> list[str]:
+        """Return up to ``limit`` ids of running or finished tasks that start with ``prefix``."""
+
+    async def save_subscriber(
+        self, subscriber_id: str, subscriptions: list[dict[str, Any]]
+    ) -> None:
+        """Store all of a subscriber's subscriptions (an empty list keeps the subscriber)."""
+
+    async def save_subscription(self, subscriber_id: str, subscription: dict[str, Any]) -> None:
+        """Store one subscription (replacing one of the same message type), creating the
+        subscriber if needed; the others stay as they are."""
+
+    async def delete_subscription(self, subscriber_id: str, message_type: str) -> None:
+        """Forget one subscription; the subscriber stays."""
+
+    async def delete_subscriber(self, subscriber_id: str) -> None:
+        """Forget a subscriber and its subscriptions."""
+
+    async def commit(self, writes: Sequence[TaskWrite], *, owner: str, fence: int) -> None:
+        """Apply a group of task writes as one unit, in one round trip to the store.
+
+        Each :class:`SaveTask` replaces a running task's state (a new task
+        becomes the lease ``owner``'s); each :class:`FinishTask` moves a task
+        to the history. Nothing is written unless the lease ``owner`` is still
+        held with the token ``fence`` and no write touches a task held under
+        another lease.
+
+        Raises:
+            LeaseLost: the lease expired, was acquired again (another token),
+                or a task was taken over by another lease; nothing was written.
+        """
+
+    async def save_schedule_mark(self, key: tuple[str, str, str], moment: datetime) -> None:
+        """Store the last time a schedule handled (workflow, cron, time zone)."""
+
+    async def claim_firing(
+        self, workflow: str, cron: str, timezone: str, planned: datetime
+    ) -> bool:
+        """Take the firing of a schedule at ``planned``; True for exactly one caller."""
+
+    async def history(
+        self,
+        *,
+        workflow: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        has_errors: bool | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Return finished tasks, newest first (ties: the one stored last first)."""
+
+    async def finished_task(self, task_id: str) -> dict[str, Any] | None:
+        """Return one finished task, or None."""
+
+    async def prune(self, before: datetime) -> int:
+        """Delete finished tasks that ended before ``before`` (and their logs); return how many."""
+
+    async def acquire_lease(self, name: str, ttl: timedelta) -> int | None:
+        """Take the lease ``name`` for ``ttl`` if nobody holds it; return its fencing token.
+
+        The token is greater than every token handed out before by this store
+        (for any lease). None: someone holds the lease.
+        """
+
+    async def renew_lease(self, name: str, token: int, ttl: timedelta) -> bool:
+        """Extend a held lease to ``ttl`` from now; False if it is no longer held with ``token``."""
+
+    async def keep_lease(
+        self,
+        name: str,
+        token: int,
+        ttl: timedelta,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Renew a held lease every third of ``ttl`` until cancelled (start it in a nursery).
+
+        Raises:
+            LeaseLost: a renewal found the lease expired or taken.
+        """
+
+    async def release_lease(self, name: str, token: int) -> bool:
+        """Give a lease up at once (its tasks can be taken over at once); False if not held."""
+
+    async def expired_leases(self) -> list[str]:
+        """Return the leases that expired (or were released) while tasks are held under them."""
+
+    async def adopt(self, expired: str, *, owner: str, fence: int) -> list[bytes]:
+        """Move the tasks of an expired lease to the lease ``owner`` and return their records.
+
+        Raises:
+            LeaseLost: ``owner`` is not held with ``fence``, or ``expired``
+                was taken again meanwhile; nothing moved.
+        """
+
+    async def aclose(self) -> None:
+        """Release the store."""
+
+
+def revision_counter(configs: Sequence[Config]) -> int:
+    """Return the highest revision number among ``configs`` (revisions read ``r<n>-...``)."""
+    return max(
+        (
+            int(number)
+            for c in configs
+            if (number := c.revision[1:].split("-")[0]).isascii() and number.isdigit()
+        ),
+        default=0,
+    )

@@ -17,6 +17,10 @@ def start_time() -> datetime:
     return START
 
 
+# A real redis-server per test, for the Redis store's tests (see redis_support).
+from .redis_support import redis_server as redis_server  # noqa: E402
+from .redis_support import redis_url as redis_url  # noqa: E402
+
 #: Where a browser test's page is kept (by the ``page`` fixture) for a screenshot on failure.
 BROWSER_KEY = pytest.StashKey[object]()
 
