@@ -1342,8 +1342,8 @@ class Engine:
         a crash never loses what a state caused, whatever the next commit holds.
         Returns whether the task waits (only with a store).
         """
-        if not self._persistence.durable:
-            return False
+        if not (self._persistence.durable and self._persistence.grouped):
+            return False  # committed already
         run.committing = True
         self._after(run, functools.partial(self._committed, run))
         return True

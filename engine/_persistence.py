@@ -1,16 +1,19 @@
-"""Task writes committed in groups, each before what it causes goes out (an outbox).
+"""Task writes, each committed before what it causes goes out (an outbox).
 
 When a task reaches a new state, its record is *staged* here together with
 the *effects* that state causes (its action or event published, its command
-started, its end announced). One trio task, the committer, takes everything
-staged since its last round, commits every task's latest record in one
-transaction, and only then carries out the effects, in the order they were
-staged. So a crash never publishes what the store does not hold, and the
-steps of all tasks that settled in the same scheduler pass cost one commit.
+started, its end announced). A crash must never publish what the store does
+not hold, so effects go out only once the record is committed.
 
-A task whose write fails is reported to the engine (which fails that task)
-and its effects of that round are dropped; the other tasks' writes and
-effects go on. Without a store nothing needs to wait: effects run at once.
+Where a commit is cheap (SQLite: a few microseconds) a staged record is
+committed at once and effects follow at once. Where it is dear (a network
+round trip: the store's ``group_commits``), one trio task, the committer,
+takes everything staged since its last round, commits every task's latest
+record in one transaction, and only then carries out the effects, in the
+order they were staged: the steps of all tasks that settled meanwhile cost
+one commit. A task whose write fails is reported to the engine (which fails
+that task) and its effects of that round are dropped; the others go on.
+Without a store nothing needs to wait: effects run at once.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class Persistence:
 
     def __init__(self, store: Store | None) -> None:
         self._store = store
+        #: Whether writes are gathered into group commits by the committer.
+        self.grouped = store is not None and store.group_commits
         #: The latest staged record of each task (a record is a task's whole state).
         self._writes: dict[str, TaskWrite] = {}
         self._effects: list[tuple[str, Callable[[], object]]] = []
@@ -56,15 +61,22 @@ class Persistence:
         return self._store is not None and not self._closed
 
     def stage(self, write: TaskWrite) -> None:
-        """Stage a task's new record; it replaces one of the same task not yet committed."""
-        if not self.durable:
+        """Stage a task's new record; it replaces one of the same task not yet committed.
+
+        Raises:
+            Exception: whatever the store raised, when the write is committed at once.
+        """
+        if not self.durable or self._store is None:
+            return
+        if not self.grouped:
+            self._store.commit([write])
             return
         self._writes[write.task_id] = write
         self._wake()
 
     def after(self, task_id: str, effect: Callable[[], object]) -> None:
-        """Run ``effect`` once what is staged now is committed (at once without a store)."""
-        if not self.durable:
+        """Run ``effect`` once what is staged now is committed (at once if it is already)."""
+        if not (self.durable and self.grouped):
             effect()
             return
         self._effects.append((task_id, effect))

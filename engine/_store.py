@@ -91,6 +91,10 @@ class Store(Protocol):
 
     #: How long finished tasks are kept.
     retention: timedelta
+    #: Whether the engine should gather task writes into group commits (worth it
+    #: where a commit costs much, as a network round trip does); otherwise each
+    #: write is committed at once.
+    group_commits: bool
 
     def load(self) -> StoredState:
         """Return everything stored."""
@@ -262,9 +266,18 @@ class SQLiteStore:
             program's database, or from a newer phasebus.
     """
 
-    def __init__(self, path: str | Path, *, retention: timedelta = DEFAULT_RETENTION) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        retention: timedelta = DEFAULT_RETENTION,
+        group_commits: bool = False,
+    ) -> None:
         self.path = str(path)
         self.retention = retention
+        #: Off by default: a commit in WAL mode costs a few microseconds, less
+        #: than the scheduler pass that gathering writes into a group takes.
+        self.group_commits = group_commits
         try:
             if self.path != ":memory:":
                 self._check_file(Path(self.path))

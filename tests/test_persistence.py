@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 
 from engine import Action, Outcome, SQLiteStore, Step, Workflow, open_engine
@@ -21,10 +22,10 @@ PARALLEL = attrs.evolve(COLLECT_AND_CLEANUP, surpass="parallel")
 class CountingStore(SQLiteStore):
     """A SQLite store that counts its commits and the task writes in them."""
 
-    def __init__(self, path: Path, *, refuse: bytes | None = None) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, *, group_commits: bool = True) -> None:
+        super().__init__(path, group_commits=group_commits)
         self.commits: list[int] = []
-        self.refuse = refuse
+        self.refuse: bytes | None = None
 
     def commit(self, writes: Sequence[TaskWrite]) -> None:
         if self.refuse is not None and any(self.refuse in w.record for w in writes):
@@ -60,9 +61,10 @@ async def test_steps_settling_together_are_committed_together(tmp_path: Path) ->
     store.close()
 
 
-async def test_a_task_whose_write_fails_fails_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grouped", [True, False])
+async def test_a_task_whose_write_fails_fails_alone(tmp_path: Path, grouped: bool) -> None:
     workflow = Workflow(id="wf", steps=[Step("a"), Step("b")], surpass="parallel")
-    store = CountingStore(tmp_path / "state.sqlite3")
+    store = CountingStore(tmp_path / "state.sqlite3", group_commits=grouped)
     async with open_engine(workflows=[workflow], store=store, start_time=START) as engine:
         engine.subscribe("w", "a")
         engine.subscribe("w", "b")
@@ -86,4 +88,19 @@ async def test_a_task_whose_write_fails_fails_alone(tmp_path: Path) -> None:
     assert result.error == "internal error: OSError: disk full"
     # what the doomed task's unwritten state would have caused never went out
     assert not any(a.task == doomed and a.step == "b" for a in seen)
+    store.close()
+
+
+async def test_without_group_commits_each_write_is_committed_at_once(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "state.sqlite3", group_commits=False)
+    async with open_engine(workflows=[PARALLEL], store=store, start_time=START) as engine:
+        for step in PARALLEL.steps:
+            engine.subscribe("w", step.name)
+        async with engine.open_listener(subscriber_id="w") as listener, trio.open_nursery() as n:
+            n.start_soon(answer_all, listener)
+            ids = [engine.start_workflow(PARALLEL.id).task_id for _ in range(3)]
+            for task_id in ids:
+                await engine.wait_task(task_id)  # type: ignore[arg-type]
+            n.cancel_scope.cancel()
+    assert set(store.commits) == {1}
     store.close()
