@@ -593,6 +593,8 @@ class Engine:
         return self._schedules.ledger(workflow_id)
 
     def _fire(self, workflow_id: str, reason: str) -> tuple[str, str | None]:
+        if self._frozen:  # a firing that woke in the same pass as the shutdown
+            return "stopped", None
         started = self.start_workflow(workflow_id, reason=reason)
         if started.decision is StartDecision.SKIPPED:
             return "skipped_overlap", None
@@ -813,10 +815,14 @@ class Engine:
 
     def owed_actions(self, subscriber_id: str) -> list[Action]:
         """Return the actions of running steps still waiting for ``subscriber_id``."""
+        if self._frozen:
+            return []
         return [
             self._action(run)
             for run in self._running.values()
-            if run.task.step is not None and subscriber_id in run.task.step.waiting_for
+            if run.task.step is not None
+            and not run.committing  # its action goes out with the commit
+            and subscriber_id in run.task.step.waiting_for
         ]
 
     @property
@@ -1067,22 +1073,25 @@ class Engine:
             return True
         registered = self._queued.pop(task_id, None)
         if registered is not None:
-            now = self.clock.now()
-            self._record(
-                TaskResult(
-                    task_id,
-                    registered.workflow.id,
-                    Outcome.STOPPED,
-                    reason or "stopped",
-                    (),
-                    now,
-                    now,
-                    (),
-                )
-            )
-            assert registered.queued_event is not None
-            registered.queued_event.set()
+            event = registered.queued_event
             registered.queued = registered.queued_event = None
+            now = self.clock.now()
+            try:
+                self._record(
+                    TaskResult(
+                        task_id,
+                        registered.workflow.id,
+                        Outcome.STOPPED,
+                        reason or "stopped",
+                        (),
+                        now,
+                        now,
+                        (),
+                    )
+                )
+            finally:  # whatever the store says, nothing waits for this run any more
+                if event is not None:
+                    event.set()
             return True
         if self._finished(task_id) is not None:
             return False
@@ -1209,7 +1218,7 @@ class Engine:
         task = run.task
         try:
             try:
-                if not run.replay and self._wanted(TASK_STARTED):
+                if not run.replay and not self._frozen and self._wanted(TASK_STARTED):
                     self._emit(
                         TASK_STARTED,
                         {
@@ -1242,7 +1251,10 @@ class Engine:
         logger.error("task %s of %s failed: %s", task.id, task.workflow.id, reason, exc_info=error)
         step = task.step
         if run.registered.machine.fail(task, now=trio.current_time(), reason=reason):
-            self._emit_error(run, reason)
+            try:
+                self._emit_error(run, reason)
+            except Exception:  # an observer that fails too: the task ends all the same
+                logger.exception("task %s: cannot announce its failure", task.id)
             if step is not None:
                 self._step_ended(run, step)
 
@@ -1358,6 +1370,8 @@ class Engine:
 
     def _write_failed(self, task_id: str, error: Exception) -> None:
         run = self._running.get(task_id)
+        if self._frozen:
+            return  # stopping: the task stays where the store has it
         if run is None:  # its result could not be filed: it is kept in memory only
             logger.error("task %s: its result is kept in memory only: %s", task_id, error)
             return
@@ -1624,13 +1638,20 @@ class Engine:
             }
             if result.error is not None:
                 data["error"] = result.error
-            self._after(run, functools.partial(self._emit, TASK_END, data))
+            try:
+                self._after(run, functools.partial(self._emit, TASK_END, data))
+            except Exception:  # a failing observer: the task has ended all the same
+                logger.exception("task %s: cannot announce its end", task.id)
+        # The queued run waits with the workflow's registration in force (a replaced
+        # definition took it over) until no run of either is active.
+        current = self._workflows.get(task.workflow.id)
         if (
-            registered.queued is not None
+            current is not None
+            and current.queued is not None
+            and not current.active
             and not registered.active
-            and self._workflows.get(task.workflow.id) is registered
         ):
-            self._start_queued(registered)
+            self._start_queued(current)
 
     def _record(
         self, result: TaskResult, record: bytes | None = None, *, has_errors: bool | None = None

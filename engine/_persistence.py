@@ -75,8 +75,13 @@ class Persistence:
         self._wake()
 
     def after(self, task_id: str, effect: Callable[[], object]) -> None:
-        """Run ``effect`` once what is staged now is committed (at once if it is already)."""
-        if not (self.durable and self.grouped):
+        """Run ``effect`` once what is staged now is committed (at once if it is already).
+
+        Once closed, effects are dropped: nothing a task causes goes out any more.
+        """
+        if self._closed:
+            return
+        if not (self._store is not None and self.grouped):
             effect()
             return
         self._effects.append((task_id, effect))
@@ -106,6 +111,7 @@ class Persistence:
         self.flush()
         self._effects.clear()
         self._owed.clear()
+        self._failed.clear()
         self._closed = True
         self._round_done.set()
 
@@ -138,16 +144,25 @@ class Persistence:
         effects, self._effects = self._effects, []
         self._in_round, self._owed = self._owed, set()
         failed, self._failed = self._failed, {}
-        if writes and self._store is not None:
-            failed.update(_commit(self._store, list(writes.values())))
-        for task_id, effect in effects:
-            if task_id not in failed:
-                effect()
-        for task_id, error in failed.items():
-            on_failure(task_id, error)
-        self._in_round = set()
-        done, self._round_done = self._round_done, trio.Event()
-        done.set()
+        try:
+            if self._closed:
+                return
+            if writes and self._store is not None:
+                failed.update(_commit(self._store, list(writes.values())))
+            for task_id, effect in effects:
+                if task_id in failed:
+                    continue
+                try:
+                    effect()
+                except Exception as raised:  # one task's effect fails that task alone
+                    logger.exception("task %s: what its state causes failed", task_id)
+                    failed[task_id] = raised
+            for task_id, error in failed.items():
+                on_failure(task_id, error)
+        finally:
+            self._in_round = set()
+            done, self._round_done = self._round_done, trio.Event()
+            done.set()
 
     def _wake(self) -> None:
         committer, self._committer = self._committer, None

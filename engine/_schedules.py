@@ -43,7 +43,8 @@ class ScheduleFiring:
 
     ``outcome`` is ``started``, ``skipped_overlap`` (surpass skipped it),
     ``queued`` (surpass wait queued it), ``caught_up`` (a missed time run
-    late) or ``missed`` (a missed time not run, by the catch-up policy).
+    late), ``missed`` (a missed time not run, by the catch-up policy),
+    ``stopped`` (the engine was stopping) or ``failed`` (starting the run failed).
     """
 
     workflow: str
@@ -209,15 +210,24 @@ class Schedules:
             for planned in plan.missed:
                 self._record(workflow_id, trigger, planned, now, "missed", None)
             for planned in plan.run:
-                outcome, task_id = self._fire(
-                    workflow_id, f"schedule {trigger.cron} ({trigger.timezone}) for {planned}"
-                )
+                try:
+                    outcome, task_id = self._fire(
+                        workflow_id, f"schedule {trigger.cron} ({trigger.timezone}) for {planned}"
+                    )
+                except Exception:  # one schedule's failure stops neither it nor the engine
+                    logger.exception("schedule %s of %s failed to fire", trigger.cron, workflow_id)
+                    outcome, task_id = "failed", None
                 if plan.late and outcome == "started":
                     outcome = "caught_up"
                 self._record(workflow_id, trigger, planned, now, outcome, task_id)
             last = due[-1]
-            if not self._save_mark(key, last):
-                return
+            try:
+                if not self._save_mark(key, last):
+                    return
+            except Exception:
+                logger.exception(
+                    "cannot store when schedule %s of %s fired", trigger.cron, workflow_id
+                )
             self._marks[key] = last
 
     def _record(

@@ -1117,3 +1117,21 @@ async def test_a_clean_run_has_no_errors(autojump_clock: trio.abc.Clock) -> None
     assert not result.has_errors
     assert engine.history(has_errors=True) == []
     assert [r.id for r in engine.history(has_errors=False)] == [task_id]
+
+
+async def test_a_queued_run_starts_after_its_workflow_was_replaced(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with engine_with(one_step(Step("work", timeout=100))) as engine:
+        engine.subscribe("w", "work")
+        async with engine.open_listener(subscriber_id="w") as w:
+            first = engine.start_workflow("wf")
+            queued = engine.start_workflow("wf")
+            assert queued.decision is StartDecision.QUEUED
+            engine.add_workflow(one_step(Step("work", timeout=50)), replace=True)
+            w.done(await next_action(w))  # the first run ends on its old definition
+            assert (await engine.wait_task(first.task_id)).outcome is Outcome.DONE  # type: ignore[arg-type]
+            w.done(await next_action(w))  # the queued run started, on the new one
+            with trio.fail_after(5):
+                result = await engine.wait_task(queued.task_id)  # type: ignore[arg-type]
+    assert result.outcome is Outcome.DONE

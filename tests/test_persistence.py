@@ -10,7 +10,7 @@ import attrs
 import pytest
 import trio
 
-from engine import Action, Outcome, SQLiteStore, Step, Workflow, open_engine
+from engine import Action, EmitEvent, Message, Outcome, SQLiteStore, Step, Workflow, open_engine
 from engine._store import TaskWrite
 from machines import COLLECT_AND_CLEANUP
 
@@ -103,4 +103,24 @@ async def test_without_group_commits_each_write_is_committed_at_once(tmp_path: P
                 await engine.wait_task(task_id)  # type: ignore[arg-type]
             n.cancel_scope.cancel()
     assert set(store.commits) == {1}
+    store.close()
+
+
+async def test_an_effect_that_fails_fails_its_task_alone(tmp_path: Path) -> None:
+    workflow = Workflow(
+        id="wf", steps=[Step("a", EmitEvent("boom")), Step("b")], surpass="parallel"
+    )
+    quiet = Workflow(id="quiet", steps=[Step("b")])
+    store = CountingStore(tmp_path / "state.sqlite3")
+
+    def observer(message: Message) -> None:
+        raise RuntimeError("observer bug")
+
+    async with open_engine(workflows=[workflow, quiet], store=store, start_time=START) as engine:
+        engine.add_observer(observer, message_types=["boom"])
+        broken = await engine.run_workflow("wf")
+        assert broken.outcome is Outcome.FAILED
+        assert broken.error == "internal error: RuntimeError: observer bug"
+        # the engine goes on
+        assert (await engine.run_workflow("quiet")).outcome is Outcome.DONE
     store.close()
