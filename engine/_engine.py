@@ -229,6 +229,9 @@ class _Run:
     #: Whether the task's new state waits to be committed before its effects go out;
     #: it moves no further until they have.
     committing: bool = False
+    #: The step whose action last went out (a step that failed before it did owes
+    #: nobody an abort).
+    announced: StepRun | None = None
     #: Set when the task ends; made only when someone waits for it.
     ended: trio.Event | None = None
     stop_request: tuple[bool, str | None] | None = None
@@ -1318,7 +1321,7 @@ class Engine:
         task = run.task
         action = step.step.action
         if isinstance(action, PerformAction):
-            self._after(run, functools.partial(self._bus.publish, self._action(run)))
+            self._after(run, functools.partial(self._announce, run, step, self._action(run)))
             if self._stall_fraction is not None and step.waiting_for:
                 assert step.deadline is not None
                 window = self._stall_fraction * (step.deadline - step.entered_at)
@@ -1363,6 +1366,10 @@ class Engine:
     def _committed(self, run: _Run) -> None:
         run.committing = False
         run.wake()
+
+    def _announce(self, run: _Run, step: StepRun, action: Action) -> None:
+        run.announced = step
+        self._bus.publish(action)
 
     def _after(self, run: _Run, effect: Callable[[], object]) -> None:
         """Carry out ``effect`` of the task's state once that state is committed."""
@@ -1448,7 +1455,8 @@ class Engine:
     def _step_ended(self, run: _Run, step: StepRun) -> None:
         action = step.step.action
         if isinstance(action, PerformAction) and step.waiting_for:
-            self._abort(run, step)
+            if run.announced is step:
+                self._abort(run, step)
         elif isinstance(action, WaitForEvent):
             waiters = self._event_waiters.get(action.message_type)
             if waiters is not None:
@@ -1787,6 +1795,7 @@ class Engine:
                     )
         logger.info("resuming task %s of %s in state %s", task.id, task.workflow.id, task.state)
         run = _Run(task, registered, registered.routing, replay=True)
+        run.announced = task.step  # sent before the restart (and sent again now)
         registered.active[run] = None
         self._running[task.id] = run
         self._nursery.start_soon(self._drive, run)
