@@ -55,7 +55,7 @@ _FALSE = ("false", "no", "off")
 
 
 class ModelStore(Protocol):
-    """Where config models and validation settings are kept (the SQLite store)."""
+    """Where config models and validation settings are kept (the engine's persistence)."""
 
     def load_config_models(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Return the stored kinds and validation settings."""

@@ -18,9 +18,10 @@ act. One nursery holds everything the engine runs; it starts no threads.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -58,19 +59,19 @@ from ._messages import (
     Message,
     ProgressTree,
 )
-from ._persistence import Persistence
+from ._persistence import DEFAULT_LEASE, Lease, Persistence
 from ._records import StepResult as StepResult  # re-exported: views import it from here
 from ._records import TaskResult as TaskResult
 from ._registry import DEFINITION_EVENTS, Registry
 from ._restore import restore_state
-from ._results import Results, StepInfo, TaskInfo, task_info
+from ._results import ResultMethods, Results, StepInfo, TaskInfo
 from ._results import StepInfo as StepInfo  # noqa: F811
 from ._rules import progress_of
 from ._runs import Run
 from ._schedules import SCHEDULE_FIRED as SCHEDULE_FIRED
 from ._schedules import MarkKey, Schedules
 from ._schedules import ScheduleFiring as ScheduleFiring
-from ._store import Store, StoredState
+from ._store import AsyncStore, Store, StoredState
 from ._subscribers import SubscriptionChange
 from ._tasklog import TaskLog
 from ._workflows import WorkflowTable
@@ -109,7 +110,7 @@ class CommandContext:
     step: str
 
 
-class Engine(ListenerMethods):
+class Engine(ListenerMethods, ResultMethods):
     """A running engine. Make one with :func:`open_engine`."""
 
     def __init__(
@@ -122,12 +123,11 @@ class Engine(ListenerMethods):
         listener_buffer: int,
         keep_results: int,
         stall_fraction: float | None = None,
-        store: Store | None = None,
+        store: Store | AsyncStore | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self._nursery = nursery
         self._store = store
-        #: Where writes go: the store, until the engine freezes (then None: nothing is written).
-        self._writer = store
         self._closed = False
         self.clock = clock
         self._commands: dict[str, Command] = dict(commands)
@@ -136,9 +136,11 @@ class Engine(ListenerMethods):
         #: The subscriber registry (read it here; change it through the engine's methods).
         self.subscribers = SubscriberRegistry(self._subscriptions_changed)
         self._bus = Bus(self.subscribers, self._emit_event)
-        #: Task writes and what they cause: committed before effects go out (an outbox).
-        self._persistence = Persistence(store)
-        self._results = Results(store, keep=keep_results, flush=self._flush)
+        #: The only caller of the store: task writes and what they cause, committed
+        #: before effects go out (an outbox), the other writes, and the reads.
+        self._persistence = Persistence(store, lease=lease)
+        stored = None if store is None else self._persistence
+        self._results = Results(stored, keep=keep_results)
         self._schedules = Schedules(
             clock=clock,
             nursery=nursery,
@@ -163,7 +165,7 @@ class Engine(ListenerMethods):
         self._core.durable = self._persistence.durable
         self._core.grouped = self._persistence.durable and self._persistence.grouped
         #: Every task's log (see engine._tasklog).
-        self.log = TaskLog(clock.now, store, keep_tasks=keep_results, before_read=self._flush)
+        self.log = TaskLog(clock.now, stored, keep_tasks=keep_results)
         self._driver = Driver(
             self._core,
             persistence=self._persistence,
@@ -173,6 +175,7 @@ class Engine(ListenerMethods):
             run_command=self._run_command,
             nursery=nursery,
         )
+        self._persistence.before_read = self._driver.run_pending
         nursery.start_soon(self._driver.serve)
         nursery.start_soon(self._driver.timers.serve)
         nursery.start_soon(self._persistence.serve, self._driver.write_failed)
@@ -184,12 +187,17 @@ class Engine(ListenerMethods):
             persist=self._persist_config if store is not None else None,
         )
         #: The workflows and jobs by origin, changed at run time (see engine._registry).
-        self.definitions = Registry(self, store, self._emit)
+        self.definitions = Registry(self, stored, self._emit)
 
     @property
-    def store(self) -> Store | None:
+    def store(self) -> Store | AsyncStore | None:
         """The store the engine keeps its state in (None: nothing is kept)."""
         return self._store
+
+    @property
+    def model_store(self) -> Persistence | None:
+        """Where config models are kept (see :class:`~engine._config_model.ConfigModels`)."""
+        return None if self._store is None else self._persistence
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -298,8 +306,7 @@ class Engine(ListenerMethods):
     def _save_mark(self, key: MarkKey, moment: datetime) -> bool:
         if self._core.frozen:
             return False
-        if self._writer is not None:
-            self._writer.save_schedule_mark(key, moment)
+        self._persistence.save_schedule_mark(key, moment)
         return True
 
     # ------------------------------------------------------------ subscribers
@@ -333,8 +340,8 @@ class Engine(ListenerMethods):
 
     def _subscriptions_changed(self, change: SubscriptionChange) -> None:
         subscriber_id, removed = change.subscriber_id, change.removed
-        writer = self._writer
-        if writer is not None and not self._restoring:
+        writer = self._persistence
+        if self._store is not None and not self._restoring:
             if not change.exists:
                 writer.delete_subscriber(subscriber_id)
             elif change.replaced:
@@ -429,7 +436,7 @@ class Engine(ListenerMethods):
         self._driver.poke()
         if stopped is not None:
             return stopped
-        if self._results.get(task_id) is not None:
+        if self._results.get(task_id) is not None:  # with an asynchronous store: in memory
             return False
         raise UnknownTaskError(task_id)
 
@@ -446,7 +453,7 @@ class Engine(ListenerMethods):
                 if self._closed and task_id not in self._results:
                     raise EngineClosed(f"the engine closed before task {task_id!r} ended")
                 continue
-            result = self._results.get(task_id)
+            result = await self._results.fetch(task_id)
             if result is None:
                 raise UnknownTaskError(task_id)
             await self._persistence.settled(task_id)  # its task_end has gone out
@@ -465,63 +472,12 @@ class Engine(ListenerMethods):
 
     # ------------------------------------------------------------ observing
 
-    def tasks(self) -> list[TaskInfo]:
-        """Return the running tasks, oldest first."""
-        return [
-            task_info(run, self.clock)
-            for run in self._core.running.values()
-            if run.registered.active.get(run, 0) is None
-        ]
-
-    def task(self, task_id: str) -> TaskInfo | TaskResult:
-        """Return a running task's info or a finished task's result.
-
-        Raises:
-            UnknownTaskError: no task has this id (finished results are kept
-                for the most recent ``keep_results`` tasks).
-        """
-        run = self._core.running.get(task_id)
-        if run is not None and run in run.registered.active:
-            return task_info(run, self.clock)
-        result = self._results.get(task_id)
-        if result is None:
-            raise UnknownTaskError(task_id)
-        return result
-
-    def task_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
-        """Return up to ``limit`` ids of known tasks (running, queued, finished) with ``prefix``."""
-        also = (self._core.running, self._workflows.queued)
-        return self._results.ids(prefix, limit=limit, also=also)
-
-    def history(
-        self,
-        *,
-        workflow: str | None = None,
-        outcome: str | None = None,
-        since: datetime | None = None,
-        has_errors: bool | None = None,
-        limit: int = 100,
-    ) -> list[TaskResult]:
-        """Return finished tasks, newest first, filtered as asked.
-
-        With a store, the history holds every task finished within the
-        retention period; without one, the last ``keep_results`` tasks.
-        """
-        return self._results.history(
-            workflow=workflow, outcome=outcome, since=since, has_errors=has_errors, limit=limit
-        )
-
     @staticmethod
     def progress_of(task: Task) -> ProgressTree:
         """Return a task's progress: one part per step, listeners' progress in the current one."""
         return progress_of(task)
 
     # ------------------------------------------------------------ durable state
-
-    def _flush(self) -> None:
-        """Carry out what is decided and commit what is staged (before a read of the store)."""
-        self._driver.run_pending()
-        self._persistence.flush()
 
     async def _run_command(self, run: Run, step: Any) -> None:
         await run_command(self._core, self._driver, run, step, self._call_command)
@@ -531,12 +487,12 @@ class Engine(ListenerMethods):
         return await self._commands[name](context)
 
     def _persist_config(self, config_id: str, config: Config | None) -> None:
-        if self._writer is None:
+        if self._persistence.closed:
             raise EngineClosed(f"the engine is stopping: config {config_id!r} not changed")
         if config is None:
-            self._writer.delete_config(config_id)
+            self._persistence.delete_config(config_id)
         else:
-            self._writer.save_config(config)
+            self._persistence.save_config(config)
 
     def _restore(self, state: StoredState) -> None:
         """Load what the store kept and resume the interrupted tasks."""
@@ -549,19 +505,20 @@ class Engine(ListenerMethods):
                 definitions=self.definitions,
                 configs=self.configs,
                 subscribers=self.subscribers,
-                store=self._store,
+                store=self._persistence,
                 now=trio.current_time(),
             )
         finally:
             self._restoring = False
         self._driver.poke()
 
-    async def _prune_history(self, store: Store) -> None:
+    async def _prune_history(self) -> None:
+        retention = self._persistence.retention
+        assert retention is not None
         while not self._core.frozen:
-            self._flush()
-            pruned = store.prune(self.clock.now() - store.retention)
+            pruned = await self._persistence.prune(self.clock.now() - retention)
             if pruned:
-                logger.info("removed %d finished tasks older than %s", pruned, store.retention)
+                logger.info("removed %d finished tasks older than %s", pruned, retention)
             await trio.sleep(3600)
 
     @property
@@ -584,7 +541,6 @@ class Engine(ListenerMethods):
         self._driver.run_pending()  # what was decided before the stop still counts
         self._core.frozen = True
         self._persistence.close()
-        self._writer = None
         self._driver.close()
         self._schedules.stop_all()  # no schedule fires any more
 
@@ -605,6 +561,9 @@ def _action(run: Run) -> Action:
 
 logger = __import__("logging").getLogger(__name__)
 
+#: Seconds an engine on an asynchronous store waits at close to write what is staged.
+CLOSE_WAIT = 5.0
+
 
 @asynccontextmanager
 async def open_engine(
@@ -617,8 +576,10 @@ async def open_engine(
     listener_buffer: int = DEFAULT_BUFFER,
     keep_results: int = 10_000,
     stall_fraction: float | None = 0.5,
-    store: Store | None = None,
+    store: Store | AsyncStore | None = None,
     sources: Mapping[str, str] | None = None,
+    replica: str | None = None,
+    lease: timedelta = DEFAULT_LEASE,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the ``async with`` block.
 
@@ -636,12 +597,22 @@ async def open_engine(
             silent (no answer, progress or info) for this fraction of its
             timeout is reported stalled, with an ``error`` event naming them;
             None turns this off.
-        store: where state is kept across restarts (see :class:`SQLiteStore`);
-            on open, configs, subscribers and schedule marks are loaded and
+        store: where state is kept across restarts: a :class:`SQLiteStore`,
+            or an entered asynchronous store (a :class:`RedisStore`); on
+            open, configs, subscribers and schedule marks are loaded and
             interrupted tasks resume where they were. None keeps nothing.
         sources: the file that declared each of ``workflows`` and ``jobs``, by
             id; those cannot be changed at run time (see
             :attr:`Engine.definitions`). The others count as built in.
+        replica: with an asynchronous store, the name of the lease this engine
+            writes its running tasks under (default: the host's name). A
+            restart under the same name resumes its tasks; two engines sharing
+            a store need names of their own.
+        lease: how long the lease lasts unless renewed (every third of it).
+            Open waits up to twice that for a lease left by a crashed run.
+
+    Raises:
+        StoreError: another engine holds the lease ``replica``.
 
     Leaving the block cancels everything the engine runs: running tasks stop
     where they are, without ``task_end``, and listeners are disconnected.
@@ -652,6 +623,8 @@ async def open_engine(
         raise ValueError(f"listener_buffer must be >= 1, got {listener_buffer!r}")
     if stall_fraction is not None and not 0 < stall_fraction < 1:
         raise ValueError(f"stall_fraction must be between 0 and 1, got {stall_fraction!r}")
+    if lease <= timedelta(0):
+        raise ValueError(f"lease must be positive, got {lease}")
     async with trio.open_nursery() as nursery:
         engine = Engine(
             nursery,
@@ -662,17 +635,27 @@ async def open_engine(
             keep_results=keep_results,
             stall_fraction=stall_fraction,
             store=store,
+            lease=Lease(replica or socket.gethostname(), lease),
         )
         for workflow in workflows:
             engine.add_workflow(workflow)
         for job in jobs:
             engine.add_job(job)
         engine.definitions.declare(sources or {})
-        if store is not None:
-            engine._restore(store.load())
-            nursery.start_soon(engine._prune_history, store)
+        persistence = engine._persistence
         try:
+            if store is not None:
+                engine._restore(await persistence.open())
+                if persistence.asynchronous:
+                    nursery.start_soon(persistence.keep_lease)
+                nursery.start_soon(engine._prune_history)
             yield engine
         finally:
             engine._close()
+            if persistence.asynchronous:
+                # what was staged is kept, and the lease given up, so that a restart
+                # resumes at once; bounded: what is not written is done again then
+                with trio.move_on_after(CLOSE_WAIT) as closing:
+                    closing.shield = True
+                    await persistence.aclose()
             nursery.cancel_scope.cancel()

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ._engine import TASK_END, TASK_STARTED, Engine, TaskResult
+from ._errors import StoreError
 from ._messages import Event, Kind, Message
 
 #: The content type of :meth:`EngineMetrics.render`.
@@ -112,7 +113,7 @@ class EngineMetrics:
         self._ended.labels(workflow, str(data.get("outcome"))).inc()
         try:
             result = self._engine.task(str(data.get("task_id")))
-        except LookupError:
+        except (LookupError, StoreError):  # gone from memory, an asynchronous store
             return
         if isinstance(result, TaskResult):
             for step in result.steps:

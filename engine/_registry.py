@@ -35,7 +35,7 @@ from ._errors import (
     Problem,
     UnknownWorkflowError,
 )
-from ._store import Store
+from ._persistence import Persistence
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Registry:
     def __init__(
         self,
         engine: _Engine,
-        store: Store | None,
+        store: Persistence | None,
         emit: Callable[[str, dict[str, Any]], None],
     ) -> None:
         self._engine = engine

@@ -17,8 +17,9 @@ from ._records import RestoreError, TaskResult, restore_task
 
 if TYPE_CHECKING:
     from ._config import ConfigService
+    from ._persistence import Persistence
     from ._registry import Registry
-    from ._store import Store, StoredState
+    from ._store import StoredState
     from ._subscribers import SubscriberRegistry
 
 logger = logging.getLogger("engine._engine")
@@ -31,7 +32,7 @@ def restore_state(
     definitions: Registry,
     configs: ConfigService,
     subscribers: SubscriberRegistry,
-    store: Store,
+    store: Persistence,
     now: float,
 ) -> None:
     """Load what the store kept and resume the interrupted tasks."""

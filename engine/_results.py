@@ -7,17 +7,23 @@ store's history for the rest; :func:`task_info` describes a running task.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._clock import Clock
+from ._errors import StoreError, UnknownTaskError
 from ._machine import Outcome
 from ._messages import Progress
+from ._persistence import Persistence
 from ._records import StepResult, TaskResult, step_results
 from ._runs import Run
-from ._store import Store
+
+if TYPE_CHECKING:
+    from ._core import Core
+    from ._workflows import WorkflowTable
 
 
 @attrs.frozen
@@ -87,15 +93,22 @@ def task_info(run: Run, clock: Clock) -> TaskInfo:
 class Results:
     """Finished tasks: the latest ``keep`` in memory, the rest in the store's history.
 
-    ``flush`` is called before every read of the store, so that a read sees
-    every write decided before it.
+    Every read of the store goes through ``persistence``, which first carries
+    out and commits what was decided, so that a read sees every write decided
+    before it. With an asynchronous store the synchronous reads find only
+    what is in memory; the ``fetch_*`` coroutines read the store.
     """
 
-    def __init__(self, store: Store | None, *, keep: int, flush: Callable[[], None]) -> None:
-        self._store = store
+    def __init__(self, persistence: Persistence | None, *, keep: int) -> None:
+        self._persistence = persistence
         self._keep = keep
-        self._flush = flush
         self._latest: OrderedDict[str, TaskResult] = OrderedDict()
+
+    @property
+    def _sync_store(self) -> Persistence | None:
+        """The persistence, when its store answers synchronously."""
+        persistence = self._persistence
+        return None if persistence is None or persistence.asynchronous else persistence
 
     def keep(self, result: TaskResult) -> None:
         """Keep a finished task's result in memory (its store write is the core's)."""
@@ -108,28 +121,46 @@ class Results:
         return task_id in self._latest
 
     def get(self, task_id: str) -> TaskResult | None:
-        """Return a finished task's result, or None."""
+        """Return a finished task's result, or None (an asynchronous store: from memory)."""
         result = self._latest.get(task_id)
-        if result is None and self._store is not None:
-            self._flush()
-            record = self._store.finished_task(task_id)
+        persistence = self._sync_store
+        if result is None and persistence is not None:
+            record = persistence.finished_task_now(task_id, "await engine.fetch_task()")
+            if record is not None:
+                return TaskResult.from_record(record)
+        return result
+
+    async def fetch(self, task_id: str) -> TaskResult | None:
+        """Return a finished task's result, or None, reading any store."""
+        result = self._latest.get(task_id)
+        if result is None and self._persistence is not None:
+            record = await self._persistence.finished_task(task_id)
             if record is not None:
                 return TaskResult.from_record(record)
         return result
 
     def ids(self, prefix: str, *, limit: int, also: Iterable[Iterable[str]]) -> list[str]:
         """Return up to ``limit`` task ids with ``prefix``: from ``also`` (running, queued),
-        then the latest finished, then the store's."""
-        found: dict[str, None] = {}
-        for ids in (*also, reversed(self._latest)):
-            for task_id in ids:
-                if task_id.startswith(prefix):
-                    found[task_id] = None
-                    if len(found) >= limit:
-                        return list(found)
-        if self._store is not None:
-            self._flush()
-            found.update(dict.fromkeys(self._store.task_ids(prefix, limit=limit)))
+        then the latest finished, then the store's (a synchronous one)."""
+        found = _ids_in_memory(prefix, limit, (*also, reversed(self._latest)))
+        persistence = self._sync_store
+        if len(found) < limit and persistence is not None:
+            found.update(
+                dict.fromkeys(
+                    persistence.task_ids_now(
+                        prefix, limit=limit, use="await engine.fetch_task_ids()"
+                    )
+                )
+            )
+        return list(found)[:limit]
+
+    async def fetch_ids(
+        self, prefix: str, *, limit: int, also: Iterable[Iterable[str]]
+    ) -> list[str]:
+        """Return up to ``limit`` task ids with ``prefix``, reading any store (see :meth:`ids`)."""
+        found = _ids_in_memory(prefix, limit, (*also, reversed(self._latest)))
+        if len(found) < limit and self._persistence is not None:
+            found.update(dict.fromkeys(await self._persistence.task_ids(prefix, limit=limit)))
         return list(found)[:limit]
 
     def history(
@@ -141,20 +172,36 @@ class Results:
         has_errors: bool | None = None,
         limit: int = 100,
     ) -> list[TaskResult]:
-        """Return finished tasks, newest first (see :meth:`Engine.history`)."""
-        wanted = None if outcome is None else Outcome(outcome)
-        if self._store is not None:
-            self._flush()
-            return [
-                TaskResult.from_record(record)
-                for record in self._store.history(
-                    workflow=workflow,
-                    outcome=None if wanted is None else wanted.value,
-                    since=since,
-                    has_errors=has_errors,
-                    limit=limit,
-                )
-            ]
+        """Return finished tasks, newest first (see :meth:`Engine.history`).
+
+        Raises:
+            StoreError: the store answers asynchronously (use :meth:`fetch_history`).
+        """
+        filters = _filters(workflow, outcome, since, has_errors, limit)
+        if self._persistence is not None:
+            records = self._persistence.history_now("await engine.fetch_history()", **filters)
+            return [TaskResult.from_record(record) for record in records]
+        return self._from_memory(filters)
+
+    async def fetch_history(
+        self,
+        *,
+        workflow: str | None = None,
+        outcome: Outcome | str | None = None,
+        since: datetime | None = None,
+        has_errors: bool | None = None,
+        limit: int = 100,
+    ) -> list[TaskResult]:
+        """Return finished tasks, newest first, reading any store (see :meth:`history`)."""
+        filters = _filters(workflow, outcome, since, has_errors, limit)
+        if self._persistence is not None:
+            records = await self._persistence.history(**filters)
+            return [TaskResult.from_record(record) for record in records]
+        return self._from_memory(filters)
+
+    def _from_memory(self, filters: dict[str, Any]) -> list[TaskResult]:
+        workflow, since, has_errors = filters["workflow"], filters["since"], filters["has_errors"]
+        wanted = None if filters["outcome"] is None else Outcome(filters["outcome"])
         results = [
             r
             for r in reversed(self._latest.values())
@@ -163,11 +210,173 @@ class Results:
             and (since is None or r.ended_at >= since)
             and (has_errors is None or r.has_errors is has_errors)
         ]
-        return results[:limit]
+        return results[: filters["limit"]]
 
     def last_steps(self, workflow_id: str) -> list[tuple[str, float, float]]:
-        """Return the steps of a workflow's last finished run: name, start and end (epoch)."""
-        last = self.history(workflow=workflow_id, limit=1)
+        """Return the steps of a workflow's last finished run: name, start and end (epoch).
+
+        With an asynchronous store, only the runs finished since the start count.
+        """
+        filters = _filters(workflow_id, None, None, None, 1)
+        if self._sync_store is not None:
+            last = self.history(workflow=workflow_id, limit=1)
+        else:
+            last = self._from_memory(filters)
         if not last:
             return []
         return [(s.name, s.started_at.timestamp(), s.ended_at.timestamp()) for s in last[0].steps]
+
+
+def _filters(
+    workflow: str | None,
+    outcome: Outcome | str | None,
+    since: datetime | None,
+    has_errors: bool | None,
+    limit: int,
+) -> dict[str, Any]:
+    wanted = None if outcome is None else Outcome(outcome)
+    return {
+        "workflow": workflow,
+        "outcome": None if wanted is None else wanted.value,
+        "since": since,
+        "has_errors": has_errors,
+        "limit": limit,
+    }
+
+
+def _ids_in_memory(prefix: str, limit: int, sources: Iterable[Iterable[str]]) -> dict[str, None]:
+    found: dict[str, None] = {}
+    for ids in sources:
+        for task_id in ids:
+            if task_id.startswith(prefix):
+                found[task_id] = None
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+class ResultMethods:
+    """The engine's methods for running and finished tasks and its store (a part of
+    :class:`~engine.Engine`)."""
+
+    clock: Clock
+    _core: Core
+    _workflows: WorkflowTable
+    _results: Results
+    _persistence: Persistence
+
+    # ------------------------------------------------------------ the store
+
+    def writes_mark(self) -> int:
+        """Return a mark of the writes handed to the store so far (for :meth:`wait_written`)."""
+        return self._persistence.mark()
+
+    async def wait_written(self, since: int = 0) -> None:
+        """Wait until every change made so far is in the store (at once without one, or
+        with a synchronous store, which writes on the caller's stack).
+
+        Raises:
+            StoreError: a write handed in after the mark ``since`` (see
+                :meth:`writes_mark`) failed.
+            EngineClosed: the engine stopped before the writes were made.
+        """
+        await self._persistence.written(since)
+
+    async def store_ready(self) -> bool:
+        """Tell whether the store answers now (always True without one or for SQLite)."""
+        return await self._persistence.ready()
+
+    # ------------------------------------------------------------ observing
+
+    def tasks(self) -> list[TaskInfo]:
+        """Return the running tasks, oldest first."""
+        return [
+            task_info(run, self.clock)
+            for run in self._core.running.values()
+            if run.registered.active.get(run, 0) is None
+        ]
+
+    def task(self, task_id: str) -> TaskInfo | TaskResult:
+        """Return a running task's info or a finished task's result.
+
+        Raises:
+            UnknownTaskError: no task has this id (finished results are kept
+                for the most recent ``keep_results`` tasks).
+            StoreError: the task is not in memory and the store answers
+                asynchronously: use :meth:`fetch_task`.
+        """
+        run = self._core.running.get(task_id)
+        if run is not None and run in run.registered.active:
+            return task_info(run, self.clock)
+        result = self._results.get(task_id)
+        if result is None:
+            if self._persistence.asynchronous:
+                raise StoreError(
+                    f"task {task_id!r} is not in memory and the store answers asynchronously:"
+                    " use await engine.fetch_task()"
+                )
+            raise UnknownTaskError(task_id)
+        return result
+
+    async def fetch_task(self, task_id: str) -> TaskInfo | TaskResult:
+        """Return a running task's info or a finished task's result, reading any store.
+
+        Raises:
+            UnknownTaskError: no task has this id.
+        """
+        run = self._core.running.get(task_id)
+        if run is not None and run in run.registered.active:
+            return task_info(run, self.clock)
+        result = await self._results.fetch(task_id)
+        if result is None:
+            raise UnknownTaskError(task_id)
+        return result
+
+    def task_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Return up to ``limit`` ids of known tasks (running, queued, finished) with ``prefix``.
+
+        With an asynchronous store, only the tasks in memory (see :meth:`fetch_task_ids`).
+        """
+        also = (self._core.running, self._workflows.queued)
+        return self._results.ids(prefix, limit=limit, also=also)
+
+    async def fetch_task_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Return up to ``limit`` ids of known tasks with ``prefix``, reading any store."""
+        also = (self._core.running, self._workflows.queued)
+        return await self._results.fetch_ids(prefix, limit=limit, also=also)
+
+    def history(
+        self,
+        *,
+        workflow: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        has_errors: bool | None = None,
+        limit: int = 100,
+    ) -> list[TaskResult]:
+        """Return finished tasks, newest first, filtered as asked.
+
+        With a store, the history holds every task finished within the
+        retention period; without one, the last ``keep_results`` tasks.
+
+        Raises:
+            StoreError: the store answers asynchronously: use :meth:`fetch_history`.
+        """
+        return self._results.history(
+            workflow=workflow, outcome=outcome, since=since, has_errors=has_errors, limit=limit
+        )
+
+    async def fetch_history(
+        self,
+        *,
+        workflow: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        has_errors: bool | None = None,
+        limit: int = 100,
+    ) -> list[TaskResult]:
+        """Return finished tasks, newest first, filtered as asked, reading any store
+        (see :meth:`history`)."""
+        return await self._results.fetch_history(
+            workflow=workflow, outcome=outcome, since=since, has_errors=has_errors, limit=limit
+        )

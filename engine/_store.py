@@ -706,6 +706,9 @@ class AsyncStore(Protocol):
     def ready(self) -> bool:
         """Tell whether the store answered its last call (False while it is out of reach)."""
 
+    async def check(self) -> bool:
+        """Ask the store whether it answers now (once, without retrying); update :attr:`ready`."""
+
     async def load(self, *, lease: str | None = None) -> StoredState:
         """Return everything stored; with ``lease``, only the running tasks held under it
         (without: all running tasks, whoever holds them)."""

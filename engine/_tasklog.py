@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import orjson
 
-from ._store import Store
+from ._persistence import Persistence
 
 logger = logging.getLogger(__name__)
 
@@ -112,24 +112,21 @@ class TaskLog:
 
     Args:
         now: returns the current wall-clock time.
-        store: where entries are written; None keeps the logs of the latest
-            ``keep_tasks`` tasks in memory.
+        store: where entries are written (the engine's persistence, which
+            carries out what was decided before a log is read); None keeps the
+            logs of the latest ``keep_tasks`` tasks in memory.
         limit: entries kept per task.
-        before_read: called before a log is read (the engine carries out what it
-            decided, so that the log read holds every entry decided before).
     """
 
     def __init__(
         self,
         now: Callable[[], datetime],
-        store: Store | None,
+        store: Persistence | None,
         *,
         keep_tasks: int = 10_000,
         limit: int = LOG_LIMIT,
-        before_read: Callable[[], None] | None = None,
     ) -> None:
         self._now = now
-        self._before_read = before_read
         self._store = store
         self._keep_tasks = keep_tasks
         self._limit = limit
@@ -170,9 +167,19 @@ class TaskLog:
         return entry
 
     def entries(self, task_id: str) -> list[LogEntry]:
-        """Return a task's log, oldest entry first (empty for a task that logged nothing)."""
-        if self._before_read is not None:
-            self._before_read()
+        """Return a task's log, oldest entry first (empty for a task that logged nothing).
+
+        Raises:
+            StoreError: the store answers asynchronously (use :meth:`fetch`).
+        """
         if self._store is not None:
-            return [LogEntry.from_json(data) for data in self._store.task_log(task_id)]
+            stored = self._store.task_log_now(task_id, "await engine.log.fetch()")
+            return [LogEntry.from_json(data) for data in stored]
+        return list(self._memory.get(task_id, ()))
+
+    async def fetch(self, task_id: str) -> list[LogEntry]:
+        """Return a task's log, oldest entry first, reading any store (see :meth:`entries`)."""
+        if self._store is not None:
+            stored = await self._store.task_log(task_id)
+            return [LogEntry.from_json(data) for data in stored]
         return list(self._memory.get(task_id, ()))

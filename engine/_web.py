@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -38,6 +39,7 @@ from ._errors import (
     EngineClosed,
     InvalidInputError,
     ListenerError,
+    StoreError,
     TaskLookupError,
     UnknownTaskError,
     UnknownWorkflowError,
@@ -45,6 +47,7 @@ from ._errors import (
 from ._http import read_json
 from ._machine import Outcome
 from ._metrics import CONTENT_TYPE, EngineMetrics
+from ._persistence import is_async_store
 from ._resoto_api import REVISION_HEADER as REVISION_HEADER
 from ._resoto_api import ResotoRoutes
 from ._tls import Authority, CertificateRoutes
@@ -82,6 +85,13 @@ DEFAULT_MAX_BODY = 1024 * 1024
 
 #: Largest WebSocket message accepted, in bytes, unless told otherwise.
 DEFAULT_MAX_MESSAGE = 1024 * 1024
+
+#: Seconds a request that changed something waits for an asynchronous store to
+#: keep the change before it answers 503, unless told otherwise.
+DEFAULT_STORE_WAIT = 10.0
+
+#: The HTTP methods that change nothing.
+_READING = frozenset({"GET", "HEAD", "OPTIONS"})
 
 #: The ASGI messages that answer a request, with the status they stand for.
 _STATUS_EVENTS = {
@@ -182,6 +192,63 @@ class _WebSocketEndpoint:
 # ---------------------------------------------------------------- the application
 
 
+class _OnceStored:
+    """Answers to requests that change something, held back until the store keeps the
+    change (an asynchronous store: Redis)."""
+
+    def __init__(self, engine: Engine, store_wait: float) -> None:
+        self._engine = engine
+        self._store_wait = store_wait
+
+    @classmethod
+    def of(cls, engine: Engine, store_wait: float) -> _OnceStored | None:
+        """Return the holder for ``engine``, or None when its store writes at once."""
+        return cls(engine, store_wait) if is_async_store(engine.store) else None
+
+    def send(self, scope: Scope, receive: Receive, send: Send) -> Send:
+        """Return a ``send`` that holds a successful answer back until the store keeps what
+        the request changed; if it cannot, the answer is a JSON 503 (the store does not
+        answer: the change is written once it does) or 500 (the write failed)."""
+        mark = self._engine.writes_mark()
+        replaced = False
+
+        async def send_once_stored(message: ASGIMessage) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                failure = await self._stored(mark)
+                if failure is not None:
+                    replaced = True
+                    await failure(scope, receive, send)
+                    return
+            elif replaced:
+                return  # the handler's body: its answer was replaced
+            await send(message)
+
+        return send_once_stored
+
+    async def _stored(self, mark: int) -> Response | None:
+        """Wait until the changes handed in after ``mark`` are stored; None if they are."""
+        try:
+            with trio.fail_after(self._store_wait):
+                await self._engine.wait_written(mark)
+        except trio.TooSlowError:
+            body = {
+                "error": "the store does not answer",
+                "problems": [
+                    f"the change was not stored within {self._store_wait:g} s: it is kept in"
+                    " memory and written once the store answers"
+                ],
+            }
+            return JSONResponse(body, 503, {"Retry-After": "1"})
+        except StoreError as error:
+            return JSONResponse(
+                {"error": "the change was not stored", "problems": [str(error)]}, 500
+            )
+        except EngineClosed as error:
+            return JSONResponse({"error": str(error), "problems": []}, 503, {"Retry-After": "1"})
+        return None
+
+
 class PhasebusApp:
     """The ASGI application of an engine. Make one with :func:`create_app`."""
 
@@ -195,8 +262,11 @@ class PhasebusApp:
         slow_consumer: SlowConsumerPolicy,
         tls: Authority | None = None,
         metrics: bool = True,
+        store_wait: float = DEFAULT_STORE_WAIT,
     ) -> None:
         self.engine = engine
+        #: Holds answers to changes back until an asynchronous store keeps them.
+        self._once_stored = _OnceStored.of(engine, store_wait)
         self._serve_metrics = metrics
         self.metrics = EngineMetrics(engine)
         self.max_body_size = max_body_size
@@ -204,7 +274,8 @@ class PhasebusApp:
         self._verifier = TokenVerifier(psk) if psk else None
         self.console = Console(engine, psk=psk)
         #: Resoto's config, config model and graph routes.
-        self.resoto = ResotoRoutes(engine, ConfigModels(engine.store), max_body_size=max_body_size)
+        models = ConfigModels(engine.model_store)
+        self.resoto = ResotoRoutes(engine, models, max_body_size=max_body_size)
         #: Resoto's worker task queue.
         self.work = WorkRoutes(
             WorkQueue(),
@@ -318,6 +389,8 @@ class PhasebusApp:
                     response = JSONResponse({"error": what, "problems": [problem]}, status)
                     await response(scope, receive, send)
                     return
+                if self._once_stored is not None and scope.get("method") not in _READING:
+                    send = self._once_stored.send(scope, receive, send)
         await self._router(scope, receive, send)
 
     async def _deny(
@@ -401,6 +474,9 @@ class PhasebusApp:
         return PlainTextResponse("pong")
 
     async def ready(self, request: Request) -> Response:
+        if not await self.engine.store_ready():
+            body = {"error": "the store does not answer", "problems": []}
+            return JSONResponse(body, 503, {"Retry-After": "1"})
         return PlainTextResponse("ok")
 
     async def get_metrics(self, request: Request) -> Response:
@@ -598,7 +674,7 @@ class PhasebusApp:
             ]
         )
         finished = (
-            self.engine.history(
+            await self.engine.fetch_history(
                 workflow=workflow, outcome=outcome, since=since, has_errors=has_errors, limit=limit
             )
             if limit
@@ -606,26 +682,31 @@ class PhasebusApp:
         )
         return JSONResponse(running + [task_json(result) for result in finished])
 
-    def _task_id(self, request: Request) -> str:
+    async def _task_id(self, request: Request) -> str:
         try:
-            return resolve_task_id(self.engine, request.path_params["id"])
+            return await resolve_task_id(self.engine, request.path_params["id"])
         except TaskLookupError as error:
             raise BadInput(error.status, str(error)) from None
 
     async def get_task(self, request: Request) -> Response:
-        task_id = self._task_id(request)
+        task_id = await self._task_id(request)
         try:
-            task = self.engine.task(task_id)
+            task = await self.engine.fetch_task(task_id)
         except UnknownTaskError:
             raise BadInput(404, f"unknown task {task_id!r}") from None
         return JSONResponse(task_json(task))
 
     async def stop_task(self, request: Request) -> Response:
-        task_id = self._task_id(request)
+        task_id = await self._task_id(request)
         try:
             stopped = self.engine.stop_task(task_id, reason="stopped through the API")
         except UnknownTaskError:
-            raise BadInput(404, f"unknown task {task_id!r}") from None
+            # the engine knows the tasks in memory; the store may hold it (it ended)
+            try:
+                await self.engine.fetch_task(task_id)
+            except UnknownTaskError:
+                raise BadInput(404, f"unknown task {task_id!r}") from None
+            stopped = False
         return JSONResponse({"task_id": task_id, "stopped": stopped})
 
     # ------------------------------------------------------------ WebSockets
@@ -691,6 +772,7 @@ def create_app(
     max_pending_age: float = DEFAULT_MAX_PENDING_AGE,
     tls: Authority | None = None,
     metrics: bool = True,
+    store_wait: float = DEFAULT_STORE_WAIT,
 ) -> PhasebusApp:
     """Return the ASGI application serving ``engine`` (PROTOCOL.md).
 
@@ -708,6 +790,9 @@ def create_app(
         tls: the server's CA and certificate, served at ``/ca/cert`` (and
             used by ``/ca/sign``); None for a server without TLS.
         metrics: serve ``/metrics`` (open to all, as in Resoto's core).
+        store_wait: seconds a request that changed something waits for an
+            asynchronous store (Redis) to keep the change before it answers
+            503; its answer waits until then, so that a change answered is kept.
 
     Raises:
         ValueError: a limit that is not a positive number.
@@ -722,4 +807,5 @@ def create_app(
         slow_consumer=SlowConsumerPolicy(max_pending_bytes, max_pending_age),
         tls=tls,
         metrics=metrics,
+        store_wait=store_wait,
     )

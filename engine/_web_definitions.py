@@ -40,19 +40,19 @@ from ._registry import DefinitionKind
 BodyReader = Callable[[Request], Awaitable[Any]]
 
 
-def resolve_task_id(engine: Engine, given: str) -> str:
+async def resolve_task_id(engine: Engine, given: str) -> str:
     """Return the id of the one task whose id is ``given`` or starts with it.
 
     Raises:
         TaskLookupError: no task matches (404), or several do (400).
     """
     try:
-        engine.task(given)
+        await engine.fetch_task(given)
     except UnknownTaskError:
         pass
     else:
         return given
-    found = engine.task_ids(given, limit=3)
+    found = await engine.fetch_task_ids(given, limit=3)
     if not found:
         raise TaskLookupError(404, f"unknown task {given!r}")
     if len(found) > 1:
@@ -147,10 +147,10 @@ class DefinitionRoutes:
 
     async def task_log(self, request: Request) -> Response:
         try:
-            task_id = resolve_task_id(self.engine, request.path_params["id"])
+            task_id = await resolve_task_id(self.engine, request.path_params["id"])
         except TaskLookupError as error:
             raise BadInput(error.status, str(error)) from None
-        entries = self.engine.log.entries(task_id)
+        entries = await self.engine.log.fetch(task_id)
         return JSONResponse({"task_id": task_id, "entries": [e.to_json() for e in entries]})
 
 

@@ -286,12 +286,12 @@ async def test_task_ids_by_prefix_in_memory_and_in_the_store(tmp_path: Path) -> 
     async with open_engine(workflows=[METRICS], store=store) as engine:
         first = await engine.run_workflow("metrics")
         second = await engine.run_workflow("metrics")
-        assert resolve_task_id(engine, first.id[:5]) in (first.id, second.id)
-        assert resolve_task_id(engine, first.id) == first.id
+        assert await resolve_task_id(engine, first.id[:5]) in (first.id, second.id)
+        assert await resolve_task_id(engine, first.id) == first.id
         with pytest.raises(TaskLookupError, match=r"^task id prefix '' is ambiguous: it matches "):
-            resolve_task_id(engine, "")
+            await resolve_task_id(engine, "")
         with pytest.raises(TaskLookupError, match=r"^unknown task 'zz'$"):
-            resolve_task_id(engine, "zz")
+            await resolve_task_id(engine, "zz")
     assert sorted(store.task_ids("", limit=5)) == sorted([first.id, second.id])
     assert store.task_ids(second.id[:6], limit=5)[0] == second.id
     assert store.task_ids("zz", limit=5) == []
