@@ -637,15 +637,17 @@ async def open_engine(
             store=store,
             lease=Lease(replica or socket.gethostname(), lease),
         )
-        for workflow in workflows:
-            engine.add_workflow(workflow)
-        for job in jobs:
-            engine.add_job(job)
-        engine.definitions.declare(sources or {})
         persistence = engine._persistence
         try:
-            if store is not None:
-                engine._restore(await persistence.open())
+            # read before any schedule starts, so that each catches up from its mark
+            state = None if store is None else await persistence.open()
+            for workflow in workflows:
+                engine.add_workflow(workflow)
+            for job in jobs:
+                engine.add_job(job)
+            engine.definitions.declare(sources or {})
+            if state is not None:
+                engine._restore(state)
                 if persistence.asynchronous:
                     nursery.start_soon(persistence.keep_lease)
                 nursery.start_soon(engine._prune_history)

@@ -32,7 +32,7 @@ from ._engine import Engine, open_engine
 from ._errors import PhasebusError
 from ._server import ServerLimits as ServerLimits
 from ._server import serve_app as serve_app
-from ._store import Store, open_store
+from ._store import AsyncStore, Store, open_store
 from ._tls import Authority
 from ._web import create_app
 
@@ -44,13 +44,15 @@ DEFAULT_PORT = 8900
 #: The environment variable that holds the pre-shared key when ``--psk`` is not given.
 PSK_VARIABLE = "PHASEBUS_PSK"
 
-#: The stores ``--store`` accepts (more come with persistent storage).
 #: The store ``phasebus serve`` uses unless told otherwise: a file in the working directory.
 DEFAULT_STORE = "phasebus.sqlite3"
 #: Days finished tasks are kept unless told otherwise.
 DEFAULT_RETENTION_DAYS = 60
 #: The longest retention: a century.
 MAX_RETENTION_DAYS = 36500
+
+#: How ``--store`` names a Redis server rather than a SQLite file.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def core_config(engine: Engine) -> dict[str, Any]:
@@ -80,16 +82,19 @@ async def serve(
     cert: Path | None = None,
     key: Path | None = None,
     metrics: bool = True,
+    replica: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run an engine and serve its API until cancelled; report the base URL.
 
     The engine runs the built-in workflows and those declared in
-    ``workflows_dir``. ``store`` is the path of its SQLite store, or
-    ``memory`` to keep nothing across restarts; on start, interrupted tasks
-    resume. The config ``phasebus.core`` is created with the schedules in
-    force unless it exists. With ``demo``, simulated listeners
-    answer every step of the built-in workflows. With ``announce``, the URL
+    ``workflows_dir``. ``store`` is the path of its SQLite store, a Redis
+    URL (``redis://HOST:PORT/DB``; ``replica`` names the lease its running
+    tasks are held under, by default the host's name), or ``memory`` to keep
+    nothing across restarts; on start, interrupted tasks resume. The config
+    ``phasebus.core`` is created with the schedules in force unless it
+    exists. With ``demo``, simulated listeners answer every step of the
+    built-in workflows. With ``announce``, the URL
     is printed on stdout once the server listens. With ``tls``, HTTPS and WSS
     are served with a certificate of the server's own CA, both kept beside the
     store (:mod:`engine._tls`); ``cert`` and ``key`` serve the user's
@@ -108,9 +113,38 @@ async def serve(
         raise PhasebusError(f"--port: must be from 0 to 65535, got {port}")
     if (cert is None) != (key is None):
         raise PhasebusError("--cert and --key: give both or neither")
+    on_redis = store.startswith(REDIS_SCHEMES)
+    if on_redis and tls and cert is None:
+        raise PhasebusError(
+            "--tls: with a Redis store, give --cert and --key (the server's own CA is kept"
+            " beside a SQLite store only)"
+        )
+    if replica is not None and not on_redis:
+        raise PhasebusError(
+            f"--replica: only for a Redis store (--store redis://...), got --store {store!r}"
+        )
     catalog = load_catalog(workflows_dir)
     workflows, jobs = list(catalog.workflows.values()), list(catalog.jobs.values())
-    durable = open_store(store, retention=timedelta(days=retention_days))
+    retention = timedelta(days=retention_days)
+    if on_redis:
+        async with _open_redis(store, retention) as redis:
+            await _serve_engine(
+                workflows,
+                jobs,
+                catalog.sources,
+                redis,
+                host=host,
+                port=port,
+                psk=psk,
+                demo=demo,
+                announce=announce,
+                authority=None if cert is None or key is None else Authority.from_files(cert, key),
+                metrics=metrics,
+                replica=replica,
+                task_status=task_status,
+            )
+        return
+    durable = open_store(store, retention=retention)
     try:
         with contextlib.ExitStack() as stack:
             authority = None
@@ -141,11 +175,27 @@ async def serve(
             durable.close()
 
 
+def _open_redis(url: str, retention: timedelta) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Return the Redis store at ``url``, to be entered (it warns when Redis keeps nothing).
+
+    Raises:
+        PhasebusError: the Redis client library is not installed, or a bad URL.
+    """
+    try:
+        from ._redis import open_redis_store
+    except ImportError as error:
+        raise PhasebusError(
+            f"--store {url}: the Redis store needs the coredis library ({error.name} is"
+            " missing): pip install 'phasebus[redis]'"
+        ) from None
+    return open_redis_store(url, retention=retention)
+
+
 async def _serve_engine(
     workflows: list[Workflow],
     jobs: list[Job],
     sources: Mapping[str, str],
-    store: Store | None,
+    store: Store | AsyncStore | None,
     *,
     host: str,
     port: int,
@@ -155,8 +205,11 @@ async def _serve_engine(
     authority: Authority | None,
     metrics: bool,
     task_status: trio.TaskStatus[str],
+    replica: str | None = None,
 ) -> None:
-    async with open_engine(workflows=workflows, jobs=jobs, store=store, sources=sources) as engine:
+    async with open_engine(
+        workflows=workflows, jobs=jobs, store=store, sources=sources, replica=replica
+    ) as engine:
         if engine.configs.get(CORE_CONFIG) is None:
             engine.configs.put(CORE_CONFIG, core_config(engine))
         if not demo:
@@ -267,7 +320,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         default=DEFAULT_STORE,
         help=f"the SQLite file where configs, subscribers, tasks and history live (default "
-        f"./{DEFAULT_STORE}), or 'memory' to keep nothing across restarts",
+        f"./{DEFAULT_STORE}), a Redis server (redis://HOST:PORT/DB), or 'memory' to keep"
+        " nothing across restarts",
+    )
+    parser.add_argument(
+        "--replica",
+        metavar="NAME",
+        default=None,
+        help="with a Redis store: the name this server holds its running tasks under (default:"
+        " the host's name); a restart under the same name resumes them, and each server"
+        " sharing one Redis needs a name of its own",
     )
     parser.add_argument(
         "--workflows",
@@ -327,6 +389,7 @@ def serve_options(
         "cert": args.cert,
         "key": args.key,
         "metrics": args.metrics,
+        "replica": args.replica,
     }
 
 

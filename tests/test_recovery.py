@@ -70,7 +70,7 @@ class ServerProcess:
 
 @asynccontextmanager
 async def serve(
-    store: Path,
+    store: Path | str,
     workflows: Path | None = None,
     *,
     launcher: list[str] | None = None,
