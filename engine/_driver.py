@@ -130,6 +130,16 @@ class Driver:
             event.set()
         self._waiters.clear()
 
+    def forget(self, run: Run) -> None:
+        """Drop a task the core let go (another replica drives it): its timer, its command,
+        and wake whoever waits for it."""
+        if run.timer is not None:
+            self.timers.cancel(run.timer)
+            run.timer = None
+        if run.command is not None:
+            run.command.cancel()
+        self._dequeued(Dequeued(run.task.id))
+
     def write_failed(self, task_id: str, error: Exception) -> None:
         """A group commit failed for a task (the committer's report)."""
         self._core.failed(task_id, error, trio.current_time())

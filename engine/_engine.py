@@ -22,7 +22,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -60,9 +60,10 @@ from ._messages import (
     ProgressTree,
 )
 from ._persistence import DEFAULT_LEASE, Lease, Persistence
-from ._records import StepResult as StepResult  # re-exported: views import it from here
+from ._records import StepResult as StepResult
 from ._records import TaskResult as TaskResult
 from ._registry import DEFINITION_EVENTS, Registry
+from ._replicas import Takeover  # re-exported: views import it from here
 from ._restore import restore_state
 from ._results import ResultMethods, Results, StepInfo, TaskInfo
 from ._results import StepInfo as StepInfo  # noqa: F811
@@ -649,7 +650,16 @@ async def open_engine(
             if state is not None:
                 engine._restore(state)
                 if persistence.asynchronous:
+                    takeover = Takeover(
+                        core=engine._core,
+                        driver=engine._driver,
+                        persistence=persistence,
+                        store=cast("AsyncStore", store),
+                    )
+                    persistence.on_taken = takeover.give_up
+                    persistence.on_regained = takeover.check_held
                     nursery.start_soon(persistence.keep_lease)
+                    nursery.start_soon(takeover.serve)
                 nursery.start_soon(engine._prune_history)
             yield engine
         finally:

@@ -180,3 +180,7 @@ class TaskLookupError(PhasebusError, LookupError):
 
 class LeaseLost(StoreError):
     """A write under a lease was refused: the lease expired or was taken over; nothing written."""
+
+
+class TaskTakenOver(LeaseLost):
+    """A task's write was refused: another replica took the task over and drives it now."""

@@ -48,7 +48,7 @@ import attrs
 import trio
 
 from ._config import Config
-from ._errors import LeaseLost, StoreError
+from ._errors import LeaseLost, StoreError, TaskTakenOver
 from ._store import AsyncStore, Store, StoredState, TaskWrite
 
 logger = logging.getLogger(__name__)
@@ -207,6 +207,12 @@ class Persistence(_WriteMethods):
         )
         #: Called before a read of the store (the engine carries out what it decided).
         self.before_read: Callable[[], None] = _nothing
+        #: Called with a task another replica took over (its write was refused for that):
+        #: the engine forgets it. Without it, the task fails like any refused write.
+        self.on_taken: Callable[[str], None] | None = None
+        #: Awaited once a lost lease is held again: the engine gives up the tasks
+        #: another replica took over meanwhile.
+        self.on_regained: Callable[[], Awaitable[None]] | None = None
         #: The latest staged record of each task (a record is a task's whole state).
         self._writes: dict[str, TaskWrite] = {}
         self._effects: list[tuple[str, Callable[[], object]]] = []
@@ -314,6 +320,8 @@ class Persistence(_WriteMethods):
             if token is not None:
                 lease.token = token
                 logger.warning("holding the lease %r again (fencing token %d)", lease.name, token)
+                if self.on_regained is not None:
+                    await self.on_regained()
                 return
             await trio.sleep(lease.ttl.total_seconds() / 4)
 
@@ -486,7 +494,10 @@ class Persistence(_WriteMethods):
                 logger.exception("task %s: what its state causes failed", task_id)
                 failed[task_id] = raised
         for task_id, error in failed.items():
-            on_failure(task_id, error)
+            if isinstance(error, TaskTakenOver) and self.on_taken is not None:
+                self.on_taken(task_id)
+            else:
+                on_failure(task_id, error)
 
     async def _commit_async(self, writes: Sequence[TaskWrite]) -> dict[str, Exception]:
         """Commit writes under the lease, in one round trip; if that fails, one by one."""
@@ -510,6 +521,17 @@ class Persistence(_WriteMethods):
         for write in writes:  # find out whose write it was: the others still count
             try:
                 await store.commit([write], owner=lease.name, fence=lease.token)
+            except LeaseLost as refused:
+                holder = await store.lease_of(write.task_id)
+                if holder != lease.name:  # held under another lease, or ended there
+                    logger.warning(
+                        "task %s was taken over by another replica (%s)", write.task_id, refused
+                    )
+                    taken = f"task {write.task_id} was taken over by another replica: {refused}"
+                    failed[write.task_id] = TaskTakenOver(taken)
+                else:
+                    logger.error("cannot store task %s: %s", write.task_id, refused)
+                    failed[write.task_id] = refused
             except Exception as error:
                 logger.error("cannot store task %s: %s", write.task_id, error)
                 failed[write.task_id] = error

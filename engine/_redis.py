@@ -110,8 +110,9 @@ LEASES = "leases"
 FENCE = "fence"
 #: Hash: finished task id -> its result (JSON). Written by commit, removed by prune.
 HISTORY = "history"
-#: Hash: finished task id -> JSON ``[member, workflow, outcome, "0"|"1"]``: its entry in
-#: the indexes below and the fields the history filters on. Commit, prune.
+#: Hash: finished task id -> JSON ``[member, workflow, outcome, "0"|"1", lease]``: its entry
+#: in the indexes below, the fields the history filters on, and the lease it was filed
+#: under (another lease's writes to it are refused). Commit, prune.
 HISTORY_META = "history-meta"
 #: Counter: the order finished tasks were first stored in (ties of ended_at: last first).
 HISTORY_ORDER = "history-order"
@@ -227,6 +228,13 @@ for _ = 1, writes do
   if holder and holder ~= ARGV[2] then
     return {0, 'task ' .. ARGV[i + 1] .. ' is held under lease ' .. holder}
   end
+  if not holder then
+    local meta = redis.call('HGET', KEYS[6], ARGV[i + 1])
+    local filer = meta and cjson.decode(meta)[5]
+    if filer and filer ~= ARGV[2] then
+      return {0, 'task ' .. ARGV[i + 1] .. ' has ended under lease ' .. filer}
+    end
+  end
   if ARGV[i] == 'S' then i = i + 3 else i = i + 7 end
 end
 i = 8
@@ -256,7 +264,7 @@ for _ = 1, writes do
     end
     redis.call('HSET', KEYS[5], id, ARGV[i + 6])
     redis.call('ZADD', KEYS[9], 0, id)
-    redis.call('HSET', KEYS[6], id, cjson.encode({member, workflow, outcome, errors}))
+    redis.call('HSET', KEYS[6], id, cjson.encode({member, workflow, outcome, errors, ARGV[2]}))
     redis.call('ZADD', KEYS[8], ended, member)
     redis.call('ZADD', ARGV[3] .. workflow, ended, member)
     redis.call('ZADD', ARGV[4] .. outcome, ended, member)
@@ -887,10 +895,14 @@ class RedisStore(RedisConnection):
         streams in the same step: the outbox, published exactly when the
         state that sends them is committed.
 
+        A task that is not running but was filed in the history under another
+        lease has ended there (another replica finished it after taking it
+        over): writes to it are refused.
+
         Raises:
             LeaseLost: ``owner`` is not held with the token ``fence`` (it
                 expired, was released, or was acquired again), or a task is
-                held under another lease; nothing was written.
+                held under another lease or has ended; nothing was written.
         """
         args: list[Any] = [
             fence,

@@ -30,6 +30,7 @@ from ._config import CORE_CONFIG
 from ._definitions import Job, Workflow
 from ._engine import Engine, open_engine
 from ._errors import PhasebusError
+from ._persistence import DEFAULT_LEASE
 from ._server import ServerLimits as ServerLimits
 from ._server import serve_app as serve_app
 from ._store import AsyncStore, Store, open_store
@@ -83,6 +84,7 @@ async def serve(
     key: Path | None = None,
     metrics: bool = True,
     replica: str | None = None,
+    lease_seconds: float | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run an engine and serve its API until cancelled; report the base URL.
@@ -90,7 +92,8 @@ async def serve(
     The engine runs the built-in workflows and those declared in
     ``workflows_dir``. ``store`` is the path of its SQLite store, a Redis
     URL (``redis://HOST:PORT/DB``; ``replica`` names the lease its running
-    tasks are held under, by default the host's name), or ``memory`` to keep
+    tasks are held under, by default the host's name, for ``lease_seconds``
+    unless renewed), or ``memory`` to keep
     nothing across restarts; on start, interrupted tasks resume. The config
     ``phasebus.core`` is created with the schedules in force unless it
     exists. With ``demo``, simulated listeners answer every step of the
@@ -119,9 +122,12 @@ async def serve(
             "--tls: with a Redis store, give --cert and --key (the server's own CA is kept"
             " beside a SQLite store only)"
         )
-    if replica is not None and not on_redis:
+    if lease_seconds is not None and not 0.3 <= lease_seconds <= 3600:
+        raise PhasebusError(f"--lease: must be from 0.3 to 3600 seconds, got {lease_seconds!r}")
+    if (replica is not None or lease_seconds is not None) and not on_redis:
         raise PhasebusError(
-            f"--replica: only for a Redis store (--store redis://...), got --store {store!r}"
+            "--replica and --lease: only for a Redis store (--store redis://...), got"
+            f" --store {store!r}"
         )
     catalog = load_catalog(workflows_dir)
     workflows, jobs = list(catalog.workflows.values()), list(catalog.jobs.values())
@@ -141,6 +147,7 @@ async def serve(
                 authority=None if cert is None or key is None else Authority.from_files(cert, key),
                 metrics=metrics,
                 replica=replica,
+                lease=DEFAULT_LEASE if lease_seconds is None else timedelta(seconds=lease_seconds),
                 task_status=task_status,
             )
         return
@@ -206,9 +213,15 @@ async def _serve_engine(
     metrics: bool,
     task_status: trio.TaskStatus[str],
     replica: str | None = None,
+    lease: timedelta = DEFAULT_LEASE,
 ) -> None:
     async with open_engine(
-        workflows=workflows, jobs=jobs, store=store, sources=sources, replica=replica
+        workflows=workflows,
+        jobs=jobs,
+        store=store,
+        sources=sources,
+        replica=replica,
+        lease=lease,
     ) as engine:
         if engine.configs.get(CORE_CONFIG) is None:
             engine.configs.put(CORE_CONFIG, core_config(engine))
@@ -332,6 +345,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         " sharing one Redis needs a name of its own",
     )
     parser.add_argument(
+        "--lease",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        dest="lease_seconds",
+        help=f"with a Redis store: how long this server's lease lasts unless renewed (default"
+        f" {DEFAULT_LEASE.total_seconds():g}); another server takes its tasks over once it"
+        " expired",
+    )
+    parser.add_argument(
         "--workflows",
         metavar="PATH",
         type=Path,
@@ -390,6 +413,7 @@ def serve_options(
         "key": args.key,
         "metrics": args.metrics,
         "replica": args.replica,
+        "lease_seconds": args.lease_seconds,
     }
 
 

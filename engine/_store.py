@@ -830,6 +830,9 @@ class AsyncStore(Protocol):
     async def expired_leases(self) -> list[str]:
         """Return the leases that expired (or were released) while tasks are held under them."""
 
+    async def lease_of(self, task_id: str) -> str | None:
+        """Return the lease a running task is held under, or None."""
+
     async def adopt(self, expired: str, *, owner: str, fence: int) -> list[bytes]:
         """Move the tasks of an expired lease to the lease ``owner`` and return their records.
 

@@ -173,6 +173,6 @@ def test_replica_needs_a_redis_store(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert run.stderr.strip().endswith(
-        f"--replica: only for a Redis store (--store redis://...), got --store"
+        "--replica and --lease: only for a Redis store (--store redis://...), got --store"
         f" {str(tmp_path / 's')!r}"
     )

@@ -110,6 +110,7 @@ def test_the_psk_comes_from_the_option_or_the_environment() -> None:
         "key": None,
         "metrics": True,
         "replica": None,
+        "lease_seconds": None,
     }
 
 

@@ -1,0 +1,143 @@
+"""Several engines on one Redis: a stopped, dead or paused replica's tasks taken over.
+
+Leases last two seconds; Redis keeps its own time, so these tests run in real time.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from engine import Action, Engine, Outcome, Step, Workflow, open_engine
+from engine._errors import LeaseLost
+from engine._redis import RedisStore, open_redis_store
+
+from .test_recovery import DURABLE, action, answer, serve
+from .test_redis_store import finished, running
+
+pytestmark = pytest.mark.redis
+
+LEASE = timedelta(seconds=2)
+#: The workflow of test_recovery's DURABLE declaration, as a Python value.
+THREE_STEPS = Workflow(
+    id="durable",
+    surpass="skip",
+    steps=[Step(name, timeout=60, on_error="stop") for name in ("a", "b", "c")],
+)
+
+
+@asynccontextmanager
+async def replica(url: str, name: str) -> AsyncIterator[tuple[Engine, RedisStore]]:
+    async with (
+        open_redis_store(url) as store,
+        open_engine(workflows=[THREE_STEPS], store=store, replica=name, lease=LEASE) as engine,
+    ):
+        yield engine, store
+
+
+async def next_action(listener: Any, timeout: float = 10) -> Action:
+    with trio.fail_after(timeout):
+        while True:
+            message = await listener.receive()
+            if isinstance(message, Action):
+                return message
+
+
+async def test_a_stopped_replica_hands_its_tasks_to_another(redis_url: str) -> None:
+    async with replica(redis_url, "two") as (two, _):
+        async with replica(redis_url, "one") as (one, _):
+            for step in ("a", "b", "c"):
+                one.subscribe("w", step)
+                two.subscribe("w", step)
+            async with one.open_listener(subscriber_id="w") as listener:
+                task_id = one.start_workflow("durable").task_id
+                first = await next_action(listener)
+                listener.done(first)
+                assert (await next_action(listener)).step == "b"  # owed, unanswered
+        # "one" stopped and gave its lease up: "two" takes the task over at step b
+        async with two.open_listener(subscriber_id="w") as listener:
+            owed = await next_action(listener, timeout=5)
+            assert (owed.task, owed.step) == (task_id, "b")
+            listener.done(owed)
+            last = await next_action(listener)
+            assert last.step == "c"
+            listener.done(last)
+            assert task_id is not None
+            result = await two.wait_task(task_id)
+        assert result.outcome is Outcome.DONE
+        assert [list(s.answered) for s in result.steps] == [["w"], ["w"], ["w"]]
+        assert [r.id for r in await two.fetch_history()] == [task_id]
+        assert two.tasks() == []
+
+
+async def test_a_paused_replica_is_taken_over_and_acts_no_more_when_it_wakes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    declarations = tmp_path / "durable.toml"
+    declarations.write_text(DURABLE)
+    options = ("--replica", "one", "--lease", "2")
+    async with serve(redis_url, declarations, options=options) as one:  # type: ignore[arg-type]
+        for step in ("a", "b", "c"):
+            assert (await one.http.post(f"/subscriber/w/{step}")).status_code == 200
+        async with replica(redis_url, "two") as (two, store):
+            async with one.subscriber("w") as ws:
+                task_id = (await one.http.post("/workflow/durable/run")).json()["task_id"]
+                await answer(ws, await action(ws))
+                owed = await action(ws)
+                assert owed["data"]["step"] == "b"
+                one.process.send_signal(signal.SIGSTOP)  # stalls past its lease
+                try:
+                    async with two.open_listener(subscriber_id="w") as listener:
+                        started = trio.current_time()
+                        taken = await next_action(listener, timeout=10)
+                        took = trio.current_time() - started
+                        assert (taken.task, taken.step) == (task_id, "b")
+                        assert await store.lease_of(task_id) == "two"
+                        listener.done(taken)
+                        listener.done(await next_action(listener))
+                        result = await two.wait_task(task_id)
+                finally:
+                    one.process.send_signal(signal.SIGCONT)
+                assert result.outcome is Outcome.DONE
+                assert took < 2 * LEASE.total_seconds()
+                # "one" wakes up: its lease is gone, and so is the task: nothing more of it
+                await answer(ws, owed)  # an answer it can no longer act on
+                with trio.fail_after(10):
+                    while any(t["running"] for t in (await one.http.get("/tasks")).json()):
+                        await trio.sleep(0.1)
+        finished = (await one.http.get("/tasks", params={"outcome": "done"})).json()
+    assert [t["id"] for t in finished] == [task_id]
+    assert [len(s["answered"]) for s in finished[0]["steps"]] == [1, 1, 1]
+    assert json.dumps(finished[0]["steps"][1]["answered"]) == '{"w": "done"}'
+
+
+async def test_a_task_another_replica_finished_cannot_be_written_again(redis_url: str) -> None:
+    async with open_redis_store(redis_url) as store:
+        one = await store.acquire_lease("one", LEASE)
+        assert one is not None
+        await store.commit([running("t1")], owner="one", fence=one)
+        assert await store.release_lease("one", one)
+        two = await store.acquire_lease("two", LEASE)
+        assert two is not None
+        assert await store.adopt("one", owner="two", fence=two) == [running("t1").record]
+        await store.commit([finished("t1", 10.0)], owner="two", fence=two)
+        # "one" wakes up, takes its lease again, and writes what it had
+        again = await store.acquire_lease("one", LEASE)
+        assert again is not None
+        for stale in (running("t1", "b"), finished("t1", 11.0, outcome="failed")):
+            with pytest.raises(LeaseLost, match=r"task t1 has ended under lease two$"):
+                await store.commit([stale], owner="one", fence=again)
+        kept = await store.finished_task("t1")
+        assert kept is not None
+        assert kept["outcome"] == "done"
+        assert await store.load(lease="one") == await store.load(lease="nobody")
+        # the replica that filed it may file it again
+        await store.commit([finished("t1", 12.0)], owner="two", fence=two)
