@@ -148,6 +148,7 @@ class Engine(ListenerMethods, ResultMethods):
             fire=self._fire,
             announce=self._announce_firing,
             save_mark=self._save_mark,
+            claim=self._persistence.claim_firing if self._persistence.asynchronous else None,
         )
         self._workflows = WorkflowTable(
             self._schedules,

@@ -325,6 +325,15 @@ class Persistence(_WriteMethods):
                 return
             await trio.sleep(lease.ttl.total_seconds() / 4)
 
+    async def claim_firing(
+        self, workflow: str, cron: str, timezone: str, planned: datetime
+    ) -> bool:
+        """Take a schedule's firing at ``planned``: True for exactly one of the engines
+        sharing an asynchronous store (always True for a synchronous one)."""
+        if self._async is None:
+            return True
+        return await self._async.claim_firing(workflow, cron, timezone, planned)
+
     async def ready(self) -> bool:
         """Tell whether the store answers now (always, for a synchronous store)."""
         if self._async is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +44,8 @@ class ScheduleFiring:
     ``outcome`` is ``started``, ``skipped_overlap`` (surpass skipped it),
     ``queued`` (surpass wait queued it), ``caught_up`` (a missed time run
     late), ``missed`` (a missed time not run, by the catch-up policy),
-    ``stopped`` (the engine was stopping) or ``failed`` (starting the run failed).
+    ``stopped`` (the engine was stopping), ``failed`` (starting the run
+    failed) or ``another_replica`` (another server sharing the store took it).
     """
 
     workflow: str
@@ -101,6 +102,10 @@ _DECLARED = object()
 #: Starts a workflow for a schedule: (workflow id, reason) -> (outcome, task id).
 Fire = Callable[[str, str], tuple[str, "str | None"]]
 
+#: Takes a schedule's firing for this engine: (workflow id, cron, time zone, planned time)
+#: -> whether it is this engine's to start (exactly one of the replicas sharing a store).
+Claim = Callable[[str, str, str, datetime], Awaitable[bool]]
+
 
 class Schedules:
     """The cron schedules in force and their trio tasks.
@@ -113,6 +118,8 @@ class Schedules:
         announce: called with each firing (for the ``schedule_fired`` event).
         save_mark: keeps the last time a schedule handled, to survive a restart;
             returns False when nothing may be kept any more (the engine stops).
+        claim: takes each firing before it starts the workflow, where several
+            engines share a store (None: every firing is this engine's).
     """
 
     def __init__(
@@ -123,8 +130,10 @@ class Schedules:
         fire: Fire,
         announce: Callable[[ScheduleFiring], None],
         save_mark: Callable[[MarkKey, datetime], bool],
+        claim: Claim | None = None,
     ) -> None:
         self._clock = clock
+        self._claim = claim
         self._nursery = nursery
         self._fire = fire
         self._announce = announce
@@ -210,6 +219,11 @@ class Schedules:
             for planned in plan.missed:
                 self._record(workflow_id, trigger, planned, now, "missed", None)
             for planned in plan.run:
+                if self._claim is not None and not await self._claim(
+                    workflow_id, trigger.cron, trigger.timezone, planned
+                ):
+                    self._record(workflow_id, trigger, planned, now, "another_replica", None)
+                    continue
                 try:
                     outcome, task_id = self._fire(
                         workflow_id, f"schedule {trigger.cron} ({trigger.timezone}) for {planned}"

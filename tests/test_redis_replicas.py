@@ -9,14 +9,14 @@ import json
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from engine import Action, Engine, Outcome, Step, Workflow, open_engine
+from engine import Action, CronTrigger, Engine, Outcome, Step, Workflow, open_engine
 from engine._errors import LeaseLost
 from engine._redis import RedisStore, open_redis_store
 
@@ -141,3 +141,30 @@ async def test_a_task_another_replica_finished_cannot_be_written_again(redis_url
         assert await store.load(lease="one") == await store.load(lease="nobody")
         # the replica that filed it may file it again
         await store.commit([finished("t1", 12.0)], owner="two", fence=two)
+
+
+async def test_a_cron_firing_starts_one_run_across_replicas(redis_url: str) -> None:
+    every_minute = Workflow(
+        id="tick", steps=[Step("a", timeout=30)], triggers=[CronTrigger("* * * * *")]
+    )
+    start = datetime(2026, 3, 2, 0, 0, 59, 200_000, tzinfo=UTC)
+    async with (
+        open_redis_store(redis_url) as store_one,
+        open_redis_store(redis_url) as store_two,
+        open_engine(
+            workflows=[every_minute], store=store_one, replica="one", start_time=start
+        ) as one,
+        open_engine(
+            workflows=[every_minute], store=store_two, replica="two", start_time=start
+        ) as two,
+    ):
+        await trio.sleep(1.5)
+        ledgers = [
+            [(f.planned.minute, f.outcome) for f in e.schedule_ledger("tick")] for e in (one, two)
+        ]
+        task_ids = [f.task_id for e in (one, two) for f in e.schedule_ledger("tick") if f.task_id]
+        await trio.sleep(0.2)
+        history = await one.fetch_history()
+    assert sorted(ledgers) == [[(1, "another_replica")], [(1, "started")]]
+    assert len(task_ids) == 1
+    assert [r.id for r in history] == task_ids
