@@ -63,7 +63,7 @@ from ._persistence import DEFAULT_LEASE, Lease, Persistence
 from ._records import StepResult as StepResult
 from ._records import TaskResult as TaskResult
 from ._registry import DEFINITION_EVENTS, Registry
-from ._replicas import Takeover  # re-exported: views import it from here
+from ._replicas import EventFanout, Takeover  # re-exported: views import it from here
 from ._restore import restore_state
 from ._results import ResultMethods, Results, StepInfo, TaskInfo
 from ._results import StepInfo as StepInfo  # noqa: F811
@@ -130,6 +130,8 @@ class Engine(ListenerMethods, ResultMethods):
         self._nursery = nursery
         self._store = store
         self._closed = False
+        #: Sends each event published here to the other replicas (see EventFanout).
+        self._fanout: Callable[[Event], None] | None = None
         self.clock = clock
         self._commands: dict[str, Command] = dict(commands)
         self._restoring = False
@@ -160,7 +162,8 @@ class Engine(ListenerMethods, ResultMethods):
             subscribers=self.subscribers,
             clock=clock,
             keep=self._results.keep,
-            wanted=self._bus.has_listeners,
+            # replicas sharing a store show each other's events: every event is wanted
+            wanted=_always if self._persistence.asynchronous else self._bus.has_listeners,
             progress_interval=progress_interval,
             stall_fraction=stall_fraction,
         )
@@ -401,6 +404,8 @@ class Engine(ListenerMethods, ResultMethods):
                 raise PhasebusError(f"only the engine publishes {message.message_type!r} events")
             self._core.event(message, trio.current_time())  # type: ignore[arg-type]
             self._bus.publish(message)
+            if self._fanout is not None:
+                self._fanout(message)  # type: ignore[arg-type]
         else:
             raise PhasebusError(f"only the engine sends {message.kind.value} messages")
         self._driver.poke()
@@ -411,6 +416,8 @@ class Engine(ListenerMethods, ResultMethods):
     def _emit_event(self, event: Event) -> None:
         self._core.event(event, trio.current_time())
         self._bus.publish(event)
+        if self._fanout is not None:
+            self._fanout(event)
         self._driver.poke()
 
     # ------------------------------------------------------------ starting and stopping
@@ -554,6 +561,10 @@ class Engine(ListenerMethods, ResultMethods):
             self._bus.detach(listener, ENGINE_CLOSED)
 
 
+def _always(_: str) -> bool:
+    return True
+
+
 def _action(run: Run) -> Action:
     task = run.task
     assert task.step is not None
@@ -661,6 +672,14 @@ async def open_engine(
                     persistence.on_regained = takeover.check_held
                     nursery.start_soon(persistence.keep_lease)
                     nursery.start_soon(takeover.serve)
+                    streams = getattr(store, "streams", None)
+                    assert persistence.lease is not None
+                    if streams is not None:  # the Redis store's: events reach every replica
+                        fanout = EventFanout(
+                            streams, replica=persistence.lease.name, show=engine._bus.publish
+                        )
+                        await nursery.start(fanout.serve)
+                        engine._fanout = fanout.send
                 nursery.start_soon(engine._prune_history)
             yield engine
         finally:

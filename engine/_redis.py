@@ -1202,6 +1202,31 @@ class RedisStreams:
         assert entry_id is not None
         return _text(entry_id)
 
+    async def append_many(
+        self, stream: str, bodies: Sequence[bytes], *, max_length: int | None = None
+    ) -> None:
+        """Append ``bodies`` to ``stream`` in order, in one round trip (see :meth:`append`)."""
+
+        async def send() -> None:
+            async with self._client.pipeline(transaction=False) as pipeline:
+                for body in bodies:
+                    pipeline.xadd(
+                        stream,
+                        {BODY: body},
+                        trim_strategy=None if max_length is None else PureToken.MAXLEN,
+                        threshold=max_length,
+                        trim_operator=None if max_length is None else PureToken.APPROXIMATELY,
+                    )
+
+        if bodies:
+            await self._store.call(send)
+
+    async def last_id(self, stream: str) -> str:
+        """Return the id of the last entry of ``stream`` (``0-0`` when it has none), for
+        :meth:`follow` to read what comes after it."""
+        last = await self._store.call(lambda: self._client.xrevrange(stream, "+", "-", count=1))
+        return _text(last[0].identifier) if last else "0-0"
+
     async def send_answer(self, task_id: str, body: bytes) -> str | None:
         """Append an answer to the stream of the lease ``task_id`` is held under.
 

@@ -1,4 +1,5 @@
-"""Replicas sharing one asynchronous store: taking over the tasks of a replica that stopped.
+"""Replicas sharing one asynchronous store: taking over the tasks of a replica that stopped,
+and the events of each shown on all.
 
 Each replica writes its running tasks under its lease (see
 :mod:`engine._persistence`). When a replica dies, stalls or stops, its lease
@@ -19,12 +20,15 @@ replica's now.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import orjson
 import trio
 
 from ._errors import LeaseLost
+from ._messages import Event
 from ._restore import resume
 from ._rules import QUEUED
 
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from ._core import Core
     from ._driver import Driver
     from ._persistence import Persistence
+    from ._redis import RedisStreams
     from ._store import AsyncStore
 
 logger = logging.getLogger(__name__)
@@ -120,3 +125,62 @@ class Takeover:
             # held elsewhere, or ended there (a task not stored yet is neither)
             if holder is not None or await self._store.finished_task(task_id) is not None:
                 self.give_up(task_id)
+
+
+#: Events kept in the shared stream (about): enough for a replica that fell behind.
+EVENTS_KEPT = 10_000
+#: How long one read of the shared stream waits for entries.
+_FOLLOW_BLOCK = timedelta(seconds=5)
+
+
+class EventFanout:
+    """The events of every replica for every replica's listeners, in order.
+
+    Each event this replica publishes is appended to the shared stream of
+    events (a batch per round trip, in the order published); every replica
+    follows the stream from where it joined and shows the other replicas'
+    events to its own listeners. Only listeners see them: they start no
+    workflow and end no waiting step here (the replica that published one
+    did that).
+    """
+
+    def __init__(
+        self, streams: RedisStreams, *, replica: str, show: Callable[[Event], None]
+    ) -> None:
+        self._streams = streams
+        self._stream = streams.event_stream()
+        self._replica = replica
+        self._show = show
+        self._out: list[bytes] = []
+        self._wake = trio.Event()
+
+    def send(self, event: Event) -> None:
+        """Queue an event of this replica's for the others (it is sent in order)."""
+        self._out.append(
+            orjson.dumps({"r": self._replica, "t": event.message_type, "d": event.data})
+        )
+        self._wake.set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send this replica's events and show the others', until cancelled."""
+        after = await self._streams.last_id(self._stream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_out)
+            nursery.start_soon(self._follow, after)
+            task_status.started()
+
+    async def _send_out(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            batch, self._out = self._out, []
+            await self._streams.append_many(self._stream, batch, max_length=EVENTS_KEPT)
+
+    async def _follow(self, after: str) -> None:
+        while True:
+            entries = await self._streams.follow(self._stream, after, block=_FOLLOW_BLOCK)
+            for entry_id, body in entries:
+                after = entry_id
+                data = orjson.loads(body)
+                if data["r"] != self._replica:
+                    self._show(Event(data["t"], data["d"]))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from engine import Action, CronTrigger, Engine, Outcome, Step, Workflow, open_engine
+from engine import Action, CronTrigger, Engine, Event, Outcome, Step, Workflow, open_engine
 from engine._errors import LeaseLost
 from engine._redis import RedisStore, open_redis_store
 
@@ -168,3 +168,37 @@ async def test_a_cron_firing_starts_one_run_across_replicas(redis_url: str) -> N
     assert sorted(ledgers) == [[(1, "another_replica")], [(1, "started")]]
     assert len(task_ids) == 1
     assert [r.id for r in history] == task_ids
+
+
+async def test_events_reach_the_listeners_of_every_replica_in_order(redis_url: str) -> None:
+    steps = Workflow(id="steps", steps=[Step(name, timeout=30) for name in "abc"])
+    async with (
+        replica(redis_url, "one") as (one, _),
+        replica(redis_url, "two") as (two, _),
+        one.open_listener(message_types=["task_started", "progress", "task_end", "hello"]) as mine,
+        two.open_listener(message_types=["task_started", "progress", "task_end", "hello"]) as far,
+    ):
+        one.add_workflow(steps)
+        result = await one.run_workflow("steps")
+        two.publish(Event("hello", {"from": "two"}))
+
+        async def seen(listener: Any) -> list[tuple[str, Any]]:
+            got: list[tuple[str, Any]] = []
+            with trio.fail_after(5):
+                while {"hello", "task_end"} - {kind for kind, _ in got}:
+                    message = await listener.receive()
+                    data = message.data
+                    got.append((message.message_type, data.get("task_id", data.get("task", data))))
+            return got
+
+        here = await seen(mine)
+        there = await seen(far)
+    # the task's events on both, in the order "one" published them; and "two"'s event
+    hello = ("hello", {"from": "two"})
+    task = [event for event in here if event != hello]
+    assert task == [event for event in there if event != hello]
+    assert hello in here
+    assert hello in there
+    assert task[0] == ("task_started", result.id)
+    assert task[-1] == ("task_end", result.id)
+    assert task[1:-1] == [("progress", result.id)] * 4  # as each step starts, and at the end
