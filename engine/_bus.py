@@ -239,6 +239,10 @@ class Bus:
         listener._close(reason)
         return True
 
+    def listener_of(self, subscriber_id: str) -> Listener | None:
+        """Return the listener connected here for a subscriber, or None."""
+        return self._by_subscriber.get(subscriber_id)
+
     def refresh(
         self, subscriber_id: str, added: Iterable[str], removed: Iterable[str] = ()
     ) -> None:

@@ -30,6 +30,8 @@ import trio
 from ._bus import (
     DEFAULT_BUFFER,
     ENGINE_CLOSED,
+    LISTENER_CONNECTED,
+    LISTENER_DISCONNECTED,
     Bus,
     Subscriber,
     SubscriberRegistry,
@@ -55,7 +57,9 @@ from ._messages import (
     ActionError,
     ActionInfo,
     ActionProgress,
+    Answer,
     Event,
+    Kind,
     Message,
     ProgressTree,
 )
@@ -63,7 +67,7 @@ from ._persistence import DEFAULT_LEASE, Lease, Persistence
 from ._records import StepResult as StepResult
 from ._records import TaskResult as TaskResult
 from ._registry import DEFINITION_EVENTS, Registry
-from ._replicas import EventFanout, Takeover  # re-exported: views import it from here
+from ._replicas import ActionRelay, EventFanout, Takeover  # re-exported: views import it from here
 from ._restore import restore_state
 from ._results import ResultMethods, Results, StepInfo, TaskInfo
 from ._results import StepInfo as StepInfo  # noqa: F811
@@ -132,6 +136,8 @@ class Engine(ListenerMethods, ResultMethods):
         self._closed = False
         #: Sends each event published here to the other replicas (see EventFanout).
         self._fanout: Callable[[Event], None] | None = None
+        #: Sends an answer for a task another replica drives to it (see ActionRelay).
+        self._relay: Callable[[Answer], None] | None = None
         self.clock = clock
         self._commands: dict[str, Command] = dict(commands)
         self._restoring = False
@@ -397,8 +403,12 @@ class Engine(ListenerMethods, ResultMethods):
             return
         if kind in _ANSWER_TYPES:
             # the answer goes out before what it causes (the next step's action)
-            self._bus.publish(message)
-            self._core.answer(message, trio.current_time())  # type: ignore[arg-type]
+            answer = cast("Answer", message)
+            self._bus.publish(answer)
+            if self._relay is not None and answer.task not in self._core.running:
+                self._relay(answer)  # to the replica driving it
+                return
+            self._core.answer(answer, trio.current_time())
         elif kind is Event:
             if message.message_type in RESERVED_EVENTS:
                 raise PhasebusError(f"only the engine publishes {message.message_type!r} events")
@@ -561,6 +571,11 @@ class Engine(ListenerMethods, ResultMethods):
             self._bus.detach(listener, ENGINE_CLOSED)
 
 
+_STEP_KINDS = frozenset({Kind.ACTION, Kind.ACTION_ABORT})
+_LISTENER_EVENTS = frozenset({LISTENER_CONNECTED, LISTENER_DISCONNECTED})
+_EVENT_KIND = frozenset({Kind.EVENT})
+
+
 def _always(_: str) -> bool:
     return True
 
@@ -680,6 +695,20 @@ async def open_engine(
                         )
                         await nursery.start(fanout.serve)
                         engine._fanout = fanout.send
+                        relay = ActionRelay(
+                            streams,
+                            replica=persistence.lease.name,
+                            bus=engine._bus,
+                            core=engine._core,
+                            subscribers=engine.subscribers,
+                            publish=engine.publish,
+                        )
+                        engine._bus.observers.append((relay.observe, None, _STEP_KINDS))
+                        engine._bus.observers.append(
+                            (relay.listeners_changed, _LISTENER_EVENTS, _EVENT_KIND)
+                        )
+                        await nursery.start(relay.serve)
+                        engine._relay = relay.send_answer
                 nursery.start_soon(engine._prune_history)
             yield engine
         finally:

@@ -24,20 +24,32 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import attrs
 import orjson
 import trio
 
+from ._convert import message_from_json
 from ._errors import LeaseLost
-from ._messages import Event
+from ._messages import (
+    ActionDone,
+    ActionError,
+    ActionInfo,
+    ActionProgress,
+    Answer,
+    Event,
+    Message,
+)
 from ._restore import resume
 from ._rules import QUEUED
 
 if TYPE_CHECKING:
+    from ._bus import Bus
     from ._core import Core
     from ._driver import Driver
     from ._persistence import Persistence
     from ._redis import RedisStreams
     from ._store import AsyncStore
+    from ._subscribers import SubscriberRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -184,3 +196,152 @@ class EventFanout:
                 data = orjson.loads(body)
                 if data["r"] != self._replica:
                     self._show(Event(data["t"], data["d"]))
+
+
+#: How long a subscriber's action may stay with a replica that read it but died before
+#: passing it on, before another replica holding the subscriber's connection takes it.
+ACTIONS_IDLE = timedelta(seconds=30)
+#: Actions kept (about) in a subscriber's stream while it is connected nowhere.
+ACTIONS_KEPT = 10_000
+
+
+class ActionRelay:
+    """Actions to subscribers connected to other replicas, answers to the replica driving.
+
+    - An action (or abort) published here goes, for each subscriber of its
+      message type without a connection to this replica, to that
+      subscriber's stream; the replica holding the subscriber's connection
+      reads the stream (a consumer group: each entry goes to one reader) and
+      hands the action to its listener.
+    - An answer that reaches this replica for a task another replica drives
+      goes to the stream of that replica's lease (looked up in the same step
+      as the append); the driving replica reads its stream and takes the
+      answer as if its listener had sent it.
+
+    Delivery is at least once, as everywhere: a replica that takes a task
+    over sends its current step's action again.
+    """
+
+    def __init__(
+        self,
+        streams: RedisStreams,
+        *,
+        replica: str,
+        bus: Bus,
+        core: Core,
+        subscribers: SubscriberRegistry,
+        publish: Callable[[Message], None],
+    ) -> None:
+        self._streams = streams
+        self._replica = replica
+        self._bus = bus
+        self._core = core
+        self._subscribers = subscribers
+        self._publish = publish
+        self._actions: list[tuple[str, bytes]] = []
+        self._answers: list[tuple[str, bytes]] = []
+        self._wake = trio.Event()
+        self._delivering = False
+        self._readers: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------ seen here
+
+    def observe(self, message: Message) -> None:
+        """See an action or abort published here: queue it for the subscribers elsewhere."""
+        if self._delivering:
+            return  # it came from another replica
+        body: bytes | None = None
+        for subscriber in self._subscribers.for_type(message.message_type):
+            if self._bus.listener_of(subscriber.id) is None:
+                body = body or orjson.dumps(message.to_json())
+                self._actions.append((self._streams.action_stream(subscriber.id), body))
+        if body is not None:
+            self._wake.set()
+
+    def send_answer(self, answer: Answer) -> None:
+        """Queue an answer for the replica driving its task."""
+        body = orjson.dumps({"s": answer.subscriber_id, "m": answer.to_json()})
+        self._answers.append((answer.task, body))
+        self._wake.set()
+
+    def listeners_changed(self, event: Message) -> None:
+        """See a listener connect or go away here: read its subscriber's actions, or stop."""
+        nursery = self._nursery
+        subscriber_id = event.data.get("subscriber_id") if isinstance(event, Event) else None
+        if nursery is None or not isinstance(subscriber_id, str):
+            return
+        connected = self._bus.listener_of(subscriber_id) is not None
+        if connected and subscriber_id not in self._readers:
+            scope = self._readers[subscriber_id] = trio.CancelScope()
+            nursery.start_soon(self._read_actions, subscriber_id, scope)
+        elif not connected and subscriber_id in self._readers:
+            self._readers.pop(subscriber_id).cancel()
+
+    # ------------------------------------------------------------ the trio side
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send what is queued and read what is sent here, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._send_out)
+            nursery.start_soon(self._read_answers)
+            for listener in list(self._bus.listeners):
+                if listener.subscriber_id is not None:
+                    self.listeners_changed(
+                        Event("connected", {"subscriber_id": listener.subscriber_id})
+                    )
+            task_status.started()
+
+    async def _send_out(self) -> None:
+        streams = self._streams
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            actions, self._actions = self._actions, []
+            answers, self._answers = self._answers, []
+            for stream, body in actions:
+                await streams.append(stream, body, max_length=ACTIONS_KEPT)
+            for task_id, body in answers:
+                if await streams.send_answer(task_id, body) is None:
+                    logger.debug("an answer for task %s: it is running nowhere", task_id)
+
+    async def _read_actions(self, subscriber_id: str, scope: trio.CancelScope) -> None:
+        from ._redis import SUBSCRIBER_GROUP  # only with a Redis store (coredis is optional)
+
+        streams = self._streams
+        stream = streams.action_stream(subscriber_id)
+        with scope:
+            entries = await streams.owed(stream, SUBSCRIBER_GROUP, self._replica, idle=ACTIONS_IDLE)
+            while True:
+                for _, body in entries:
+                    self._deliver(subscriber_id, message_from_json(orjson.loads(body)))
+                await streams.ack(stream, SUBSCRIBER_GROUP, [entry for entry, _ in entries])
+                entries = await streams.read(
+                    stream, SUBSCRIBER_GROUP, self._replica, block=_FOLLOW_BLOCK
+                )
+
+    def _deliver(self, subscriber_id: str, message: Message) -> None:
+        self._delivering = True
+        try:
+            self._bus.publish(message, subscribers=(subscriber_id,))
+        finally:
+            self._delivering = False
+
+    async def _read_answers(self) -> None:
+        from ._redis import DRIVER_GROUP  # only with a Redis store (coredis is optional)
+
+        streams = self._streams
+        stream = streams.answer_stream(self._replica)
+        entries = await streams.owed(stream, DRIVER_GROUP, self._replica)
+        while True:
+            for _, body in entries:
+                data = orjson.loads(body)
+                answer = message_from_json(data["m"])
+                if isinstance(answer, _ANSWERS) and answer.task in self._core.running:
+                    self._publish(attrs.evolve(answer, subscriber_id=data["s"]))
+            await streams.ack(stream, DRIVER_GROUP, [entry for entry, _ in entries])
+            entries = await streams.read(stream, DRIVER_GROUP, self._replica, block=_FOLLOW_BLOCK)
+
+
+_ANSWERS = (ActionDone, ActionError, ActionInfo, ActionProgress)

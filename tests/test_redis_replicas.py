@@ -202,3 +202,22 @@ async def test_events_reach_the_listeners_of_every_replica_in_order(redis_url: s
     assert task[0] == ("task_started", result.id)
     assert task[-1] == ("task_end", result.id)
     assert task[1:-1] == [("progress", result.id)] * 4  # as each step starts, and at the end
+
+
+async def test_actions_and_answers_cross_replicas(redis_url: str) -> None:
+    async with replica(redis_url, "one") as (one, _), replica(redis_url, "two") as (two, _):
+        for engine in (one, two):
+            for step in ("a", "b", "c"):
+                engine.subscribe("w", step)
+        # the subscriber is connected to "two"; the task runs on "one"
+        async with two.open_listener(subscriber_id="w") as listener:
+            started = one.start_workflow("durable")
+            assert started.task_id is not None
+            for step in ("a", "b", "c"):
+                sent = await next_action(listener, timeout=5)
+                assert (sent.task, sent.step) == (started.task_id, step)
+                listener.done(sent)
+            with trio.fail_after(5):
+                result = await one.wait_task(started.task_id)
+    assert result.outcome is Outcome.DONE
+    assert [dict(s.answered) for s in result.steps] == [{"w": "done"}] * 3
