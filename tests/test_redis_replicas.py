@@ -221,3 +221,57 @@ async def test_actions_and_answers_cross_replicas(redis_url: str) -> None:
                 result = await one.wait_task(started.task_id)
     assert result.outcome is Outcome.DONE
     assert [dict(s.answered) for s in result.steps] == [{"w": "done"}] * 3
+
+
+PARALLEL_TOML = DURABLE.replace('surpass = "skip"', 'surpass = "parallel"')
+
+
+async def test_three_servers_share_the_work_and_survive_one_killed(
+    redis_url: str, tmp_path: Path
+) -> None:
+    declarations = tmp_path / "parallel.toml"
+    declarations.write_text(PARALLEL_TOML)
+    seen: dict[str, list[tuple[str, str]]] = {"w": [], "v": []}
+
+    async def answer_all(ws: Any, subscriber_id: str) -> None:
+        while True:
+            message = await action(ws)
+            seen[subscriber_id].append((message["data"]["task"], message["data"]["step"]))
+            await answer(ws, message)
+
+    async with (
+        serve(redis_url, declarations, options=("--replica", "r1", "--lease", "2")) as r1,  # type: ignore[arg-type]
+        serve(redis_url, declarations, options=("--replica", "r2", "--lease", "2")) as r2,  # type: ignore[arg-type]
+        serve(redis_url, declarations, options=("--replica", "r3", "--lease", "2")) as r3,  # type: ignore[arg-type]
+    ):
+        for server in (r1, r2, r3):
+            for subscriber_id in ("w", "v"):
+                for step in ("a", "b", "c"):
+                    answered = await server.http.post(f"/subscriber/{subscriber_id}/{step}")
+                    assert answered.status_code == 200, answered.text
+        # w listens on r2, v on r3; the runs start on r1
+        async with r2.subscriber("w") as w, r3.subscriber("v") as v, trio.open_nursery() as nursery:
+            nursery.start_soon(answer_all, w, "w")
+            nursery.start_soon(answer_all, v, "v")
+            await trio.sleep(0.2)
+            task_ids = [
+                (await r1.http.post("/workflow/durable/run")).json()["task_id"] for _ in range(3)
+            ]
+            with trio.fail_after(10):  # r1 dies while its tasks are at step b
+                while not all(any(s == "b" for _, s in got) for got in seen.values()):
+                    await trio.sleep(0.01)
+            r1.kill()
+            with trio.fail_after(20):
+                while True:
+                    listed = (await r2.http.get("/tasks", params={"outcome": "done"})).json()
+                    if len(listed) == 3:
+                        break
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        on_r3 = (await r3.http.get("/tasks", params={"outcome": "done"})).json()
+    assert sorted(t["id"] for t in listed) == sorted(task_ids)
+    assert sorted(t["id"] for t in on_r3) == sorted(task_ids)
+    for task in listed:
+        assert [s["answered"] for s in task["steps"]] == [{"w": "done", "v": "done"}] * 3
+    for got in seen.values():  # every step of every task reached both subscribers
+        assert {(t, s) for t, s in got} == {(t, s) for t in task_ids for s in ("a", "b", "c")}
