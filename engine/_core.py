@@ -150,8 +150,13 @@ class Core:
         registered = self.workflows.get(workflow_id)
         if self.frozen:
             raise EngineClosed(f"the engine is stopping: workflow {workflow_id!r} not started")
-        active = [run for run in registered.active if run.stop_request is None]
-        verdict, why = admit(registered.workflow.surpass, active, registered.queued)
+        surpass = registered.workflow.surpass
+        active = (
+            []  # whatever runs, a parallel workflow starts (and its active runs are not walked)
+            if surpass is Surpass.PARALLEL
+            else [run for run in registered.active if run.stop_request is None]
+        )
+        verdict, why = admit(surpass, active, registered.queued)
         if verdict is Admit.SKIP:
             return StartResult(workflow_id, StartDecision.SKIPPED, reason=why)
         task_id = new_id()
@@ -162,7 +167,7 @@ class Core:
                 self.intents.append(Stage(task_id, write))
             logger.info("queued a run of %s (%s)", workflow_id, reason)
             return StartResult(workflow_id, StartDecision.QUEUED, task_id)
-        replaced = () if registered.workflow.surpass is not Surpass.REPLACE else tuple(active)
+        replaced = tuple(active) if surpass is Surpass.REPLACE else ()
         for run in replaced:
             self._request_stop(run, True, f"replaced by task {task_id}", now)
         self._begin(registered, task_id, reason, now)
