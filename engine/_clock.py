@@ -20,7 +20,9 @@ class Clock:
     it, :meth:`now` is the real time in UTC.
     """
 
-    def __init__(self, start_time: datetime | None = None, *, trio_now: float | None = None) -> None:
+    def __init__(
+        self, start_time: datetime | None = None, *, trio_now: float | None = None
+    ) -> None:
         self._virtual = start_time is not None
         base = start_time if start_time is not None else datetime.now(UTC)
         if base.tzinfo is None:
