@@ -430,7 +430,7 @@ class Core:
                 step_kind(step.step.action).act(self, run, step, now)
             run.replay = False
             previous = task.step
-            if (previous is None or previous.settled()) and machine.advance(task, now=now):
+            if machine.may_advance(task) and machine.advance(task, now=now):
                 if previous is not None:
                     if run.dirty and previous.waiting_for and task.state != END:
                         self._save(run)  # the answers that led to the aborts come first
