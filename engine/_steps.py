@@ -85,6 +85,7 @@ class PerformActionKind(StepKind):
     def act(self, core: Core, run: Run, step: StepRun, now: float) -> None:
         task = run.task
         action = Action(step.step.message_type, task.id, step.step.name, extra=run.routing)
+        run.announced = step
         core.intents.append(Publish(task.id, action, None, run, step))
         if step.waiting_for:
             core.watch_stall(run, step, now)
