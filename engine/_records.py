@@ -115,6 +115,23 @@ class _StepResults(Sequence[StepResult]):
         return repr(self._resolve())
 
 
+def steps_from_view(steps: Sequence[StepResultView]) -> tuple[StepResult, ...]:
+    """Return the step results of a task's view (``GET /task/{id}``)."""
+    return tuple(
+        StepResult(
+            s.name,
+            s.started_at,
+            s.ended_at,
+            dict(s.answered),
+            tuple(s.errors),
+            s.timed_out,
+            tuple(s.released),
+            s.ended is StepEnd.STOPPED,
+        )
+        for s in steps
+    )
+
+
 def step_results(task: Task, clock: Clock) -> tuple[StepResult, ...]:
     """Return the results of the steps a task has left so far (not the one it is in)."""
     left = sum(1 for run in task.history if run.ended_at is not None)
@@ -210,23 +227,6 @@ class TaskResult:
                 )
                 for s in cast("Sequence[StepRecord]", shape.steps)
             ),
-        )
-
-    @classmethod
-    def from_view(cls, steps: Sequence[StepResultView]) -> tuple[StepResult, ...]:
-        """Return the step results of a task's view (``GET /task/{id}``)."""
-        return tuple(
-            StepResult(
-                s.name,
-                s.started_at,
-                s.ended_at,
-                dict(s.answered),
-                tuple(s.errors),
-                s.timed_out,
-                tuple(s.released),
-                s.ended is StepEnd.STOPPED,
-            )
-            for s in steps
         )
 
     @classmethod

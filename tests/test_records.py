@@ -1,18 +1,32 @@
-"""Store records of tasks: written by the one converter; records of older versions load."""
+"""A task's JSON: store records and API views, written and read by the one converter."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 import trio
 
-from engine import Outcome, Step, StepEnd, TaskResult, Workflow
+from engine import (
+    InvalidInputError,
+    Outcome,
+    ProgressLeaf,
+    Step,
+    StepEnd,
+    StepInfo,
+    StepResult,
+    TaskInfo,
+    TaskResult,
+    Workflow,
+)
+from engine._cli_remote import task_from_json
 from engine._clock import Clock
 from engine._errors import RestoreError
 from engine._machine import Answer, StepRun, Task
 from engine._records import finished_record, restore_task, task_record
+from engine._web import task_json
 
 FLOW = Workflow(id="flow", steps=(Step("first"), Step("second"), Step("third")))
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -181,3 +195,80 @@ async def test_a_finished_record_and_a_results_record_read_back_alike(
     assert loaded.duration == 1.0
     with pytest.raises(RestoreError, match=r"outcome: must be one of 'done'"):
         TaskResult.from_record({**old, "outcome": "fine"})
+
+
+# ---------------------------------------------------------------- views
+
+
+def _finished_step() -> StepResult:
+    return StepResult(
+        "first",
+        START,
+        START + timedelta(seconds=1.5),
+        {"a": "done", "b": "error"},
+        ("b: disk full",),
+        False,
+        ("c",),
+        False,
+    )
+
+
+def test_a_finished_task_s_view_is_exact_and_reads_back() -> None:
+    result = TaskResult(
+        "t-1",
+        "flow",
+        Outcome.DONE,
+        None,
+        ("b: disk full",),
+        START,
+        START + timedelta(seconds=2),
+        (_finished_step(),),
+    )
+    view = task_json(result)
+    assert json.dumps(view, separators=(",", ":")) == (
+        '{"id":"t-1","workflow":"flow","running":false,"state":"end","outcome":"done",'
+        '"has_errors":true,"error":null,"errors":["b: disk full"],'
+        '"started_at":"2026-03-01T12:00:00+00:00","ended_at":"2026-03-01T12:00:02+00:00",'
+        '"duration":2.0,"steps":[{"name":"first","started_at":"2026-03-01T12:00:00+00:00",'
+        '"ended_at":"2026-03-01T12:00:01.500000+00:00","duration":1.5,'
+        '"answered":{"a":"done","b":"error"},"errors":["b: disk full"],"timed_out":false,'
+        '"released":["c"],"ended":"error"}]}'
+    )
+    assert task_from_json(view) == result
+
+
+def test_a_running_task_s_view_is_exact_and_reads_back() -> None:
+    step = StepInfo(
+        name="second",
+        action="perform_action",
+        message_type="second",
+        started_at=START,
+        deadline=None,
+        waiting_for=("a",),
+        answered={"b": "done"},
+        progress={"a": ProgressLeaf("region", 1, 2)},
+        errors=(),
+        last_heard={"a": START},
+        stalled=True,
+    )
+    info = TaskInfo("t-1", "flow", "Flow", "second", START, step, (_finished_step(),))
+    view = task_json(info)
+    assert json.dumps(view, separators=(",", ":")) == (
+        '{"id":"t-1","workflow":"flow","workflow_name":"Flow","running":true,"state":"second",'
+        '"started_at":"2026-03-01T12:00:00+00:00","step":{"name":"second",'
+        '"action":"perform_action","message_type":"second",'
+        '"started_at":"2026-03-01T12:00:00+00:00","deadline":null,"waiting_for":["a"],'
+        '"answered":{"b":"done"},"progress":{"a":'
+        + json.dumps(ProgressLeaf("region", 1, 2).to_json(), separators=(",", ":"))
+        + '},"errors":[],"last_heard":{"a":"2026-03-01T12:00:00+00:00"},"stalled":true,'
+        '"released":[]},"steps":[{"name":"first","started_at":"2026-03-01T12:00:00+00:00",'
+        '"ended_at":"2026-03-01T12:00:01.500000+00:00","duration":1.5,'
+        '"answered":{"a":"done","b":"error"},"errors":["b: disk full"],"timed_out":false,'
+        '"released":["c"],"ended":"error"}]}'
+    )
+    assert task_from_json(view) == info
+
+
+def test_a_view_that_is_not_a_task_is_refused_by_field() -> None:
+    with pytest.raises(InvalidInputError, match=r"^outcome: must be one of 'done'"):
+        task_from_json({"id": "t", "workflow": "w", "outcome": "great", "steps": []})
