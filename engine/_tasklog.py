@@ -115,6 +115,8 @@ class TaskLog:
         store: where entries are written; None keeps the logs of the latest
             ``keep_tasks`` tasks in memory.
         limit: entries kept per task.
+        before_read: called before a log is read (the engine carries out what it
+            decided, so that the log read holds every entry decided before).
     """
 
     def __init__(
@@ -124,8 +126,10 @@ class TaskLog:
         *,
         keep_tasks: int = 10_000,
         limit: int = LOG_LIMIT,
+        before_read: Callable[[], None] | None = None,
     ) -> None:
         self._now = now
+        self._before_read = before_read
         self._store = store
         self._keep_tasks = keep_tasks
         self._limit = limit
@@ -167,6 +171,8 @@ class TaskLog:
 
     def entries(self, task_id: str) -> list[LogEntry]:
         """Return a task's log, oldest entry first (empty for a task that logged nothing)."""
+        if self._before_read is not None:
+            self._before_read()
         if self._store is not None:
             return [LogEntry.from_json(data) for data in self._store.task_log(task_id)]
         return list(self._memory.get(task_id, ()))

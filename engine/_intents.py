@@ -1,0 +1,148 @@
+"""What the core decides to do: intents, carried out in order by the trio driver.
+
+The core (:mod:`engine._core`) never does I/O. Each fact it takes (an answer,
+an event, a deadline, a stop request) changes its state and appends intents
+to its queue; the driver (:mod:`engine._driver`) takes them in order and acts:
+it stages writes with the store, publishes messages, starts and cancels
+commands, arms timers. An intent's ``task_id`` names the task it belongs to
+(None: no task), so that a task whose I/O fails loses only its own intents.
+
+Intents that a task's new state *causes* (publishing, starting a command)
+are ``effects``: with a store they go out only once the state that caused
+them is committed (the outbox of :mod:`engine._persistence`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+from ._machine import StepRun
+from ._messages import Event, Message
+from ._runs import Run
+from ._store import TaskWrite
+from ._tasklog import LogKind
+
+
+@attrs.frozen(slots=True)
+class Stage:
+    """Write a task's new state (or its result) to the store."""
+
+    task_id: str
+    write: TaskWrite
+    effect: ClassVar[bool] = False
+
+
+@attrs.frozen(slots=True)
+class Publish:
+    """Publish an engine message (an action, an abort) to the listeners of ``subscribers``
+    (all when None). ``step`` is set for a step's action: it has then gone out."""
+
+    task_id: str
+    message: Message
+    subscribers: frozenset[str] | None = None
+    run: Run | None = None
+    step: StepRun | None = None
+    effect: ClassVar[bool] = True
+
+
+@attrs.frozen(slots=True)
+class Emit:
+    """Publish an event of the engine's: triggers and waiting steps see it too."""
+
+    task_id: str | None
+    event: Event
+    effect: ClassVar[bool] = True
+
+
+@attrs.frozen(slots=True)
+class RunCommand:
+    """Start the command of an execute-command step."""
+
+    task_id: str
+    run: Run
+    step: StepRun
+    effect: ClassVar[bool] = True
+
+
+@attrs.frozen(slots=True)
+class CancelCommand:
+    """Cancel the command a task runs (its step ended without it)."""
+
+    task_id: str
+    run: Run
+    effect: ClassVar[bool] = False
+
+
+@attrs.frozen(slots=True)
+class Wake:
+    """Make sure the core hears of the task again (:meth:`Core.tick`) by time ``at``."""
+
+    task_id: str
+    run: Run
+    at: float
+    effect: ClassVar[bool] = False
+
+
+@attrs.frozen(slots=True)
+class Hold:
+    """Tell the core once the task's staged state is committed (:meth:`Core.committed`):
+    until then the task moves no further."""
+
+    task_id: str
+    run: Run
+    effect: ClassVar[bool] = True
+
+
+@attrs.frozen(slots=True)
+class Log:
+    """Add an entry to a task's log."""
+
+    task_id: str
+    kind: LogKind
+    text: str
+    fields: dict[str, Any]
+    effect: ClassVar[bool] = False
+
+
+@attrs.frozen(slots=True)
+class Ended:
+    """A running task has ended (or stopped where it was): forget it, wake who waits."""
+
+    task_id: str
+    run: Run
+    effect: ClassVar[bool] = False
+
+
+@attrs.frozen(slots=True)
+class Dequeued:
+    """A queued run started or was stopped: wake who waits for it."""
+
+    task_id: str
+    effect: ClassVar[bool] = False
+
+
+@attrs.frozen(slots=True)
+class Start:
+    """A task was started or resumed: give it its first move (:meth:`Core.kick`) in the
+    driver's next turn, so that what the caller does meanwhile (subscribing, say) counts."""
+
+    task_id: str
+    run: Run
+    effect: ClassVar[bool] = False
+
+
+Intent = (
+    Stage
+    | Publish
+    | Emit
+    | RunCommand
+    | CancelCommand
+    | Wake
+    | Hold
+    | Log
+    | Ended
+    | Dequeued
+    | Start
+)

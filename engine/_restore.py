@@ -1,0 +1,105 @@
+"""Restoring what the store kept, at start: definitions, configs, subscribers, schedule
+marks, and the tasks that were running, which resume where they were."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ._bus import Subscription
+from ._config import CORE_CONFIG
+from ._core import QUEUED, Core
+from ._errors import InvalidInputError
+from ._machine import Outcome
+from ._records import RestoreError, TaskResult, restore_task
+
+if TYPE_CHECKING:
+    from ._config import ConfigService
+    from ._registry import Registry
+    from ._store import Store, StoredState
+    from ._subscribers import SubscriberRegistry
+
+logger = logging.getLogger("engine._engine")
+
+
+def restore_state(
+    state: StoredState,
+    *,
+    core: Core,
+    definitions: Registry,
+    configs: ConfigService,
+    subscribers: SubscriberRegistry,
+    store: Store,
+    now: float,
+) -> None:
+    """Load what the store kept and resume the interrupted tasks."""
+    definitions.restore(state.definitions)
+    for config_id in configs.restore(state.configs, state.revision_counter):
+        logger.error(
+            "the stored config %r cannot be served: %s (stored by an older version;"
+            " replace it with PUT /config/%s or delete it)",
+            config_id,
+            "; ".join(map(str, configs.unreadable[config_id])),
+            config_id,
+        )
+    for subscriber_id, subscriptions in state.subscribers.items():
+        try:
+            subscribers.replace(subscriber_id, [Subscription(**entry) for entry in subscriptions])
+        except (InvalidInputError, TypeError) as error:
+            # kept by an older version that took any id: it cannot be served (nor
+            # named in a URL) now, so it is dropped, loudly
+            logger.error(
+                "removing the stored subscriber %r: it cannot be used (%s)",
+                subscriber_id,
+                "; ".join(str(error).splitlines()),
+            )
+            store.delete_subscriber(subscriber_id)
+    table = core.workflows
+    table.schedules.restore(state.schedule_marks)
+    stored = configs.get(CORE_CONFIG)
+    if stored is not None:
+        problems = table.check_config(CORE_CONFIG, stored.data)
+        if problems:
+            logger.error("ignoring the stored %s: %s", CORE_CONFIG, "; ".join(map(str, problems)))
+        else:
+            table.config_changed(CORE_CONFIG, stored.data)
+    for record in state.tasks:
+        if record.get("state") == QUEUED and record.get("workflow") in table.by_id:
+            core.queue(table.by_id[record["workflow"]], record["id"])
+        else:
+            resume(core, record, now)
+    for registered in table.by_id.values():
+        if registered.queued is not None and not registered.active:
+            core.start_queued(registered, now)
+
+
+def resume(core: Core, record: Mapping[str, Any], now: float) -> None:
+    """Resume a task from its stored record, or file it as failed if it cannot resume."""
+    registered = core.workflows.by_id.get(record["workflow"])
+    try:
+        if registered is None:
+            raise RestoreError(f"workflow {record['workflow']!r} is no longer registered")
+        task = restore_task(record, registered.workflow, core.clock)
+    except (RestoreError, KeyError, TypeError, ValueError, OverflowError) as error:
+        logger.error("task %s cannot resume: %s", record["id"], error)
+        wall = core.clock.to_wall(now)
+        try:
+            started = datetime.fromtimestamp(record["created_at"], wall.tzinfo)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            started = wall
+        core.record(
+            TaskResult(
+                record["id"],
+                record["workflow"],
+                Outcome.FAILED,
+                f"cannot resume after a restart: {error}",
+                (str(error),),
+                started,
+                wall,
+                (),
+            )
+        )
+        return
+    core.adopt(task, registered)
