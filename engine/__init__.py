@@ -35,21 +35,22 @@ from ._engine import open_engine as open_engine
 from ._registry import Definition as Definition
 
 # What the engine answers: start decisions, running tasks, finished results.
-from ._engine import StartDecision as StartDecision
-from ._engine import StartResult as StartResult
-from ._engine import StepInfo as StepInfo
-from ._engine import TaskInfo as TaskInfo
+from ._core import StartDecision as StartDecision
+from ._core import StartResult as StartResult
 from ._machine import Outcome as Outcome
 from ._machine import StepEnd as StepEnd
 from ._records import StepResult as StepResult
 from ._records import TaskResult as TaskResult
+from ._results import StepInfo as StepInfo
+from ._results import TaskInfo as TaskInfo
 from ._schedules import ScheduleFiring as ScheduleFiring
 from ._tasklog import LogEntry as LogEntry
 from ._tasklog import LogKind as LogKind
 
-# The bus: messages, listeners and subscriptions.
+# The bus: messages, listeners and subscriptions (``engine.subscribers``).
 from ._bus import Listener as Listener
 from ._bus import Subscriber as Subscriber
+from ._bus import SubscriberRegistry as SubscriberRegistry
 from ._bus import Subscription as Subscription
 from ._messages import Action as Action
 from ._messages import ActionAbort as ActionAbort
@@ -69,10 +70,10 @@ from ._bus import LISTENER_CONNECTED as LISTENER_CONNECTED
 from ._bus import LISTENER_DISCONNECTED as LISTENER_DISCONNECTED
 from ._config import CONFIG_DELETED as CONFIG_DELETED
 from ._config import CONFIG_UPDATED as CONFIG_UPDATED
-from ._engine import ERROR as ERROR
-from ._engine import PROGRESS as PROGRESS
-from ._engine import TASK_END as TASK_END
-from ._engine import TASK_STARTED as TASK_STARTED
+from ._rules import ERROR as ERROR
+from ._rules import PROGRESS as PROGRESS
+from ._rules import TASK_END as TASK_END
+from ._rules import TASK_STARTED as TASK_STARTED
 from ._schedules import SCHEDULE_FIRED as SCHEDULE_FIRED
 
 # Configs (``engine.configs``).
