@@ -313,6 +313,16 @@ def task_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = 
     )
 
 
+def queued_record(task_id: str, workflow_id: str, created_at: float, state: str) -> bytes:
+    """Return the record of a run queued behind another: no steps yet, in ``state``.
+
+    ``created_at`` is in seconds since the epoch.
+    """
+    return encode_shape(
+        TaskRecord(id=task_id, workflow=workflow_id, created_at=created_at, state=state, steps=())
+    )
+
+
 def finished_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = None) -> bytes:
     """Return an ended task's result as JSON (read back by :meth:`TaskResult.from_record`).
 
