@@ -598,7 +598,16 @@ for _shape in SHAPES:
             _shape,
             cattrs.gen.make_dict_structure_fn(_shape, _converter, _cattrs_forbid_extra_keys=False),
         )
-_structure_steps = _converter.get_structure_hook(tuple[CurrentStepRecord, ...])
+_structure_step_records = _converter.get_structure_hook(tuple[CurrentStepRecord, ...])
+
+
+def _structure_steps(value: object, type_: type) -> tuple[CurrentStepRecord, ...]:
+    if isinstance(value, list | tuple):  # results' records of older versions have no index
+        value = [
+            {"index": None, **step} if isinstance(step, Mapping) and "index" not in step else step
+            for step in value
+        ]
+    return _structure_step_records(value, type_)  # type: ignore[no-any-return]
 
 
 for _record_type in (TaskRecord, FinishedRecord):

@@ -183,6 +183,7 @@ class TaskResult:
             steps=[
                 StepRecord(
                     name=s.name,
+                    index=None,
                     entered_at=s.started_at.timestamp(),
                     answers=s.answered,
                     errors=s.errors,
@@ -259,16 +260,17 @@ def _step_records(
         run = task.history[index]
         if run.ended_at is not None:
             # an ended step is history: what it needs to wait on no longer matters
+            # (positional arguments, in the order of StepRecord's fields: see _shapes)
             step: StepRecord = StepRecord(
-                name=run.step.name,
-                index=run.index,
-                entered_at=to_epoch(run.entered_at),
-                answers=run.answers,  # orjson writes str enums as their value
-                errors=run.errors,
-                timed_out=run.timed_out,
-                released=run.released,
-                stopped=run.stopped,
-                ended_at=to_epoch(run.ended_at),
+                run.step.name,
+                run.index,
+                to_epoch(run.entered_at),
+                run.answers,  # orjson writes str enums as their value
+                run.errors,
+                run.timed_out,
+                run.released,
+                run.stopped,
+                to_epoch(run.ended_at),
             )
             if index == len(encoded):
                 fragment = orjson.Fragment(encode_shape(step))
@@ -277,19 +279,20 @@ def _step_records(
                 continue
         else:
             step = CurrentStepRecord(
-                name=run.step.name,
-                index=run.index,
-                entered_at=to_epoch(run.entered_at),
-                answers=run.answers,
-                errors=run.errors,
-                timed_out=run.timed_out,
-                released=run.released,
-                stopped=run.stopped,
-                began=run.began,
-                deadline=None if run.deadline is None else to_epoch(run.deadline),
-                waiting_for=sorted(run.waiting_for),
-                owed_at_start=sorted(run.owed_at_start),
-                finished=run.finished,
+                run.step.name,
+                run.index,
+                to_epoch(run.entered_at),
+                run.answers,
+                run.errors,
+                run.timed_out,
+                run.released,
+                run.stopped,
+                None,  # ended_at
+                run.began,
+                None if run.deadline is None else to_epoch(run.deadline),
+                sorted(run.waiting_for),
+                sorted(run.owed_at_start),
+                run.finished,
             )
         steps.append(step)
     return steps
@@ -304,11 +307,11 @@ def task_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = 
     """
     return encode_shape(
         TaskRecord(
-            id=task.id,
-            workflow=task.workflow.id,
-            created_at=clock.to_epoch(task.created_at),
-            state=task.state,
-            steps=_step_records(task, clock, ended),
+            task.id,
+            task.workflow.id,
+            clock.to_epoch(task.created_at),
+            task.state,
+            _step_records(task, clock, ended),
         )
     )
 
@@ -318,9 +321,7 @@ def queued_record(task_id: str, workflow_id: str, created_at: float, state: str)
 
     ``created_at`` is in seconds since the epoch.
     """
-    return encode_shape(
-        TaskRecord(id=task_id, workflow=workflow_id, created_at=created_at, state=state, steps=())
-    )
+    return encode_shape(TaskRecord(task_id, workflow_id, created_at, state, ()))
 
 
 def finished_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = None) -> bytes:

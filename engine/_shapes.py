@@ -19,18 +19,20 @@ from ._messages import Progress
 
 # ---------------------------------------------------------------- store records
 
-# Store records are built at every step of every task and dropped once
-# written: they are attrs.define, not frozen, because a frozen class costs a
-# microsecond more to build (nothing keeps or changes one).
+# A task's record and its steps' are built at every step of every task and
+# dropped once written: they are attrs.define, not frozen, and built with
+# positional arguments, because a frozen class or a keyword call costs half a
+# microsecond more each (nothing keeps or changes one).
 
 
-@attrs.define(kw_only=True)
+@attrs.define
 class StepRecord:
     """A step as the store keeps it once it ended (and the common part of any step)."""
 
     name: str
-    #: The step's place in its workflow; records of results made without a task lack it.
-    index: int | None = None
+    #: The step's place in its workflow; None in records of results made without a
+    #: task (records of older versions lack it then).
+    index: int | None
     entered_at: float
     answers: Mapping[str, str]
     errors: Sequence[str]
@@ -41,7 +43,7 @@ class StepRecord:
     ended_at: float | None = None
 
 
-@attrs.define(kw_only=True)
+@attrs.define
 class CurrentStepRecord(StepRecord):
     """The step a task is in: whether its action went out, whom it waits for, until when.
 
@@ -59,7 +61,7 @@ class CurrentStepRecord(StepRecord):
 StoredStep = StepRecord | orjson.Fragment
 
 
-@attrs.define(kw_only=True)
+@attrs.define
 class TaskRecord:
     """A running task as the store keeps it, to resume it after a restart."""
 
