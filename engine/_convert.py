@@ -572,13 +572,26 @@ def _shape_unstructure_fn(cls: type, **overrides: Any) -> Callable[[Any], dict[s
 for _shape in SHAPES:
     _converter.register_unstructure_hook(_shape, _shape_unstructure_fn(_shape))
 
-_unstructure_step = _converter.get_unstructure_hook(CurrentStepRecord)
+_unstructure_step: Callable[[Any], dict[str, Any]] = _converter.get_unstructure_hook(
+    CurrentStepRecord
+)
 _unstructure_ended_step = _converter.get_unstructure_hook(StepRecord)
+#: What a step in a record's list may already be: encoded, or converted.
+_DONE = (orjson.Fragment, dict)
 
 
-def _unstructure_steps(steps: Sequence[StoredStep]) -> list[Any]:
+def unstructure_step(step: CurrentStepRecord) -> dict[str, Any]:
+    """Return the plain data of the step a task is in (for :func:`engine._records.task_record`)."""
+    return _unstructure_step(step)
+
+
+def _unstructure_steps(steps: Sequence[StoredStep]) -> Sequence[Any]:
     # Ended steps may come encoded already (they never change again), and then
-    # first: only the steps after them are converted (at most the one a task is in).
+    # first, and the step a task is in converted already (see unstructure_step):
+    # then there is nothing to do. Otherwise only the steps after the encoded
+    # ones are converted.
+    if not steps or type(steps[-1]) in _DONE:
+        return steps
     out: list[Any] = list(steps)
     for index in range(len(out) - 1, -1, -1):
         step = out[index]

@@ -16,7 +16,7 @@ import attrs
 import orjson
 
 from ._clock import Clock
-from ._convert import encode_shape, structure_shape, unstructure_shape
+from ._convert import encode_shape, structure_shape, unstructure_shape, unstructure_step
 from ._definitions import Workflow
 from ._errors import InvalidInputError
 from ._errors import RestoreError as RestoreError
@@ -278,7 +278,7 @@ def _step_records(
                 steps.append(fragment)
                 continue
         else:
-            step = CurrentStepRecord(
+            current = CurrentStepRecord(
                 run.step.name,
                 run.index,
                 to_epoch(run.entered_at),
@@ -294,6 +294,8 @@ def _step_records(
                 sorted(run.owed_at_start),
                 run.finished,
             )
+            steps.append(unstructure_step(current))
+            continue
         steps.append(step)
     return steps
 

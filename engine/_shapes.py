@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import attrs
 import orjson
@@ -57,8 +58,9 @@ class CurrentStepRecord(StepRecord):
     finished: bool = True
 
 
-#: A step in a record's list: a shape, or an ended step already encoded.
-StoredStep = StepRecord | orjson.Fragment
+#: A step in a record's list: a shape, an ended step already encoded, or the
+#: step a task is in already converted to plain data.
+StoredStep = StepRecord | orjson.Fragment | dict[str, Any]
 
 
 @attrs.define
