@@ -180,3 +180,15 @@ class TaskLookupError(PhasebusError, LookupError):
 
 class LeaseLost(StoreError):
     """A write under a lease was refused: the lease expired or was taken over; nothing written."""
+
+
+class TLSError(PhasebusError):
+    """Certificates or keys that cannot be used; the message names the file."""
+
+
+class WorkFailed(PhasebusError):
+    """A task ended without a result: the worker reported an error, or it timed out."""
+
+    def __init__(self, message: str, *, timed_out: bool) -> None:
+        self.timed_out = timed_out
+        super().__init__(message)

@@ -2,7 +2,7 @@
 
 :func:`serve_app` (from :mod:`engine._server`) runs any ASGI application on
 phasebus's own HTTP/1.1 and WebSocket server. :func:`serve` opens an engine
-with the built-in workflows (and those of a directory), creates the
+with the built-in workflows it is given (and those of a directory), creates the
 ``phasebus.core`` config and serves the API.
 """
 
@@ -17,7 +17,7 @@ import signal
 import ssl
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -80,11 +80,12 @@ async def serve(
     cert: Path | None = None,
     key: Path | None = None,
     metrics: bool = True,
+    builtins: Iterable[Workflow] = (),
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run an engine and serve its API until cancelled; report the base URL.
 
-    The engine runs the built-in workflows and those declared in
+    The engine runs the built-in workflows ``builtins`` and those declared in
     ``workflows_dir``. ``store`` is the path of its SQLite store, or
     ``memory`` to keep nothing across restarts; on start, interrupted tasks
     resume. The config ``phasebus.core`` is created with the schedules in
@@ -108,7 +109,8 @@ async def serve(
         raise PhasebusError(f"--port: must be from 0 to 65535, got {port}")
     if (cert is None) != (key is None):
         raise PhasebusError("--cert and --key: give both or neither")
-    catalog = load_catalog(workflows_dir)
+    builtins = tuple(builtins)
+    catalog = load_catalog(workflows_dir, builtins=builtins)
     workflows, jobs = list(catalog.workflows.values()), list(catalog.jobs.values())
     durable = open_store(store, retention=timedelta(days=retention_days))
     try:
@@ -130,7 +132,7 @@ async def serve(
                 host=host,
                 port=port,
                 psk=psk,
-                demo=demo,
+                demo=builtins if demo else None,
                 announce=announce,
                 authority=authority,
                 metrics=metrics,
@@ -150,7 +152,7 @@ async def _serve_engine(
     host: str,
     port: int,
     psk: str | None,
-    demo: bool,
+    demo: Sequence[Workflow] | None,
     announce: bool,
     authority: Authority | None,
     metrics: bool,
@@ -159,7 +161,7 @@ async def _serve_engine(
     async with open_engine(workflows=workflows, jobs=jobs, store=store, sources=sources) as engine:
         if engine.configs.get(CORE_CONFIG) is None:
             engine.configs.put(CORE_CONFIG, core_config(engine))
-        if not demo:
+        if demo is None:
             _forget_demo_subscribers(engine)
         app = create_app(engine, psk=psk, tls=authority, metrics=metrics)
         context = None if authority is None else authority.server_context()
@@ -201,18 +203,17 @@ async def _serve_shielded(
     *,
     host: str,
     port: int,
-    demo: bool,
+    demo: Sequence[Workflow] | None,
     ssl_context: ssl.SSLContext | None,
     task_status: trio.TaskStatus[str],
 ) -> None:
+    """Serve the API (and, unless ``demo`` is None, listeners for its workflows)."""
     with shield:
         async with trio.open_nursery() as nursery:
-            if demo:
-                from machines import COLLECT_AND_CLEANUP
-
+            if demo is not None:
                 from ._demo import serve_demo
 
-                await nursery.start(serve_demo, engine, COLLECT_AND_CLEANUP)
+                await nursery.start(serve_demo, engine, *demo)
             url = await nursery.start(
                 functools.partial(serve_app, app, host=host, port=port, ssl_context=ssl_context)
             )
@@ -330,12 +331,13 @@ def serve_options(
     }
 
 
-async def serve_command(args: argparse.Namespace) -> int:
-    """Carry out ``phasebus serve`` inside trio; return the exit status.
+async def serve_command(args: argparse.Namespace, *, builtins: Iterable[Workflow] = ()) -> int:
+    """Carry out ``phasebus serve`` with the built-in workflows ``builtins``.
 
-    SIGTERM and SIGINT (Ctrl-C) stop the server: every running task is frozen
-    where it is, in memory and in the store, before any listener goes away, so
-    that a restart on the same store resumes it. The status is 0 after SIGTERM
+    Runs inside trio and returns the exit status. SIGTERM and SIGINT (Ctrl-C)
+    stop the server: every running task is frozen where it is, in memory and in
+    the store, before any listener goes away, so that a restart on the same
+    store resumes it. The status is 0 after SIGTERM
     and 130 after SIGINT.
     """
     status = 0
@@ -352,7 +354,7 @@ async def serve_command(args: argparse.Namespace) -> int:
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(stop_on_signal)
-                await serve(**serve_options(args))
+                await serve(**serve_options(args), builtins=builtins)
                 nursery.cancel_scope.cancel()
     except* PhasebusError as group:
         _report(group)
@@ -368,27 +370,3 @@ def _report(group: BaseExceptionGroup[Any]) -> None:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     print(f"phasebus: error: {str(error).splitlines()[0]}", file=sys.stderr)
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    """Carry out ``phasebus serve`` (starts trio); return the exit status."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="phasebus: %(levelname)s: %(message)s")
-        logging.getLogger("engine").setLevel(logging.INFO)
-    try:
-        return trio.run(serve_command, args)
-    except (KeyboardInterrupt, BaseExceptionGroup) as error:
-        if isinstance(error, BaseExceptionGroup) and error.split(KeyboardInterrupt)[1] is not None:
-            raise
-        return 130
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``phasebus serve`` on its own (``python -m engine._serve``)."""
-    parser = argparse.ArgumentParser(prog="phasebus serve", description="Serve the phasebus API.")
-    add_serve_arguments(parser)
-    return run_serve(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,12 +12,17 @@ from engine import (
     PerformAction,
     ProgressLeaf,
     Step,
-    Task,
     WaitForEvent,
     Workflow,
-    WorkflowMachine,
 )
-from engine._machine import Answer, StepRun, describe_state, machine_spec
+from engine._machine import (
+    Answer,
+    StepRun,
+    Task,
+    WorkflowMachine,
+    describe_state,
+    machine_spec,
+)
 
 COLLECT = Workflow(
     "collect",
