@@ -501,7 +501,10 @@ class WorkflowMachine:
     def may_advance(self, task: Task) -> bool:
         """Tell whether :meth:`advance` would move the task now, from the very conditions of
         the machine's transitions (a cheap test: no event is triggered)."""
-        return any(guard(task) for guard in self._guards.get(task.state, ()))
+        for guard in self._guards.get(task.state, ()):
+            if guard(task):
+                return True
+        return False
 
     def advance(self, task: Task, *, now: float) -> bool:
         """Move the task on if its step is done; return whether it moved."""
