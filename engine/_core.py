@@ -137,9 +137,8 @@ class Core:
         self.event_waiters: dict[str, set[Run]] = {}
         #: Message type -> the runs whose current step owes answers of that type.
         self.owing: dict[str, dict[Run, None]] = {}
-        #: Whether task states are written (and held until committed, with ``grouped``).
+        #: Whether task states and results are written to a store.
         self.durable = False
-        self.grouped = False
         #: Set when the program stops: no fact changes anything any more.
         self.frozen = False
 

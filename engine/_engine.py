@@ -161,7 +161,6 @@ class Engine(ListenerMethods):
             stall_fraction=stall_fraction,
         )
         self._core.durable = self._persistence.durable
-        self._core.grouped = self._persistence.durable and self._persistence.grouped
         #: Every task's log (see engine._tasklog).
         self.log = TaskLog(clock.now, store, keep_tasks=keep_results, before_read=self._flush)
         self._driver = Driver(

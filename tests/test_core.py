@@ -69,7 +69,6 @@ class Harness:
         self,
         *workflows: Workflow,
         durable: bool = False,
-        grouped: bool = False,
         stall_fraction: float | None = None,
         progress_interval: float = 1.0,
         wanted: frozenset[str] = frozenset(),
@@ -99,7 +98,6 @@ class Harness:
             stall_fraction=stall_fraction,
         )
         self.core.durable = durable
-        self.core.grouped = grouped
         self.now = 0.0
         #: Whether take() tells the core that what a state caused was carried out.
         self.carry_out = True
@@ -420,9 +418,9 @@ def test_an_emit_step_emits_and_a_command_step_runs_and_is_cancelled() -> None:
     assert h.kept[-1].outcome is Outcome.DONE  # continue on error: the task ends done
 
 
-def test_with_group_commits_a_task_waits_for_its_commit_before_moving_on() -> None:
-    h = Harness(TWO_STEPS, durable=True, grouped=True)
-    h.carry_out = False  # the driver's committer has not committed yet
+def test_a_task_waits_until_what_its_state_caused_is_carried_out() -> None:
+    h = Harness(TWO_STEPS, durable=True)
+    h.carry_out = False  # the driver has not carried out (or committed) it yet
     h.subscribers.add("w", "first")
     task_id, intents = h.start("two")
     assert [type(i) for i in intents] == [Stage, Publish, Hold]
