@@ -174,7 +174,6 @@ class Engine(ListenerMethods, ResultMethods):
             stall_fraction=stall_fraction,
         )
         self._core.durable = self._persistence.durable
-        self._core.grouped = self._persistence.durable and self._persistence.grouped
         #: Every task's log (see engine._tasklog).
         self.log = TaskLog(clock.now, stored, keep_tasks=keep_results)
         self._driver = Driver(
@@ -382,6 +381,7 @@ class Engine(ListenerMethods, ResultMethods):
             for run in self._core.owing.get(message_type, ())
             if run.task.step is not None  # its action has gone out, and it is still owed
             and run.announced is run.task.step
+            and not run.committing  # else its action is still on its way there
             and subscriber_id in run.task.step.waiting_for
         ]
         return [_action(run) for run in sorted(owed, key=lambda r: r.task.created_at)]
@@ -467,16 +467,18 @@ class Engine(ListenerMethods, ResultMethods):
             EngineClosed: the engine closed first.
         """
         while True:
-            if task_id in self._core.running or task_id in self._workflows.queued:
+            run = self._core.running.get(task_id)
+            waiting = (run is not None and not run.gone) or task_id in self._workflows.queued
+            if waiting and not self._closed:
                 await self._driver.changed(task_id)
-                if self._closed and task_id not in self._results:
-                    raise EngineClosed(f"the engine closed before task {task_id!r} ended")
                 continue
             result = await self._results.fetch(task_id)
-            if result is None:
-                raise UnknownTaskError(task_id)
-            await self._persistence.settled(task_id)  # its task_end has gone out
-            return result
+            if result is not None:
+                await self._persistence.settled(task_id)  # its task_end has gone out
+                return result
+            if waiting:
+                raise EngineClosed(f"the engine closed before task {task_id!r} ended")
+            raise UnknownTaskError(task_id)
 
     async def run_workflow(self, workflow_id: str) -> TaskResult:
         """Start a workflow and wait for the task to end (see :meth:`start_workflow`).
@@ -557,7 +559,8 @@ class Engine(ListenerMethods, ResultMethods):
         """
         if self._core.frozen:
             return
-        self._driver.run_pending()  # what was decided before the stop still counts
+        # What was decided but not carried out yet is dropped, as in a crash: nothing it
+        # caused was committed, so a restart takes the tasks up before those decisions.
         self._core.frozen = True
         self._persistence.close()
         self._driver.close()

@@ -206,7 +206,7 @@ class Persistence(_WriteMethods):
             self._store is not None and self._store.group_commits
         )
         #: Called before a read of the store (the engine carries out what it decided).
-        self.before_read: Callable[[], None] = _nothing
+        self.before_read: Callable[[], object] = _nothing
         #: Called with a task another replica took over (its write was refused for that):
         #: the engine forgets it. Without it, the task fails like any refused write.
         self.on_taken: Callable[[str], None] | None = None

@@ -123,7 +123,7 @@ class Takeover:
             owing.pop(run, None)
         for waiting in core.event_waiters.values():
             waiting.discard(run)
-        self._driver.forget(run)
+        self._driver.let_go(run)
         logger.warning("task %s is driven by another replica now: this one let it go", task_id)
 
     async def check_held(self) -> None:
