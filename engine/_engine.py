@@ -18,6 +18,7 @@ act. One nursery holds everything the engine runs; it starts no threads.
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -136,6 +137,8 @@ class Engine(ListenerMethods, ResultMethods):
         self._closed = False
         #: Sends each event published here to the other replicas (see EventFanout).
         self._fanout: Callable[[Event], None] | None = None
+        #: Tells the other replicas of a change to a subscriber or a config (EventFanout).
+        self._share: Callable[[str, str, Any], None] | None = None
         #: Sends an answer for a task another replica drives to it (see ActionRelay).
         self._relay: Callable[[Answer], None] | None = None
         self.clock = clock
@@ -361,6 +364,12 @@ class Engine(ListenerMethods, ResultMethods):
                     writer.save_subscription(subscriber_id, subscription.to_json())
                 for message_type in removed:
                     writer.delete_subscription(subscriber_id, message_type)
+            if self._share is not None:
+                kept = self.subscribers.get(subscriber_id)
+                shared = (
+                    None if kept is None else [s.to_json() for s in kept.subscriptions.values()]
+                )
+                self._share("subscriber", subscriber_id, shared)
         self._bus.refresh(subscriber_id, (s.message_type for s in change.added), removed)
         if removed:
             self._core.released(subscriber_id, removed, trio.current_time())
@@ -514,6 +523,9 @@ class Engine(ListenerMethods, ResultMethods):
             self._persistence.delete_config(config_id)
         else:
             self._persistence.save_config(config)
+        if self._share is not None:
+            shared = None if config is None else {"revision": config.revision, "data": config.data}
+            self._share("config", config_id, shared)
 
     def _restore(self, state: StoredState) -> None:
         """Load what the store kept and resume the interrupted tasks."""
@@ -577,6 +589,22 @@ class Engine(ListenerMethods, ResultMethods):
 _STEP_KINDS = frozenset({Kind.ACTION, Kind.ACTION_ABORT})
 _LISTENER_EVENTS = frozenset({LISTENER_CONNECTED, LISTENER_DISCONNECTED})
 _EVENT_KIND = frozenset({Kind.EVENT})
+
+
+def _apply_shared(engine: Engine, kind: str, ident: str, value: Any) -> None:
+    """Take a change another replica made to a subscriber or a config (see EventFanout)."""
+    if kind == "subscriber":
+        engine._restoring = True  # stored there already: not written again, nor shared
+        try:
+            if value is None:
+                engine.subscribers.remove_subscriber(ident)
+            else:
+                engine.subscribers.replace(ident, [Subscription(**entry) for entry in value])
+        finally:
+            engine._restoring = False
+    elif kind == "config":
+        config = None if value is None else Config(ident, value["data"], value["revision"])
+        engine.configs.apply(ident, config)
 
 
 def _always(_: str) -> bool:
@@ -694,10 +722,14 @@ async def open_engine(
                     assert persistence.lease is not None
                     if streams is not None:  # the Redis store's: events reach every replica
                         fanout = EventFanout(
-                            streams, replica=persistence.lease.name, show=engine._bus.publish
+                            streams,
+                            replica=persistence.lease.name,
+                            show=engine._bus.publish,
+                            changed=functools.partial(_apply_shared, engine),
                         )
                         await nursery.start(fanout.serve)
                         engine._fanout = fanout.send
+                        engine._share = fanout.send_change
                         relay = ActionRelay(
                             streams,
                             replica=persistence.lease.name,

@@ -275,3 +275,33 @@ async def test_three_servers_share_the_work_and_survive_one_killed(
         assert [s["answered"] for s in task["steps"]] == [{"w": "done", "v": "done"}] * 3
     for got in seen.values():  # every step of every task reached both subscribers
         assert {(t, s) for t, s in got} == {(t, s) for t in task_ids for s in ("a", "b", "c")}
+
+
+async def test_subscribers_and_configs_changed_on_one_replica_reach_the_others(
+    redis_url: str,
+) -> None:
+    async with replica(redis_url, "one") as (one, _), replica(redis_url, "two") as (two, _):
+        one.subscribe("w", "a", timeout=5)
+        one.subscribe("w", "b")
+        first = two.configs.put("app", {"level": 1})
+
+        async def until(condition: Any) -> None:
+            with trio.fail_after(5):
+                while not condition():
+                    await trio.sleep(0.01)
+
+        await until(lambda: two.subscribers.get("w") is not None)
+        subscriber = two.subscribers.get("w")
+        assert subscriber is not None
+        assert sorted(subscriber.subscriptions) == ["a", "b"]
+        assert subscriber.subscriptions["a"].timeout == 5
+        await until(lambda: one.configs.get("app") == first)
+        # a change on the other side, with the revision the first side gave
+        second = one.configs.put("app", {"level": 2}, if_match=first.revision)
+        await until(lambda: two.configs.get("app") == second)
+        assert second.revision != first.revision
+        two.unsubscribe("w", "b")
+        await until(lambda: sorted(one.subscribers.get("w").subscriptions) == ["a"])  # type: ignore[union-attr]
+        one.remove_subscriber("w")
+        one.configs.delete("app")
+        await until(lambda: two.subscribers.get("w") is None and two.configs.get("app") is None)
