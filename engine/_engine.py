@@ -743,6 +743,7 @@ async def open_engine(
                             core=engine._core,
                             subscribers=engine.subscribers,
                             publish=engine.publish,
+                            owed=engine.owed_actions,
                         )
                         engine._bus.observers.append((relay.observe, None, _STEP_KINDS))
                         engine._bus.observers.append(

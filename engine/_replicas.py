@@ -28,9 +28,11 @@ import attrs
 import orjson
 import trio
 
+from ._bus import LISTENER_CONNECTED
 from ._convert import message_from_json
 from ._errors import LeaseLost
 from ._messages import (
+    Action,
     ActionDone,
     ActionError,
     ActionInfo,
@@ -231,6 +233,8 @@ class ActionRelay:
       subscriber's stream; the replica holding the subscriber's connection
       reads the stream (a consumer group: each entry goes to one reader) and
       hands the action to its listener.
+    - A subscriber that connects to another replica gets there the actions
+      the tasks here still owe it (they are sent to its stream again).
     - An answer that reaches this replica for a task another replica drives
       goes to the stream of that replica's lease (looked up in the same step
       as the append); the driving replica reads its stream and takes the
@@ -249,8 +253,10 @@ class ActionRelay:
         core: Core,
         subscribers: SubscriberRegistry,
         publish: Callable[[Message], None],
+        owed: Callable[[str], list[Action]],
     ) -> None:
         self._streams = streams
+        self._owed = owed
         self._replica = replica
         self._bus = bus
         self._core = core
@@ -284,12 +290,23 @@ class ActionRelay:
         self._wake.set()
 
     def listeners_changed(self, event: Message) -> None:
-        """See a listener connect or go away here: read its subscriber's actions, or stop."""
+        """See a listener connect or go away here (read its subscriber's actions, or stop),
+        or a subscriber connect to another replica (send it what it is owed here)."""
         nursery = self._nursery
         subscriber_id = event.data.get("subscriber_id") if isinstance(event, Event) else None
         if nursery is None or not isinstance(subscriber_id, str):
             return
         connected = self._bus.listener_of(subscriber_id) is not None
+        if (
+            not connected
+            and event.message_type == LISTENER_CONNECTED
+            and self._subscribers.get(subscriber_id) is not None
+        ):
+            # it connected to another replica: what the tasks here owe it goes there
+            for action in self._owed(subscriber_id):
+                stream = self._streams.action_stream(subscriber_id)
+                self._actions.append((stream, orjson.dumps(action.to_json())))
+                self._wake.set()
         if connected and subscriber_id not in self._readers:
             scope = self._readers[subscriber_id] = trio.CancelScope()
             nursery.start_soon(self._read_actions, subscriber_id, scope)

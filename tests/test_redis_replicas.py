@@ -350,3 +350,30 @@ async def test_an_event_trigger_starts_one_run_across_replicas(redis_url: str) -
         history = await two.fetch_history()
     assert seen == ["deployed", "task_end"]  # "two" saw the event, and the run "one" started
     assert [r.workflow for r in history] == ["reacts"]
+
+
+async def test_a_subscriber_that_moves_to_another_replica_gets_what_it_is_owed_there(
+    redis_url: str,
+) -> None:
+    async with replica(redis_url, "one") as (one, _), replica(redis_url, "two") as (two, _):
+        for step in ("a", "b", "c"):
+            one.subscribe("w", step)
+        with trio.fail_after(5):
+            while len(getattr(two.subscribers.get("w"), "subscriptions", ())) < 3:
+                await trio.sleep(0.01)
+        async with one.open_listener(subscriber_id="w") as listener:
+            task_id = one.start_workflow("durable").task_id
+            first = await next_action(listener)
+            assert (first.task, first.step) == (task_id, "a")
+        # it went away without answering, and comes back through the other replica
+        async with two.open_listener(subscriber_id="w") as listener:
+            owed = await next_action(listener, timeout=5)
+            assert (owed.task, owed.step) == (task_id, "a")
+            listener.done(owed)
+            for step in ("b", "c"):
+                sent = await next_action(listener, timeout=5)
+                assert (sent.task, sent.step) == (task_id, step)
+                listener.done(sent)
+            assert task_id is not None
+            result = await one.wait_task(task_id)
+    assert result.outcome is Outcome.DONE

@@ -177,3 +177,15 @@ def test_replica_needs_a_redis_store(tmp_path: Path) -> None:
         "--replica and --lease: only for a Redis store (--store redis://...), got --store"
         f" {str(tmp_path / 's')!r}"
     )
+
+
+async def test_tls_on_redis_needs_a_certificate_and_a_lease_its_bounds() -> None:
+    from engine._errors import PhasebusError
+    from engine._serve import serve as serve_engine
+
+    with pytest.raises(PhasebusError, match=r"^--tls: with a Redis store, give --cert and --key"):
+        await serve_engine(store="redis://127.0.0.1:1/0", tls=True, announce=False)
+    with pytest.raises(
+        PhasebusError, match=r"^--lease: must be from 0.3 to 3600 seconds, got 0.1$"
+    ):
+        await serve_engine(store="redis://127.0.0.1:1/0", lease_seconds=0.1, announce=False)
