@@ -256,6 +256,13 @@ class _ReadMethods:
         store = await self._settled_store()
         return await _maybe(store.task_log(task_id))
 
+    async def running_task(self, task_id: str) -> dict[str, Any] | None:
+        """Return the record of a task running on another engine sharing an asynchronous
+        store, or None (and always None for a synchronous store: one engine uses it)."""
+        if self._async is None:
+            return None
+        return await self._async.running_task(task_id)
+
     async def prune(self, before: datetime) -> int:
         """Delete finished tasks that ended before ``before``; return how many."""
         store = await self._settled_store()

@@ -765,6 +765,11 @@ class RedisStore(RedisConnection):
         record = await self.call(lambda: self._client.hget(self.key(HISTORY), task_id))
         return None if record is None else orjson.loads(record)
 
+    async def running_task(self, task_id: str) -> dict[str, Any] | None:
+        """Return a running task's record, whoever drives it, or None."""
+        record = await self.call(lambda: self._client.hget(self.key(RUNNING), task_id))
+        return None if record is None else orjson.loads(record)
+
     async def lease_of(self, task_id: str) -> str | None:
         """Return the lease a running task is held under, or None."""
         lease = await self.call(lambda: self._client.hget(self.key(TASK_LEASE), task_id))
@@ -981,14 +986,9 @@ class RedisStore(RedisConnection):
         They come in the order of their bytes, running and finished mixed (the
         SQLite store lists running tasks first).
         """
-        low, high = (
-            (b"[" + prefix.encode(), b"(" + prefix.encode() + b"\xff")
-            if prefix
-            else (
-                b"-",
-                b"+",
-            )
-        )
+        low, high = b"-", b"+"
+        if prefix:
+            low, high = b"[" + prefix.encode(), b"(" + prefix.encode() + b"\xff"
         ids = await self.call(
             lambda: self._client.zrange(
                 self.key(TASK_IDS), low, high, sortby=PureToken.BYLEX, offset=0, count=limit

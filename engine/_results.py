@@ -18,7 +18,8 @@ from ._errors import StoreError, UnknownTaskError
 from ._machine import Outcome
 from ._messages import Progress
 from ._persistence import Persistence
-from ._records import StepResult, TaskResult, step_results
+from ._records import RestoreError, StepResult, TaskResult, restore_task, step_results
+from ._rules import QUEUED
 from ._runs import Run
 
 if TYPE_CHECKING:
@@ -328,9 +329,24 @@ class ResultMethods:
         if run is not None and run in run.registered.active:
             return task_info(run, self.clock)
         result = await self._results.fetch(task_id)
-        if result is None:
+        if result is not None:
+            return result
+        elsewhere = await self._running_elsewhere(task_id)
+        if elsewhere is None:
             raise UnknownTaskError(task_id)
-        return result
+        return elsewhere
+
+    async def _running_elsewhere(self, task_id: str) -> TaskInfo | None:
+        """Describe a task another engine sharing the store drives, from its last record."""
+        record = await self._persistence.running_task(task_id)
+        registered = None if record is None else self._workflows.by_id.get(record["workflow"])
+        if record is None or registered is None or record.get("state") == QUEUED:
+            return None
+        try:
+            task = restore_task(record, registered.workflow, self.clock)
+        except (RestoreError, KeyError, TypeError, ValueError):
+            return None
+        return task_info(Run(task, registered), self.clock)
 
     def task_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
         """Return up to ``limit`` ids of known tasks (running, queued, finished) with ``prefix``.

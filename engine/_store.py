@@ -833,6 +833,9 @@ class AsyncStore(Protocol):
     async def lease_of(self, task_id: str) -> str | None:
         """Return the lease a running task is held under, or None."""
 
+    async def running_task(self, task_id: str) -> dict[str, Any] | None:
+        """Return a running task's record, whoever drives it, or None."""
+
     async def adopt(self, expired: str, *, owner: str, fence: int) -> list[bytes]:
         """Move the tasks of an expired lease to the lease ``owner`` and return their records.
 

@@ -691,24 +691,23 @@ class PhasebusApp:
         except TaskLookupError as error:
             raise BadInput(error.status, str(error)) from None
 
-    async def get_task(self, request: Request) -> Response:
-        task_id = await self._task_id(request)
+    async def _found(self, task_id: str) -> TaskInfo | TaskResult:
         try:
-            task = await self.engine.fetch_task(task_id)
+            return await self.engine.fetch_task(task_id)
         except UnknownTaskError:
             raise BadInput(404, f"unknown task {task_id!r}") from None
-        return JSONResponse(task_json(task))
+
+    async def get_task(self, request: Request) -> Response:
+        return JSONResponse(task_json(await self._found(await self._task_id(request))))
 
     async def stop_task(self, request: Request) -> Response:
         task_id = await self._task_id(request)
         try:
             stopped = self.engine.stop_task(task_id, reason="stopped through the API")
-        except UnknownTaskError:
-            # the engine knows the tasks in memory; the store may hold it (it ended)
-            try:
-                await self.engine.fetch_task(task_id)
-            except UnknownTaskError:
-                raise BadInput(404, f"unknown task {task_id!r}") from None
+        except UnknownTaskError:  # not in memory here: it ended long ago, or runs elsewhere
+            if isinstance(await self._found(task_id), TaskInfo):
+                why = f"task {task_id!r} runs on another server: stop it there"
+                raise BadInput(409, why) from None
             stopped = False
         return JSONResponse({"task_id": task_id, "stopped": stopped})
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -27,8 +28,10 @@ from engine import (
     Workflow,
     open_engine,
 )
-from engine._errors import LeaseLost
+from engine._errors import LeaseLost, UnknownTaskError
 from engine._redis import RedisStore, open_redis_store
+from engine._results import TaskInfo
+from engine._web import create_app
 
 from .test_recovery import DURABLE, action, answer, serve
 from .test_redis_store import finished, running
@@ -377,3 +380,39 @@ async def test_a_subscriber_that_moves_to_another_replica_gets_what_it_is_owed_t
             assert task_id is not None
             result = await one.wait_task(task_id)
     assert result.outcome is Outcome.DONE
+
+
+async def test_a_task_running_on_another_replica_is_shown_and_stopped_only_there(
+    redis_url: str,
+) -> None:
+    async with replica(redis_url, "one") as (one, _), replica(redis_url, "two") as (two, _):
+        one.subscribe("w", "a")
+        task_id = one.start_workflow("durable").task_id
+        assert task_id is not None
+        with trio.fail_after(5):
+            while not isinstance(shown := await _fetched(two, task_id), TaskInfo):
+                await trio.sleep(0.01)
+        assert shown.step is not None
+        assert (shown.workflow, shown.step.name, shown.step.waiting_for) == ("durable", "a", ("w",))
+        app = create_app(two)
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://two"
+            ) as http:
+                got = await http.get(f"/task/{task_id[:8]}")
+                assert (got.status_code, got.json()["running"]) == (200, True)
+                refused = await http.delete(f"/task/{task_id}")
+                assert refused.status_code == 409
+                assert refused.json()["error"] == (
+                    f"task {task_id!r} runs on another server: stop it there"
+                )
+        finally:
+            app.close()
+        assert one.stop_task(task_id)
+
+
+async def _fetched(engine: Engine, task_id: str) -> object:
+    try:
+        return await engine.fetch_task(task_id)
+    except UnknownTaskError:
+        return None
