@@ -209,13 +209,16 @@ class EventFanout:
             entries = await self._streams.follow(self._stream, after, block=_FOLLOW_BLOCK)
             for entry_id, body in entries:
                 after = entry_id
-                data = orjson.loads(body)
-                if data["r"] == self._replica:
-                    continue
-                if "c" in data:
-                    self._changed(data["c"], data["id"], data["v"])
-                else:
-                    self._show(Event(data["t"], data["d"]))
+                try:
+                    data = orjson.loads(body)
+                    if data["r"] == self._replica:
+                        continue
+                    if "c" in data:
+                        self._changed(data["c"], data["id"], data["v"])
+                    else:
+                        self._show(Event(data["t"], data["d"]))
+                except Exception:  # one bad entry stops neither the others nor the engine
+                    logger.exception("ignoring entry %s of the events stream", entry_id)
 
 
 #: How long a subscriber's action may stay with a replica that read it but died before
@@ -349,8 +352,11 @@ class ActionRelay:
         with scope:
             entries = await streams.owed(stream, SUBSCRIBER_GROUP, self._replica, idle=ACTIONS_IDLE)
             while True:
-                for _, body in entries:
-                    self._deliver(subscriber_id, message_from_json(orjson.loads(body)))
+                for entry_id, body in entries:
+                    try:
+                        self._deliver(subscriber_id, message_from_json(orjson.loads(body)))
+                    except Exception:  # one bad entry stops neither the others nor the engine
+                        logger.exception("ignoring entry %s of %s", entry_id, stream)
                 await streams.ack(stream, SUBSCRIBER_GROUP, [entry for entry, _ in entries])
                 entries = await streams.read(
                     stream, SUBSCRIBER_GROUP, self._replica, block=_FOLLOW_BLOCK
@@ -370,11 +376,14 @@ class ActionRelay:
         stream = streams.answer_stream(self._replica)
         entries = await streams.owed(stream, DRIVER_GROUP, self._replica)
         while True:
-            for _, body in entries:
-                data = orjson.loads(body)
-                answer = message_from_json(data["m"])
-                if isinstance(answer, _ANSWERS) and answer.task in self._core.running:
-                    self._publish(attrs.evolve(answer, subscriber_id=data["s"]))
+            for entry_id, body in entries:
+                try:
+                    data = orjson.loads(body)
+                    answer = message_from_json(data["m"])
+                    if isinstance(answer, _ANSWERS) and answer.task in self._core.running:
+                        self._publish(attrs.evolve(answer, subscriber_id=data["s"]))
+                except Exception:  # one bad entry stops neither the others nor the engine
+                    logger.exception("ignoring entry %s of %s", entry_id, stream)
             await streams.ack(stream, DRIVER_GROUP, [entry for entry, _ in entries])
             entries = await streams.read(stream, DRIVER_GROUP, self._replica, block=_FOLLOW_BLOCK)
 

@@ -416,3 +416,31 @@ async def _fetched(engine: Engine, task_id: str) -> object:
         return await engine.fetch_task(task_id)
     except UnknownTaskError:
         return None
+
+
+async def test_a_bad_entry_in_a_shared_stream_is_skipped(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        replica(redis_url, "one") as (one, store),
+        replica(redis_url, "two") as (two, _),
+        one.open_listener(message_types=["hello"]) as heard,
+    ):
+        one.subscribe("w", "a")
+        async with two.open_listener(subscriber_id="w") as listener:
+            streams = store.streams
+            await streams.append(streams.event_stream(), b"{not json")
+            await streams.append(streams.action_stream("w"), b'{"kind": "nonsense"}')
+            two.publish(Event("hello", {"n": 1}))
+            with trio.fail_after(5):
+                assert (await heard.receive()).data == {"n": 1}
+            task_id = one.start_workflow("durable").task_id
+            sent = await next_action(listener, timeout=5)
+            assert (sent.task, sent.step) == (task_id, "a")
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring")]
+    # each replica skipped the bad event; the one reading w's actions, the bad action
+    assert sorted(m.split(" of ")[1] for m in skipped) == [
+        "phasebus:actions:w",
+        "the events stream",
+        "the events stream",
+    ]
