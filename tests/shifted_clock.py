@@ -28,5 +28,5 @@ class ShiftedClock(Clock):
         super().__init__(start_time if start_time is not None else datetime.now(UTC) + shift)
 
 
-_engine.Clock = ShiftedClock  # type: ignore[misc]
+_engine.Clock = ShiftedClock  # type: ignore[attr-defined]
 sys.exit(main(sys.argv[3:]))
