@@ -208,6 +208,8 @@ class Bus:
         """Tell whether any listener may receive messages of ``message_type``."""
         if self._all or self._by_type.get(message_type):
             return True
+        if not self.observers:
+            return False
         return any(
             (types is None or message_type in types) and (kinds is None or Kind.EVENT in kinds)
             for _, types, kinds in self.observers

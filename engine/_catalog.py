@@ -1,4 +1,8 @@
-"""The workflows a command can name: the built-in ones and those of files and directories."""
+"""The workflows a command can name: the built-in ones and those of files and directories.
+
+The built-in workflows are handed over by the program that runs the command
+line (the ``phasebus`` launcher in :mod:`machines`); the engine knows none itself.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import attrs
-
-from machines import BUILTIN_WORKFLOWS
 
 from ._definitions import Declarations, Job, Workflow
 from ._errors import DeclarationError, Problem
@@ -64,16 +66,20 @@ def one_line(error: DeclarationError) -> str:
     return line
 
 
-def load_catalog(paths: Path | Sequence[Path] | None) -> Catalog:
-    """Return the built-in workflows and those declared in ``paths`` (files or directories).
+def load_catalog(
+    paths: Path | Sequence[Path] | None, *, builtins: Iterable[Workflow] = ()
+) -> Catalog:
+    """Return the ``builtins`` and the workflows declared in ``paths`` (files or directories).
 
-    A directory adds its ``*.toml`` and ``*.json`` files.
+    A directory adds its ``*.toml`` and ``*.json`` files. The built-in
+    workflows are marked ``built-in`` in :attr:`Catalog.sources`; a file
+    cannot declare an id again.
 
     Raises:
         UsageError: a path does not exist or is not a declaration file, a
             file is invalid, or an id is declared twice; the message is one line.
     """
-    workflows = dict(BUILTIN_WORKFLOWS)
+    workflows = {workflow.id: workflow for workflow in builtins}
     jobs: dict[str, Job] = {}
     sources = dict.fromkeys(workflows, BUILTIN)
     if paths is None:

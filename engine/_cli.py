@@ -4,9 +4,10 @@ Subcommands that work locally: ``run``, ``workflows``, ``validate``,
 ``diagram``, ``schedule``; ``serve`` runs a server; ``tasks``, ``task``,
 ``history``, ``jobs``, ``workflows add|delete|activate|deactivate``, ``run
 --url``, ``stop``, ``events`` and ``token`` drive a server. The built-in
-workflows (``machines``) are always known; ``--workflows PATH`` adds the
-workflows and jobs declared in a ``.toml`` or ``.json`` file, or in the files of
-a directory.
+workflows are handed to :func:`main` by the program that runs it (the
+``phasebus`` launcher in :mod:`machines`) and are always known; ``--workflows
+PATH`` adds the workflows and jobs declared in a ``.toml`` or ``.json`` file,
+or in the files of a directory.
 
 Exit status: 0 on success; 1 when a run does not end ``done``, ``validate``
 finds a problem or ``diagram --check`` finds a stale diagram; 2 for a usage
@@ -18,11 +19,12 @@ one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -30,8 +32,6 @@ from typing import Any, NoReturn, TextIO
 import trio
 from rich.console import Console
 from rich.text import Text
-
-from machines import BUILTIN_WORKFLOWS
 
 from ._bus import Listener
 from ._catalog import (
@@ -669,14 +669,16 @@ def _workflow_block(kind: str, workflow: Workflow, source: str, now: datetime) -
 # ---------------------------------------------------------------- validate
 
 
-def validate(paths: Sequence[Path], *, stdout: TextIO) -> int:
+def validate(paths: Sequence[Path], *, stdout: TextIO, builtins: Iterable[Workflow] = ()) -> int:
     """Check declaration files, printing each problem as ``file: path: message``.
+
+    An id of ``builtins`` declared again in a file is a problem.
 
     Returns:
         The exit status: 1 if there was any problem.
     """
     files = declaration_files(paths)
-    sources = dict.fromkeys(BUILTIN_WORKFLOWS, BUILTIN)
+    sources = dict.fromkeys((workflow.id for workflow in builtins), BUILTIN)
     count = 0
     for path in files:
         try:
@@ -929,15 +931,19 @@ def _configure_logging(verbose: int) -> None:
 async def main_async(
     argv: Sequence[str] | None = None,
     *,
+    builtins: Iterable[Workflow] = (),
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     console: Console | None = None,
 ) -> int:
     """Run the command line inside trio; return the exit status.
 
-    ``console`` is where ``run`` draws its live view; without it, ``run``
-    draws on ``stdout`` when that is a terminal and streams JSON lines otherwise.
+    ``builtins`` are the built-in workflows: every local command knows them,
+    and ``serve`` runs them. ``console`` is where ``run`` draws its live view;
+    without it, ``run`` draws on ``stdout`` when that is a terminal and streams
+    JSON lines otherwise.
     """
+    builtins = tuple(builtins)
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
     try:
@@ -946,7 +952,9 @@ async def main_async(
         except SystemExit as done:  # --help and --version print and exit
             return done.code if isinstance(done.code, int) else EXIT_OK
         _configure_logging(args.verbose + getattr(args, "sub_verbose", 0))
-        return await _dispatch(args, stdout=stdout, stderr=stderr, console=console)
+        return await _dispatch(
+            args, builtins=builtins, stdout=stdout, stderr=stderr, console=console
+        )
     except Exception as raised:
         error = _expected(raised)
         if error is None:
@@ -966,12 +974,17 @@ def _expected(error: BaseException) -> PhasebusError | BrokenPipeError | None:
 
 
 async def _dispatch(
-    args: argparse.Namespace, *, stdout: TextIO, stderr: TextIO, console: Console | None
+    args: argparse.Namespace,
+    *,
+    builtins: tuple[Workflow, ...],
+    stdout: TextIO,
+    stderr: TextIO,
+    console: Console | None,
 ) -> int:
     if args.command == "validate":
-        return validate(args.files, stdout=stdout)
+        return validate(args.files, stdout=stdout, builtins=builtins)
     if args.command == "serve":
-        return await serve_command(args)
+        return await serve_command(args, builtins=builtins)
     if args.command in ("jobs", "stop", "events", "token") or (
         args.command == "workflows" and args.workflows_command is not None
     ):
@@ -992,7 +1005,7 @@ async def _dispatch(
         args.command == "workflows" and args.url is not None
     ):
         return await ask_server(args, stdout=stdout)
-    catalog = load_catalog(args.workflows)
+    catalog = load_catalog(args.workflows, builtins=builtins)
     if args.command == "workflows":
         text_console = Console(file=stdout, highlight=False, soft_wrap=True)
         list_workflows(catalog, as_json=args.json, stdout=stdout, console=text_console)
@@ -1045,10 +1058,14 @@ async def _drive_server(args: argparse.Namespace, *, stdout: TextIO) -> int:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``phasebus`` command line; return the exit status."""
+def main(argv: list[str] | None = None, *, builtins: Iterable[Workflow] = ()) -> int:
+    """Run the ``phasebus`` command line with the built-in workflows ``builtins``.
+
+    Returns:
+        The exit status.
+    """
     try:
-        return trio.run(main_async, argv)
+        return trio.run(functools.partial(main_async, argv, builtins=builtins))
     except (KeyboardInterrupt, BaseExceptionGroup) as error:
         if isinstance(error, BaseExceptionGroup) and error.split(KeyboardInterrupt)[1] is not None:
             raise

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 import attrs
 import trio
@@ -30,15 +30,16 @@ from ._client import PSK_VARIABLE, ServerError, call, fetch, quoted
 from ._convert import (
     message_from_json,
     structure_declaration,
-    structure_strict,
+    structure_shape,
     unstructure_declaration,
 )
 from ._definitions import Declarations, Job, Workflow
 from ._engine import TASK_END, StepInfo, TaskInfo
 from ._errors import DeclarationError, MessageError
 from ._machine import Outcome
-from ._messages import Message, Progress
-from ._records import StepResult, TaskResult
+from ._messages import Message
+from ._records import TaskResult, steps_from_view
+from ._shapes import TaskInfoView, TaskResultView
 from ._view import LiveView
 
 EXIT_OK = 0
@@ -51,67 +52,50 @@ REMOTE_REFRESH = 0.25
 # ---------------------------------------------------------------- tasks from their JSON
 
 
-def _moment(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
 def task_from_json(data: Mapping[str, Any]) -> TaskInfo | TaskResult:
-    """Read a task as ``GET /task/{id}`` shows it: a running task's info or a result."""
+    """Read a task as ``GET /task/{id}`` shows it: a running task's info or a result.
+
+    Raises:
+        InvalidInputError: the JSON is not a task's view (naming the field).
+    """
     if not data.get("running"):
+        result = structure_shape(data, TaskResultView)
         return TaskResult(
-            data["id"],
-            data["workflow"],
-            Outcome(data["outcome"]),
-            data.get("error"),
-            tuple(data.get("errors", ())),
-            datetime.fromisoformat(data["started_at"]),
-            datetime.fromisoformat(data["ended_at"]),
-            tuple(
-                StepResult(
-                    step["name"],
-                    datetime.fromisoformat(step["started_at"]),
-                    datetime.fromisoformat(step["ended_at"]),
-                    step["answered"],
-                    tuple(step["errors"]),
-                    step["timed_out"],
-                    tuple(step.get("released", ())),
-                    step.get("ended") == "stopped",
-                )
-                for step in data["steps"]
-            ),
+            result.id,
+            result.workflow,
+            result.outcome,
+            result.error,
+            tuple(result.errors),
+            result.started_at,
+            result.ended_at,
+            steps_from_view(result.steps),
         )
-    step = data.get("step")
+    task = structure_shape(data, TaskInfoView)
+    step = task.step
     info = None
     if step is not None:
-        progress = {
-            sid: structure_strict(value, cast("type[Progress]", Progress))
-            for sid, value in step.get("progress", {}).items()
-        }
         info = StepInfo(
-            name=step["name"],
-            action=step["action"],
-            message_type=step["message_type"],
-            started_at=datetime.fromisoformat(step["started_at"]),
-            deadline=_moment(step.get("deadline")),
-            waiting_for=tuple(step["waiting_for"]),
-            answered=step["answered"],
-            progress=progress,
-            errors=tuple(step["errors"]),
-            last_heard={
-                sid: moment
-                for sid, text in step.get("last_heard", {}).items()
-                if (moment := _moment(text)) is not None
-            },
-            stalled=step.get("stalled", False),
-            released=tuple(step.get("released", ())),
+            name=step.name,
+            action=step.action,
+            message_type=step.message_type,
+            started_at=step.started_at,
+            deadline=step.deadline,
+            waiting_for=tuple(step.waiting_for),
+            answered=dict(step.answered),
+            progress=dict(step.progress),
+            errors=tuple(step.errors),
+            last_heard=dict(step.last_heard),
+            stalled=step.stalled,
+            released=tuple(step.released),
         )
     return TaskInfo(
-        data["id"],
-        data["workflow"],
-        data.get("workflow_name", data["workflow"]),
-        data["state"],
-        datetime.fromisoformat(data["started_at"]),
+        task.id,
+        task.workflow,
+        task.workflow_name if task.workflow_name is not None else task.workflow,
+        task.state,
+        task.started_at,
         info,
+        steps_from_view(task.steps),
     )
 
 

@@ -20,14 +20,17 @@ class Clock:
     it, :meth:`now` is the real time in UTC.
     """
 
-    def __init__(self, start_time: datetime | None = None) -> None:
+    def __init__(
+        self, start_time: datetime | None = None, *, trio_now: float | None = None
+    ) -> None:
         self._virtual = start_time is not None
         base = start_time if start_time is not None else datetime.now(UTC)
         if base.tzinfo is None:
             raise ValueError(f"start_time must be timezone-aware, got {base!r}")
         self._base_wall = base.astimezone(UTC)
         self._base_epoch = self._base_wall.timestamp()
-        self._base_trio = trio.current_time()
+        #: trio's clock when the clock was made (``trio_now`` for a clock made outside trio)
+        self._base_trio = trio.current_time() if trio_now is None else trio_now
 
     @property
     def virtual(self) -> bool:

@@ -136,6 +136,20 @@ class ConfigService:
         self._revisions = itertools.count(last_revision + 1)
         return sorted(self.unreadable)
 
+    def apply(self, config_id: str, config: Config | None) -> None:
+        """Take a change another engine sharing the store made (None: it deleted the
+        config): kept here without storing or announcing it again (that engine did)."""
+        if config is None:
+            self._configs.pop(config_id, None)
+        elif not value_problems(config.data, "data"):
+            self._configs[config_id] = config
+            number = config.revision[1:].split("-")[0]
+            if number.isascii() and number.isdigit():  # new revisions come after it
+                self._revisions = itertools.count(max(int(number) + 1, next(self._revisions)))
+        self.unreadable.pop(config_id, None)
+        if config is not None and self._changed is not None:
+            self._changed(config_id, config.data)
+
     def ids(self) -> list[str]:
         """Return the ids of all configs, sorted (the unreadable ones too)."""
         return sorted([*self._configs, *self.unreadable])

@@ -1,4 +1,4 @@
-"""The one cattrs converter: declarations and wire messages in and out.
+"""The one cattrs converter: declarations, wire messages and tasks' JSON in and out.
 
 Structuring is strict: ``"false"`` is not a bool, ``1.9`` is not an int, a
 string is not a list, and unknown fields are errors (except inside a message's
@@ -8,12 +8,15 @@ string is not a list, and unknown fields are errors (except inside a message's
 
 from __future__ import annotations
 
+import enum
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar, get_args, get_origin
 
 import attrs
 import cattrs
+import orjson
 from cattrs.errors import (
     AttributeValidationNote,
     ForbiddenExtraKeysError,
@@ -40,6 +43,7 @@ from ._definitions import (
 )
 from ._errors import DeclarationError, InvalidInputError, MessageError, Problem, join_path
 from ._json import JSONInputError, check_value, parse_json
+from ._machine import Outcome, StepEnd
 from ._messages import (
     MESSAGE_CLASSES,
     Event,
@@ -48,6 +52,14 @@ from ._messages import (
     Progress,
     ProgressLeaf,
     ProgressTree,
+)
+from ._shapes import (
+    SHAPES,
+    CurrentStepRecord,
+    FinishedRecord,
+    StepRecord,
+    StoredStep,
+    TaskRecord,
 )
 
 T = TypeVar("T")
@@ -108,14 +120,12 @@ _converter.register_structure_hook(bool, _structure_bool)
 _converter.register_structure_hook_func(lambda t: t == Mapping[str, Any], _structure_any_mapping)
 
 
-def _enum_hook(
-    enum_type: type[OnError] | type[Surpass] | type[CatchUp],
-) -> Callable[[object, type], Any]:
+def _enum_hook(enum_type: type[enum.Enum]) -> Callable[[object, type], Any]:
     choices = ", ".join(repr(member.value) for member in enum_type)
 
     def structure(value: object, _: type) -> Any:
         try:
-            return enum_type(value)  # type: ignore[arg-type]
+            return enum_type(value)
         except ValueError:
             raise ValueError(f"must be one of {choices}, got {_describe(value)}") from None
 
@@ -521,3 +531,135 @@ set_readers(
     lambda text, source: load_toml(text, source=source),
     lambda text, source: load_json(text, source=source),
 )
+
+
+# ---------------------------------------------------------------- tasks' JSON
+
+
+def _unstructure_progress(progress: Progress) -> dict[str, Any]:
+    return progress.to_json()
+
+
+def _structure_datetime(value: object, _: type) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError(f"must be an ISO 8601 time, got {_describe(value)}")
+    return datetime.fromisoformat(value)
+
+
+_converter.register_unstructure_hook(Progress, _unstructure_progress)
+# str enums: the strict str hook would otherwise take them (it matches subclasses of str)
+for _result_enum in (Outcome, StepEnd):
+    _converter.register_unstructure_hook(_result_enum, lambda member: member.value)
+    _converter.register_structure_hook(_result_enum, _enum_hook(_result_enum))
+_converter.register_unstructure_hook(datetime, datetime.isoformat)
+_converter.register_structure_hook(datetime, _structure_datetime)
+
+#: Field types written as they are: orjson and json write any list, tuple or
+#: dict of strings, and a number or None, so converting them first (a record is
+#: written at every step) would buy nothing.
+_PLAIN = (Sequence[str], Mapping[str, str], int | None, float | None, str | None)
+
+
+def _shape_unstructure_fn(cls: type, **overrides: Any) -> Callable[[Any], dict[str, Any]]:
+    same = {
+        field.name: cattrs.gen.override(unstruct_hook=cattrs.fns.identity)
+        for field in attrs.fields(attrs.resolve_types(cls))
+        if field.type in _PLAIN
+    }
+    return cattrs.gen.make_dict_unstructure_fn(cls, _converter, **{**same, **overrides})
+
+
+for _shape in SHAPES:
+    _converter.register_unstructure_hook(_shape, _shape_unstructure_fn(_shape))
+
+_unstructure_step: Callable[[Any], dict[str, Any]] = _converter.get_unstructure_hook(
+    CurrentStepRecord
+)
+_unstructure_ended_step = _converter.get_unstructure_hook(StepRecord)
+#: What a step in a record's list may already be: encoded, or converted.
+_DONE = (orjson.Fragment, dict)
+
+
+def unstructure_step(step: CurrentStepRecord) -> dict[str, Any]:
+    """Return the plain data of the step a task is in (for :func:`engine._records.task_record`)."""
+    return _unstructure_step(step)
+
+
+def _unstructure_steps(steps: Sequence[StoredStep]) -> Sequence[Any]:
+    # Ended steps may come encoded already (they never change again), and then
+    # first, and the step a task is in converted already (see unstructure_step):
+    # then there is nothing to do. Otherwise only the steps after the encoded
+    # ones are converted.
+    if not steps or type(steps[-1]) in _DONE:
+        return steps
+    out: list[Any] = list(steps)
+    for index in range(len(out) - 1, -1, -1):
+        step = out[index]
+        if type(step) is orjson.Fragment:
+            break
+        out[index] = (
+            _unstructure_step(step)
+            if type(step) is CurrentStepRecord
+            else _unstructure_ended_step(step)
+        )
+    return out
+
+
+for _shape in SHAPES:
+    if _shape not in (TaskRecord, FinishedRecord):
+        _converter.register_structure_hook(
+            _shape,
+            cattrs.gen.make_dict_structure_fn(_shape, _converter, _cattrs_forbid_extra_keys=False),
+        )
+_structure_step_records = _converter.get_structure_hook(tuple[CurrentStepRecord, ...])
+
+
+def _structure_steps(value: object, type_: type) -> tuple[CurrentStepRecord, ...]:
+    if isinstance(value, list | tuple):  # results' records of older versions have no index
+        value = [
+            {"index": None, **step} if isinstance(step, Mapping) and "index" not in step else step
+            for step in value
+        ]
+    return _structure_step_records(value, type_)  # type: ignore[no-any-return]
+
+
+for _record_type in (TaskRecord, FinishedRecord):
+    _converter.register_unstructure_hook(
+        _record_type,
+        _shape_unstructure_fn(
+            _record_type, steps=cattrs.gen.override(unstruct_hook=_unstructure_steps)
+        ),
+    )
+    _converter.register_structure_hook(
+        _record_type,
+        cattrs.gen.make_dict_structure_fn(
+            _record_type,
+            _converter,
+            _cattrs_forbid_extra_keys=False,
+            steps=cattrs.gen.override(struct_hook=_structure_steps),
+        ),
+    )
+
+
+def unstructure_shape(value: Any) -> Any:
+    """Return the plain JSON data of a task's store record or view (:mod:`engine._shapes`)."""
+    return _converter.unstructure(value)
+
+
+_SHAPE_HOOKS = {shape: _converter.get_unstructure_hook(shape) for shape in SHAPES}
+
+
+def encode_shape(value: Any) -> bytes:
+    """Return a task's store record or view as compact JSON."""
+    return orjson.dumps(_SHAPE_HOOKS[type(value)](value))
+
+
+def structure_shape(data: object, type_: type[T]) -> T:
+    """Read a task's store record or view; keys it does not know are ignored.
+
+    Raises:
+        InvalidInputError: naming each field that is missing or of the wrong type.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidInputError([Problem("", f"must be a JSON object, got {_describe(data)}")])
+    return _structure_checked(data, type_, InvalidInputError)

@@ -28,7 +28,7 @@ from ._clock import Clock
 from ._definitions import Surpass
 from ._errors import EngineClosed
 from ._intents import Dequeued, Emit, Ended, Hold, Log, Stage, Start, Wake
-from ._machine import END, Answer, StepRun, Task
+from ._machine import END, Answer, Outcome, StepRun, Task
 from ._messages import (
     ActionDone,
     ActionError,
@@ -137,9 +137,8 @@ class Core:
         self.event_waiters: dict[str, set[Run]] = {}
         #: Message type -> the runs whose current step owes answers of that type.
         self.owing: dict[str, dict[Run, None]] = {}
-        #: Whether task states are written (and held until committed, with ``grouped``).
+        #: Whether task states and results are written to a store.
         self.durable = False
-        self.grouped = False
         #: Set when the program stops: no fact changes anything any more.
         self.frozen = False
 
@@ -150,8 +149,13 @@ class Core:
         registered = self.workflows.get(workflow_id)
         if self.frozen:
             raise EngineClosed(f"the engine is stopping: workflow {workflow_id!r} not started")
-        active = [run for run in registered.active if run.stop_request is None]
-        verdict, why = admit(registered.workflow.surpass, active, registered.queued)
+        surpass = registered.workflow.surpass
+        active = (
+            []  # whatever runs, a parallel workflow starts (and its active runs are not walked)
+            if surpass is Surpass.PARALLEL
+            else [run for run in registered.active if run.stop_request is None]
+        )
+        verdict, why = admit(surpass, active, registered.queued)
         if verdict is Admit.SKIP:
             return StartResult(workflow_id, StartDecision.SKIPPED, reason=why)
         task_id = new_id()
@@ -162,7 +166,7 @@ class Core:
                 self.intents.append(Stage(task_id, write))
             logger.info("queued a run of %s (%s)", workflow_id, reason)
             return StartResult(workflow_id, StartDecision.QUEUED, task_id)
-        replaced = () if registered.workflow.surpass is not Surpass.REPLACE else tuple(active)
+        replaced = tuple(active) if surpass is Surpass.REPLACE else ()
         for run in replaced:
             self._request_stop(run, True, f"replaced by task {task_id}", now)
         self._begin(registered, task_id, reason, now)
@@ -192,7 +196,7 @@ class Core:
     ) -> None:
         """A listener answered an action (or reported progress or information)."""
         run = self.running.get(answer.task)
-        step = run.task.step if run is not None else None
+        step = run.task.step if run is not None and run.task.state != END else None
         subscriber_id = answer.subscriber_id
         if run is None or step is None or step.step.name != answer.step or subscriber_id is None:
             logger.debug(
@@ -258,9 +262,9 @@ class Core:
         """A started or resumed task gets its first move (the driver's next turn)."""
         if self.frozen:
             return
-        task = run.task
+        run.started = True
         if not run.replay and self.wanted(TASK_STARTED):
-            self.intents.append(Emit(task.id, task_started_event(task, self.clock)))
+            self.intents.append(Emit(run.task.id, task_started_event(run.task, self.clock)))
         self._move_on_safely(run, now)
 
     def tick(self, run: Run, now: float) -> None:
@@ -324,8 +328,23 @@ class Core:
         if self.frozen:
             return  # stopping: the task stays where the store has it
         run = self.running.get(task_id)
+        if run is None and task_id in self.workflows.queued:  # its queued record
+            registered = self.workflows.queued.pop(task_id)
+            registered.queued = None
+            why = f"cannot keep the queued run: {type(error).__name__}: {error}"
+            logger.error("task %s of %s: %s", task_id, registered.workflow.id, why)
+            result = never_ran(task_id, registered.workflow.id, why, self.clock.to_wall(now))
+            self.record(attrs.evolve(result, outcome=Outcome.FAILED, errors=(why,)))
+            self.intents.append(Dequeued(task_id))
+            return
         if run is None or run.task.state == END:
-            logger.error("task %s: its result is kept in memory only: %s", task_id, error)
+            # its end is not stored: the store still has it running, so a restart takes
+            # it up again from there (and its end is announced then, not now)
+            why = f"its result could not be stored ({type(error).__name__}: {error})"
+            logger.error("task %s ended, but %s; kept in memory only", task_id, why)
+            if run is not None:
+                self.emit_error(run, f"task ended, but {why}")
+                del self.running[task_id]
             return
         run.committing = False  # what its state caused is dropped: it waits for nothing
         self.fail(run, error, now)
@@ -349,22 +368,9 @@ class Core:
 
     def adopt(self, task: Task, registered: Registered) -> Run:
         """Take over a task restored from the store; its current step acts again."""
-        step = task.step
-        if step is not None and step.began and step_kind(step.step.action).owes_answers:
-            subscribed = self.subscribers.waiting_for(step.step.message_type)
-            for subscriber_id in list(step.waiting_for):
-                if subscriber_id not in subscribed and step.forget_subscriber(subscriber_id):
-                    self._log(
-                        task,
-                        LogKind.RELEASED,
-                        f"{subscriber_id} is gone since the restart: the step no longer waits"
-                        " for it",
-                        step=step.step.name,
-                        subscriber=subscriber_id,
-                    )
         logger.info("resuming task %s of %s in state %s", task.id, task.workflow.id, task.state)
         run = Run(task, registered, registered.routing, replay=True)
-        run.announced = task.step  # sent before the restart (and sent again now)
+        step = run.announced = task.step  # sent before the restart (and sent again now)
         if step is not None and step.began:
             step_kind(step.step.action).resumed(self, run, step)
         self._run(run)
@@ -399,7 +405,7 @@ class Core:
 
     def _move_on(self, run: Run, now: float) -> None:
         """Take every transition the task can take now; finish it at its end."""
-        if self.frozen or run.committing or run.task.id not in self.running:
+        if self.frozen or run.committing or not run.started or run.task.id not in self.running:
             return
         task = run.task
         machine = run.registered.machine
@@ -417,15 +423,16 @@ class Core:
                 self._save(run)  # durable before its side effects are published
                 kind.act(self, run, step, now)
                 self._publish_progress(run, now)
-                if self.grouped:
-                    run.committing = True
-                    self.intents.append(Hold(task.id, run))
-                    return
-            elif step is not None and run.replay:
+                self._hold(run)
+                return
+            if step is not None and run.replay:
+                run.replay = False
                 step_kind(step.step.action).act(self, run, step, now)
+                self._hold(run)
+                return
             run.replay = False
             previous = task.step
-            if (previous is None or previous.settled()) and machine.advance(task, now=now):
+            if machine.may_advance(task) and machine.advance(task, now=now):
                 if previous is not None:
                     if run.dirty and previous.waiting_for and task.state != END:
                         self._save(run)  # the answers that led to the aborts come first
@@ -435,6 +442,13 @@ class Core:
                 self._save(run)
             self._arm_timer(run)
             return
+
+    def _hold(self, run: Run) -> None:
+        """Hold the task until what its new state causes has been carried out (with a store,
+        committed first): a state's effects then always go out before the next state is
+        reached, and one that fails fails the task in the state that caused it."""
+        run.committing = True
+        self.intents.append(Hold(run.task.id, run))
 
     def _save(self, run: Run) -> None:
         run.dirty = False
@@ -592,6 +606,5 @@ class Core:
         if self.wanted(ERROR):
             self.intents.append(Emit(run.task.id, error_event(run.task, message, subscriber_id)))
 
-    def _log(self, run: Run | Task, kind: LogKind, text: str, **fields: Any) -> None:
-        task_id = run.id if isinstance(run, Task) else run.task.id
-        self.intents.append(Log(task_id, kind, text, fields))
+    def _log(self, run: Run, kind: LogKind, text: str, **fields: Any) -> None:
+        self.intents.append(Log(run.task.id, kind, text, fields))

@@ -127,10 +127,10 @@ async def _hook(listener: Listener, action: Action) -> None:
     await trio.sleep(0.05)
 
 
-def demo_listeners(workflow: Workflow) -> list[DemoListener]:
-    """Return the simulated listeners a run of ``workflow`` would meet.
+def demo_listeners(*workflows: Workflow) -> list[DemoListener]:
+    """Return the simulated listeners runs of ``workflows`` would meet.
 
-    ``demo.hooks`` answers every action of the workflow that no other
+    ``demo.hooks`` answers every action of the workflows that no other
     simulated component takes; ``demo.core`` is served separately (see
     :func:`serve_demo`).
     """
@@ -143,6 +143,7 @@ def demo_listeners(workflow: Workflow) -> list[DemoListener]:
     taken.add("merge_outer_edges")
     hooked = {
         step.message_type: _hook
+        for workflow in workflows
         for step in workflow.steps
         if step.action.ends is Ends.ANSWERS and step.message_type not in taken
     }
@@ -183,17 +184,16 @@ async def _serve(engine: Engine, demo: DemoListener, *, task_status: trio.TaskSt
 
 async def serve_demo(
     engine: Engine,
-    workflow: Workflow,
-    *,
+    *workflows: Workflow,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Subscribe and serve the simulated listeners for ``workflow`` until cancelled.
+    """Subscribe and serve the simulated listeners for ``workflows`` until cancelled.
 
     Start it with ``await nursery.start(serve_demo, engine, workflow)``, which
     returns the subscriber ids once every listener is connected; start the
     workflow after that.
     """
-    listeners = demo_listeners(workflow)
+    listeners = demo_listeners(*workflows)
     for demo in listeners:
         for message_type in demo.work:
             engine.subscribe(demo.subscriber_id, message_type, timeout=demo.timeout)

@@ -16,6 +16,7 @@ that task was to cause in the same batch; the other tasks go on.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -47,6 +48,9 @@ from ._timers import Timers
 
 logger = logging.getLogger("engine._engine")
 
+#: Rounds of intents the driver carries out before it lets the rest of the program run.
+_BATCHES_PER_TURN = 64
+
 
 class Driver:
     """Carry out the core's intents (see the module's doc)."""
@@ -71,6 +75,8 @@ class Driver:
         self._nursery = nursery
         self.timers = Timers()
         self._sleeper: trio.lowlevel.Task | None = None
+        #: Whether a batch is being carried out (run_pending does not nest).
+        self._busy = False
         #: Task id -> an event set when the task ends or its queued run starts or stops.
         self._waiters: dict[str, trio.Event] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -95,7 +101,10 @@ class Driver:
             if not core.intents:
                 self._sleeper = me
                 await trio.lowlevel.wait_task_rescheduled(self._abort)
-            self.run_pending()
+            elif self.run_pending(_BATCHES_PER_TURN):
+                # work keeps coming (a workflow its own events start, say): let the
+                # rest of the program run before going on
+                await trio.lowlevel.checkpoint()
 
     def poke(self) -> None:
         """Tell the driver the core has new intents (after a fact)."""
@@ -103,14 +112,28 @@ class Driver:
         if sleeper is not None:
             trio.lowlevel.reschedule(sleeper)
 
-    def run_pending(self) -> None:
-        """Carry out every intent the core has made so far, now (also before a store read)."""
+    def run_pending(self, batches: int = _BATCHES_PER_TURN) -> bool:
+        """Carry out the intents the core has made so far, now (also before a store read),
+        and what they lead to, for at most ``batches`` rounds; return whether more wait.
+
+        Called while a batch is being carried out (a store read by an observer), it does
+        nothing: the batch under way goes on in order.
+        """
         core = self._core
-        while core.intents:
-            batch, core.intents = core.intents, []
-            if core.frozen:
-                return  # stopping: nothing the tasks would cause goes out any more
-            self._execute(batch)
+        if self._busy:
+            return bool(core.intents)
+        self._busy = True
+        try:
+            for _ in range(batches):
+                if not core.intents:
+                    return False
+                batch, core.intents = core.intents, []
+                if core.frozen:
+                    return False  # stopping: nothing the tasks would cause goes out any more
+                self._execute(batch)
+            return bool(core.intents)
+        finally:
+            self._busy = False
 
     async def changed(self, task_id: str) -> None:
         """Wait until a task ends, or its queued run starts or is stopped."""
@@ -130,7 +153,7 @@ class Driver:
             event.set()
         self._waiters.clear()
 
-    def forget(self, run: Run) -> None:
+    def let_go(self, run: Run) -> None:
         """Drop a task the core let go (another replica drives it): its timer, its command,
         and wake whoever waits for it."""
         if run.timer is not None:
@@ -141,7 +164,11 @@ class Driver:
         self._dequeued(Dequeued(run.task.id))
 
     def write_failed(self, task_id: str, error: Exception) -> None:
-        """A group commit failed for a task (the committer's report)."""
+        """A group commit failed for a task (the committer's report): what its state caused
+        was dropped with it."""
+        run = self._core.running.get(task_id)
+        if run is not None and run.committing:
+            run.announced = None  # the current step's action never went out
         self._core.failed(task_id, error, trio.current_time())
         self.poke()
 
@@ -154,7 +181,7 @@ class Driver:
         persistence = self._persistence
         deferred = persistence.grouped and persistence.durable
         failed: set[str] | None = None
-        for intent in batch:
+        for index, intent in enumerate(batch):
             if failed is not None and intent.effect and intent.task_id in failed:
                 continue  # that task failed: what it was to cause is dropped
             handler = handlers[type(intent)]
@@ -164,14 +191,18 @@ class Driver:
                 else:
                     handler(intent)
             except Exception as error:
-                if intent.task_id is None:
+                task_id = intent.task_id
+                if task_id is None:
                     logger.exception("cannot publish %s", getattr(intent, "event", intent))
                     continue
-                logger.exception("task %s: what its state causes failed", intent.task_id)
+                logger.exception("task %s: what its state causes failed", task_id)
                 if failed is None:
                     failed = set()
-                failed.add(intent.task_id)
-                self._core.failed(intent.task_id, error, trio.current_time())
+                failed.add(task_id)
+                for dropped in (intent, *batch[index + 1 :]):
+                    if dropped.task_id == task_id:
+                        _dropped(dropped)  # its action never went out: nothing to abort
+                self._core.failed(task_id, error, trio.current_time())
 
     # ------------------------------------------------------------ intents
 
@@ -179,8 +210,6 @@ class Driver:
         self._persistence.stage(intent.write)
 
     def _publish(self, intent: Publish) -> None:
-        if intent.run is not None:
-            intent.run.announced = intent.step
         self._bus.publish(intent.message, subscribers=intent.subscribers)
 
     def _emit_intent(self, intent: Emit) -> None:
@@ -217,10 +246,15 @@ class Driver:
         if run.timer is not None:
             self.timers.cancel(run.timer)
             run.timer = None
-        running = self._core.running
-        if running.get(intent.task_id) is run:
-            del running[intent.task_id]
+        run.gone = True
+        # forgotten once its result is committed: until then a failure can still be said
+        self._persistence.after(intent.task_id, functools.partial(self._forget, run))
         self._dequeued(intent)
+
+    def _forget(self, run: Run) -> None:
+        running = self._core.running
+        if running.get(run.task.id) is run:
+            del running[run.task.id]
 
     def _dequeued(self, intent: Ended | Dequeued) -> None:
         event = self._waiters.pop(intent.task_id, None)
@@ -229,6 +263,12 @@ class Driver:
 
     def _start(self, intent: Start) -> None:
         self._core.kick(intent.run, trio.current_time())
+
+
+def _dropped(intent: Any) -> None:
+    """Forget that a step's action went out when its Publish is dropped."""
+    if type(intent) is Publish and intent.run is not None and intent.run.announced is intent.step:
+        intent.run.announced = None
 
 
 class _Deferred:

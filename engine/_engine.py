@@ -18,6 +18,7 @@ act. One nursery holds everything the engine runs; it starts no threads.
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -136,6 +137,8 @@ class Engine(ListenerMethods, ResultMethods):
         self._closed = False
         #: Sends each event published here to the other replicas (see EventFanout).
         self._fanout: Callable[[Event], None] | None = None
+        #: Tells the other replicas of a change to a subscriber or a config (EventFanout).
+        self._share: Callable[[str, str, Any], None] | None = None
         #: Sends an answer for a task another replica drives to it (see ActionRelay).
         self._relay: Callable[[Answer], None] | None = None
         self.clock = clock
@@ -174,7 +177,6 @@ class Engine(ListenerMethods, ResultMethods):
             stall_fraction=stall_fraction,
         )
         self._core.durable = self._persistence.durable
-        self._core.grouped = self._persistence.durable and self._persistence.grouped
         #: Every task's log (see engine._tasklog).
         self.log = TaskLog(clock.now, stored, keep_tasks=keep_results)
         self._driver = Driver(
@@ -362,6 +364,12 @@ class Engine(ListenerMethods, ResultMethods):
                     writer.save_subscription(subscriber_id, subscription.to_json())
                 for message_type in removed:
                     writer.delete_subscription(subscriber_id, message_type)
+            if self._share is not None:
+                kept = self.subscribers.get(subscriber_id)
+                shared = (
+                    None if kept is None else [s.to_json() for s in kept.subscriptions.values()]
+                )
+                self._share("subscriber", subscriber_id, shared)
         self._bus.refresh(subscriber_id, (s.message_type for s in change.added), removed)
         if removed:
             self._core.released(subscriber_id, removed, trio.current_time())
@@ -382,6 +390,7 @@ class Engine(ListenerMethods, ResultMethods):
             for run in self._core.owing.get(message_type, ())
             if run.task.step is not None  # its action has gone out, and it is still owed
             and run.announced is run.task.step
+            and not run.committing  # else its action is still on its way there
             and subscriber_id in run.task.step.waiting_for
         ]
         return [_action(run) for run in sorted(owed, key=lambda r: r.task.created_at)]
@@ -473,16 +482,18 @@ class Engine(ListenerMethods, ResultMethods):
             EngineClosed: the engine closed first.
         """
         while True:
-            if task_id in self._core.running or task_id in self._workflows.queued:
+            run = self._core.running.get(task_id)
+            waiting = (run is not None and not run.gone) or task_id in self._workflows.queued
+            if waiting and not self._closed:
                 await self._driver.changed(task_id)
-                if self._closed and task_id not in self._results:
-                    raise EngineClosed(f"the engine closed before task {task_id!r} ended")
                 continue
             result = await self._results.fetch(task_id)
-            if result is None:
-                raise UnknownTaskError(task_id)
-            await self._persistence.settled(task_id)  # its task_end has gone out
-            return result
+            if result is not None:
+                await self._persistence.settled(task_id)  # its task_end has gone out
+                return result
+            if waiting:
+                raise EngineClosed(f"the engine closed before task {task_id!r} ended")
+            raise UnknownTaskError(task_id)
 
     async def run_workflow(self, workflow_id: str) -> TaskResult:
         """Start a workflow and wait for the task to end (see :meth:`start_workflow`).
@@ -518,6 +529,9 @@ class Engine(ListenerMethods, ResultMethods):
             self._persistence.delete_config(config_id)
         else:
             self._persistence.save_config(config)
+        if self._share is not None:
+            shared = None if config is None else {"revision": config.revision, "data": config.data}
+            self._share("config", config_id, shared)
 
     def _restore(self, state: StoredState) -> None:
         """Load what the store kept and resume the interrupted tasks."""
@@ -563,7 +577,8 @@ class Engine(ListenerMethods, ResultMethods):
         """
         if self._core.frozen:
             return
-        self._driver.run_pending()  # what was decided before the stop still counts
+        # What was decided but not carried out yet is dropped, as in a crash: nothing it
+        # caused was committed, so a restart takes the tasks up before those decisions.
         self._core.frozen = True
         self._persistence.close()
         self._driver.close()
@@ -580,6 +595,22 @@ class Engine(ListenerMethods, ResultMethods):
 _STEP_KINDS = frozenset({Kind.ACTION, Kind.ACTION_ABORT})
 _LISTENER_EVENTS = frozenset({LISTENER_CONNECTED, LISTENER_DISCONNECTED})
 _EVENT_KIND = frozenset({Kind.EVENT})
+
+
+def _apply_shared(engine: Engine, kind: str, ident: str, value: Any) -> None:
+    """Take a change another replica made to a subscriber or a config (see EventFanout)."""
+    if kind == "subscriber":
+        engine._restoring = True  # stored there already: not written again, nor shared
+        try:
+            if value is None:
+                engine.subscribers.remove_subscriber(ident)
+            else:
+                engine.subscribers.replace(ident, [Subscription(**entry) for entry in value])
+        finally:
+            engine._restoring = False
+    elif kind == "config":
+        config = None if value is None else Config(ident, value["data"], value["revision"])
+        engine.configs.apply(ident, config)
 
 
 def _always(_: str) -> bool:
@@ -697,10 +728,14 @@ async def open_engine(
                     assert persistence.lease is not None
                     if streams is not None:  # the Redis store's: events reach every replica
                         fanout = EventFanout(
-                            streams, replica=persistence.lease.name, show=engine._bus.publish
+                            streams,
+                            replica=persistence.lease.name,
+                            show=engine._bus.publish,
+                            changed=functools.partial(_apply_shared, engine),
                         )
                         await nursery.start(fanout.serve)
                         engine._fanout = fanout.send
+                        engine._share = fanout.send_change
                         relay = ActionRelay(
                             streams,
                             replica=persistence.lease.name,

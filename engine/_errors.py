@@ -184,3 +184,15 @@ class LeaseLost(StoreError):
 
 class TaskTakenOver(LeaseLost):
     """A task's write was refused: another replica took the task over and drives it now."""
+
+
+class TLSError(PhasebusError):
+    """Certificates or keys that cannot be used; the message names the file."""
+
+
+class WorkFailed(PhasebusError):
+    """A task ended without a result: the worker reported an error, or it timed out."""
+
+    def __init__(self, message: str, *, timed_out: bool) -> None:
+        self.timed_out = timed_out
+        super().__init__(message)

@@ -87,8 +87,9 @@ class Wake:
 
 @attrs.frozen(slots=True)
 class Hold:
-    """Tell the core once the task's staged state is committed (:meth:`Core.committed`):
-    until then the task moves no further."""
+    """Tell the core once what the task's new state caused has been carried out (with
+    group commits, once that state is committed): :meth:`Core.committed`. Until then the
+    task moves no further, so a state's effects always go out before the next state."""
 
     task_id: str
     run: Run

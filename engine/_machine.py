@@ -185,14 +185,6 @@ class StepRun:
             released=bool(self.released),
         )
 
-    def settled(self) -> bool:
-        """Tell whether the machine may have somewhere to go: finished, or an error met.
-
-        The driver asks the machine to move on only then; the machine's own
-        conditions decide where to.
-        """
-        return bool(self.errors) or self.is_finished()
-
 
 @attrs.define(eq=False)
 class Task:
@@ -291,14 +283,35 @@ def _ender(outcome: Outcome) -> Callable[[EventData], None]:
     return end
 
 
-def _is_finished(event: EventData) -> bool:
-    step = _task(event).step
+def step_finished(task: Task) -> bool:
+    """Tell whether the task's step is over (answered, arrived, ended or timed out)."""
+    step = task.step
     return step is not None and step.is_finished()
 
 
-def _has_error(event: EventData) -> bool:
-    step = _task(event).step
+def step_failed(task: Task) -> bool:
+    """Tell whether the task's step has met an error."""
+    step = task.step
     return step is not None and step.has_error()
+
+
+def _is_finished(event: EventData) -> bool:
+    return step_finished(_task(event))
+
+
+def _has_error(event: EventData) -> bool:
+    return step_failed(_task(event))
+
+
+#: The task-level test behind each condition of the machine's transitions.
+_GUARDS: dict[Callable[[EventData], bool], Callable[[Task], bool]] = {
+    _is_finished: step_finished,
+    _has_error: step_failed,
+}
+
+
+def _always(task: Task) -> bool:
+    return True
 
 
 @attrs.frozen
@@ -471,6 +484,12 @@ class WorkflowMachine:
         assert not any(unused)
         events: Mapping[str, Any] = machine.events
         self._advance = events["advance"]
+        #: Per state, the tests of its ``advance`` transitions' conditions (see may_advance).
+        self._guards: dict[str, tuple[Callable[[Task], bool], ...]] = {}
+        for t in transitions:
+            if t.trigger == "advance":
+                guard = _GUARDS[t.conditions[0]] if t.conditions else _always
+                self._guards[t.source] = (*self._guards.get(t.source, ()), guard)
         self._stop = events["stop"]
         self._replace = events["replace"]
         self._fail = events["fail"]
@@ -478,6 +497,14 @@ class WorkflowMachine:
     def new_task(self, task_id: str, *, now: float) -> Task:
         """Return a task of this workflow in the ``start`` state."""
         return Task(task_id, self.workflow, created_at=now)
+
+    def may_advance(self, task: Task) -> bool:
+        """Tell whether :meth:`advance` would move the task now, from the very conditions of
+        the machine's transitions (a cheap test: no event is triggered)."""
+        for guard in self._guards.get(task.state, ()):  # noqa: SIM110 (no generator per call)
+            if guard(task):
+                return True
+        return False
 
     def advance(self, task: Task, *, now: float) -> bool:
         """Move the task on if its step is done; return whether it moved."""

@@ -220,13 +220,15 @@ class Persistence(_WriteMethods):
             self._store is not None and self._store.group_commits
         )
         #: Called before a read of the store (the engine carries out what it decided).
-        self.before_read: Callable[[], None] = _nothing
+        self.before_read: Callable[[], object] = _nothing
         #: Called with a task another replica took over (its write was refused for that):
         #: the engine forgets it. Without it, the task fails like any refused write.
         self.on_taken: Callable[[str], None] | None = None
         #: Awaited once a lost lease is held again: the engine gives up the tasks
         #: another replica took over meanwhile.
         self.on_regained: Callable[[], Awaitable[None]] | None = None
+        #: Whether writes are made: there is a store, and it is not closed.
+        self._keeping = self._store is not None or self._async is not None
         #: The latest staged record of each task (a record is a task's whole state).
         self._writes: dict[str, TaskWrite] = {}
         self._effects: list[tuple[str, Callable[[], object]]] = []
@@ -251,7 +253,7 @@ class Persistence(_WriteMethods):
     @property
     def durable(self) -> bool:
         """Whether effects wait for a commit (there is a store, and it is not closed)."""
-        return (self._store is not None or self._async is not None) and not self._closed
+        return self._keeping
 
     @property
     def asynchronous(self) -> bool:
@@ -417,6 +419,7 @@ class Persistence(_WriteMethods):
         self._owed.clear()
         self._failed.clear()
         self._closed = True
+        self._keeping = False
         self._round_done.set()
 
     async def aclose(self) -> None:

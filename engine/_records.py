@@ -1,22 +1,34 @@
 """Finished tasks' results, and the records that store running and finished tasks.
 
 Records are plain JSON data; times in them are seconds since the epoch (UTC),
-so that a task survives a restart whatever trio's clock reads then.
+so that a task survives a restart whatever trio's clock reads then. Their
+shapes are classes of :mod:`engine._shapes`, written and read by the one
+converter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import attrs
 import orjson
 
 from ._clock import Clock
+from ._convert import encode_shape, structure_shape, unstructure_shape, unstructure_step
 from ._definitions import Workflow
+from ._errors import InvalidInputError
 from ._errors import RestoreError as RestoreError
 from ._machine import Answer, Outcome, StepEnd, StepRun, Task, step_end
+from ._shapes import (
+    CurrentStepRecord,
+    FinishedRecord,
+    StepRecord,
+    StepResultView,
+    StoredStep,
+    TaskRecord,
+)
 
 
 @attrs.frozen
@@ -103,6 +115,23 @@ class _StepResults(Sequence[StepResult]):
         return repr(self._resolve())
 
 
+def steps_from_view(steps: Sequence[StepResultView]) -> tuple[StepResult, ...]:
+    """Return the step results of a task's view (``GET /task/{id}``)."""
+    return tuple(
+        StepResult(
+            s.name,
+            s.started_at,
+            s.ended_at,
+            dict(s.answered),
+            tuple(s.errors),
+            s.timed_out,
+            tuple(s.released),
+            s.ended is StepEnd.STOPPED,
+        )
+        for s in steps
+    )
+
+
 def step_results(task: Task, clock: Clock) -> tuple[StepResult, ...]:
     """Return the results of the steps a task has left so far (not the one it is in)."""
     left = sum(1 for run in task.history if run.ended_at is not None)
@@ -137,54 +166,67 @@ class TaskResult:
         return bool(self.errors) or any(step.released for step in self.steps)
 
     def to_record(self) -> dict[str, Any]:
-        """Return the result as plain JSON data."""
-        return {
-            "id": self.id,
-            "workflow": self.workflow,
-            "outcome": self.outcome.value,
-            "error": self.error,
-            "errors": list(self.errors),
-            "started_at": self.started_at.timestamp(),
-            "ended_at": self.ended_at.timestamp(),
-            "has_errors": self.has_errors,
-            "steps": [
-                {
-                    "name": s.name,
-                    "entered_at": s.started_at.timestamp(),
-                    "ended_at": s.ended_at.timestamp(),
-                    "answers": dict(s.answered),
-                    "errors": list(s.errors),
-                    "timed_out": s.timed_out,
-                    "released": list(s.released),
-                    "stopped": s.stopped,
-                }
+        """Return the result as plain JSON data (as :func:`finished_record` writes it)."""
+        return cast("dict[str, Any]", unstructure_shape(self.to_shape()))
+
+    def to_shape(self) -> FinishedRecord:
+        """Return the result's store record."""
+        return FinishedRecord(
+            id=self.id,
+            workflow=self.workflow,
+            outcome=self.outcome,
+            error=self.error,
+            errors=self.errors,
+            started_at=self.started_at.timestamp(),
+            ended_at=self.ended_at.timestamp(),
+            has_errors=self.has_errors,
+            steps=[
+                StepRecord(
+                    name=s.name,
+                    index=None,
+                    entered_at=s.started_at.timestamp(),
+                    answers=s.answered,
+                    errors=s.errors,
+                    timed_out=s.timed_out,
+                    released=s.released,
+                    stopped=s.stopped,
+                    ended_at=s.ended_at.timestamp(),
+                )
                 for s in self.steps
             ],
-        }
+        )
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TaskResult:
-        """Read a result written by :meth:`to_record` or :func:`finished_record`."""
+        """Read a result written by :meth:`to_record` or :func:`finished_record`.
+
+        Raises:
+            RestoreError: the record is not a finished task's.
+        """
+        try:
+            shape = structure_shape(record, FinishedRecord)
+        except InvalidInputError as error:
+            raise RestoreError(f"unreadable finished task record: {error}") from None
         return cls(
-            record["id"],
-            record["workflow"],
-            Outcome(record["outcome"]),
-            record["error"],
-            tuple(record["errors"]),
-            _wall(record["started_at"]),
-            _wall(record["ended_at"]),
+            shape.id,
+            shape.workflow,
+            shape.outcome,
+            shape.error,
+            tuple(shape.errors),
+            _wall(shape.started_at),
+            _wall(shape.ended_at),
             tuple(
                 StepResult(
-                    s["name"],
-                    _wall(s["entered_at"]),
-                    _wall(s["ended_at"] if s["ended_at"] is not None else s["entered_at"]),
-                    s["answers"],
-                    tuple(s["errors"]),
-                    s["timed_out"],
-                    tuple(s.get("released", ())),  # not in records of older versions
-                    s.get("stopped", False),
+                    s.name,
+                    _wall(s.entered_at),
+                    _wall(s.ended_at if s.ended_at is not None else s.entered_at),
+                    dict(s.answers),
+                    tuple(s.errors),
+                    s.timed_out,
+                    tuple(s.released),
+                    s.stopped,
                 )
-                for s in record["steps"]
+                for s in cast("Sequence[StepRecord]", shape.steps)
             ),
         )
 
@@ -210,35 +252,50 @@ def _wall(seconds: float) -> datetime:
 
 def _step_records(
     task: Task, clock: Clock, ended: list[orjson.Fragment] | None
-) -> list[orjson.Fragment | dict[str, Any]]:
-    def seconds(moment: float | None) -> float | None:
-        return None if moment is None else clock.to_epoch(moment)
-
+) -> list[StoredStep]:
+    to_epoch = clock.to_epoch
     encoded = ended if ended is not None else []
-    steps: list[orjson.Fragment | dict[str, Any]] = list(encoded)
+    steps: list[StoredStep] = list(encoded)
     for index in range(len(encoded), len(task.history)):
         run = task.history[index]
-        step: dict[str, Any] = {
-            "name": run.step.name,
-            "index": run.index,
-            "entered_at": seconds(run.entered_at),
-            "answers": dict(run.answers),  # orjson writes str enums as their value
-            "errors": run.errors,
-            "timed_out": run.timed_out,
-            "released": run.released,
-            "stopped": run.stopped,
-            "ended_at": seconds(run.ended_at),
-        }
         if run.ended_at is not None:
             # an ended step is history: what it needs to wait on no longer matters
+            # (positional arguments, in the order of StepRecord's fields: see _shapes)
+            step: StepRecord = StepRecord(
+                run.step.name,
+                run.index,
+                to_epoch(run.entered_at),
+                run.answers,  # orjson writes str enums as their value
+                run.errors,
+                run.timed_out,
+                run.released,
+                run.stopped,
+                to_epoch(run.ended_at),
+            )
             if index == len(encoded):
-                encoded.append(orjson.Fragment(orjson.dumps(step)))
+                fragment = orjson.Fragment(encode_shape(step))
+                encoded.append(fragment)
+                steps.append(fragment)
+                continue
         else:
-            step["began"] = run.began
-            step["deadline"] = seconds(run.deadline)
-            step["waiting_for"] = sorted(run.waiting_for)
-            step["owed_at_start"] = sorted(run.owed_at_start)
-            step["finished"] = run.finished
+            current = CurrentStepRecord(
+                run.step.name,
+                run.index,
+                to_epoch(run.entered_at),
+                run.answers,
+                run.errors,
+                run.timed_out,
+                run.released,
+                run.stopped,
+                None,  # ended_at
+                run.began,
+                None if run.deadline is None else to_epoch(run.deadline),
+                sorted(run.waiting_for),
+                sorted(run.owed_at_start),
+                run.finished,
+            )
+            steps.append(unstructure_step(current))
+            continue
         steps.append(step)
     return steps
 
@@ -250,15 +307,23 @@ def task_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = 
     again), so that writing a task after each step does not re-encode its
     whole history; pass the same list for every write of one task.
     """
-    return orjson.dumps(
-        {
-            "id": task.id,
-            "workflow": task.workflow.id,
-            "created_at": clock.to_epoch(task.created_at),
-            "state": task.state,
-            "steps": _step_records(task, clock, ended),
-        }
+    return encode_shape(
+        TaskRecord(
+            task.id,
+            task.workflow.id,
+            clock.to_epoch(task.created_at),
+            task.state,
+            _step_records(task, clock, ended),
+        )
     )
+
+
+def queued_record(task_id: str, workflow_id: str, created_at: float, state: str) -> bytes:
+    """Return the record of a run queued behind another: no steps yet, in ``state``.
+
+    ``created_at`` is in seconds since the epoch.
+    """
+    return encode_shape(TaskRecord(task_id, workflow_id, created_at, state, ()))
 
 
 def finished_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | None = None) -> bytes:
@@ -267,18 +332,18 @@ def finished_record(task: Task, clock: Clock, ended: list[orjson.Fragment] | Non
     ``ended`` is the cache :func:`task_record` filled, so the steps are not encoded again.
     """
     assert task.ended_at is not None
-    return orjson.dumps(
-        {
-            "id": task.id,
-            "workflow": task.workflow.id,
-            "outcome": (task.outcome or Outcome.FAILED).value,
-            "error": task.error,
-            "errors": task.errors,
-            "started_at": clock.to_epoch(task.created_at),
-            "ended_at": clock.to_epoch(task.ended_at),
-            "has_errors": task_has_errors(task),
-            "steps": _step_records(task, clock, ended),
-        }
+    return encode_shape(
+        FinishedRecord(
+            id=task.id,
+            workflow=task.workflow.id,
+            outcome=task.outcome or Outcome.FAILED,
+            error=task.error,
+            errors=task.errors,
+            started_at=clock.to_epoch(task.created_at),
+            ended_at=clock.to_epoch(task.ended_at),
+            has_errors=task_has_errors(task),
+            steps=_step_records(task, clock, ended),
+        )
     )
 
 
@@ -291,35 +356,42 @@ def restore_task(record: Mapping[str, Any], workflow: Workflow, clock: Clock) ->
     """Rebuild a running task from :func:`task_record` data.
 
     Raises:
-        RestoreError: the workflow no longer has the task's steps.
+        RestoreError: the record is unreadable, or the workflow no longer has
+            the task's steps.
     """
+    try:
+        shape = structure_shape(record, TaskRecord)
+    except InvalidInputError as error:
+        raise RestoreError(f"unreadable task record: {error}") from None
 
     def trio_time(seconds: float | None) -> float | None:
         return None if seconds is None else clock.to_trio(_wall(seconds))
 
-    task = Task(record["id"], workflow, created_at=clock.to_trio(_wall(record["created_at"])))
-    for entry in record["steps"]:
+    task = Task(shape.id, workflow, created_at=clock.to_trio(_wall(shape.created_at)))
+    for entry in cast("Sequence[CurrentStepRecord]", shape.steps):
         try:
-            step = workflow.step(entry["name"])
+            step = workflow.step(entry.name)
         except KeyError:
             raise RestoreError(
-                f"workflow {workflow.id!r} no longer has the step {entry['name']!r}"
+                f"workflow {workflow.id!r} no longer has the step {entry.name!r}"
             ) from None
-        run = StepRun(step, entry["index"], entered_at=clock.to_trio(_wall(entry["entered_at"])))
-        run.answers = {sid: Answer(answer) for sid, answer in entry["answers"].items()}
-        run.errors = list(entry["errors"])
-        run.timed_out = entry["timed_out"]
-        run.released = tuple(entry.get("released", ()))
-        run.stopped = entry.get("stopped", False)
-        run.ended_at = trio_time(entry["ended_at"])
+        if entry.index is None:
+            raise RestoreError(f"task record: step {entry.name!r} has no index")
+        run = StepRun(step, entry.index, entered_at=clock.to_trio(_wall(entry.entered_at)))
+        run.answers = {sid: Answer(answer) for sid, answer in entry.answers.items()}
+        run.errors = list(entry.errors)
+        run.timed_out = entry.timed_out
+        run.released = tuple(entry.released)
+        run.stopped = entry.stopped
+        run.ended_at = trio_time(entry.ended_at)
         # an ended step is stored without its waits (see _step_records)
-        run.began = entry.get("began", True)
-        run.deadline = trio_time(entry.get("deadline"))
-        run.waiting_for = set(entry.get("waiting_for", ()))
-        run.owed_at_start = frozenset(entry.get("owed_at_start", ()))
-        run.finished = entry.get("finished", True)
+        run.began = entry.began
+        run.deadline = trio_time(entry.deadline)
+        run.waiting_for = set(entry.waiting_for)
+        run.owed_at_start = frozenset(entry.owed_at_start)
+        run.finished = entry.finished
         task.history.append(run)
-    state = record["state"]
+    state = shape.state
     if state not in ("start", *(s.name for s in workflow.steps)):
         raise RestoreError(f"workflow {workflow.id!r} no longer has the step {state!r}")
     task.state = state

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
@@ -123,7 +123,7 @@ class Takeover:
             owing.pop(run, None)
         for waiting in core.event_waiters.values():
             waiting.discard(run)
-        self._driver.forget(run)
+        self._driver.let_go(run)
         logger.warning("task %s is driven by another replica now: this one let it go", task_id)
 
     async def check_held(self) -> None:
@@ -146,7 +146,8 @@ _FOLLOW_BLOCK = timedelta(seconds=5)
 
 
 class EventFanout:
-    """The events of every replica for every replica's listeners, in order.
+    """The events of every replica for every replica's listeners, in order, and the
+    changes each makes to subscribers and configs for the others.
 
     Each event this replica publishes is appended to the shared stream of
     events (a batch per round trip, in the order published); every replica
@@ -157,12 +158,18 @@ class EventFanout:
     """
 
     def __init__(
-        self, streams: RedisStreams, *, replica: str, show: Callable[[Event], None]
+        self,
+        streams: RedisStreams,
+        *,
+        replica: str,
+        show: Callable[[Event], None],
+        changed: Callable[[str, str, Any], None],
     ) -> None:
         self._streams = streams
         self._stream = streams.event_stream()
         self._replica = replica
         self._show = show
+        self._changed = changed
         self._out: list[bytes] = []
         self._wake = trio.Event()
 
@@ -171,6 +178,12 @@ class EventFanout:
         self._out.append(
             orjson.dumps({"r": self._replica, "t": event.message_type, "d": event.data})
         )
+        self._wake.set()
+
+    def send_change(self, kind: str, ident: str, value: Any) -> None:
+        """Queue a change of this replica's (a subscriber's subscriptions, a config: None
+        when deleted) for the others, which take it as it is (the store has it too)."""
+        self._out.append(orjson.dumps({"r": self._replica, "c": kind, "id": ident, "v": value}))
         self._wake.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -194,7 +207,11 @@ class EventFanout:
             for entry_id, body in entries:
                 after = entry_id
                 data = orjson.loads(body)
-                if data["r"] != self._replica:
+                if data["r"] == self._replica:
+                    continue
+                if "c" in data:
+                    self._changed(data["c"], data["id"], data["v"])
+                else:
                     self._show(Event(data["t"], data["d"]))
 
 

@@ -12,8 +12,11 @@ from ._bus import Subscription
 from ._config import CORE_CONFIG
 from ._core import QUEUED, Core
 from ._errors import InvalidInputError
+from ._intents import Log
 from ._machine import Outcome
 from ._records import RestoreError, TaskResult, restore_task
+from ._steps import step_kind
+from ._tasklog import LogKind
 
 if TYPE_CHECKING:
     from ._config import ConfigService
@@ -103,4 +106,12 @@ def resume(core: Core, record: Mapping[str, Any], now: float) -> None:
             )
         )
         return
+    step = task.step
+    if step is not None and step.began and step_kind(step.step.action).owes_answers:
+        subscribed = core.subscribers.waiting_for(step.step.message_type)
+        for subscriber_id in sorted(step.waiting_for):
+            if subscriber_id not in subscribed and step.forget_subscriber(subscriber_id):
+                text = f"{subscriber_id} is gone since the restart: the step no longer waits for it"
+                fields = {"step": step.step.name, "subscriber": subscriber_id}
+                core.intents.append(Log(task.id, LogKind.RELEASED, text, fields))
     core.adopt(task, registered)

@@ -20,7 +20,7 @@ from ._clock import Clock
 from ._definitions import Surpass
 from ._machine import END, Outcome, StepRun, Task
 from ._messages import Event, Progress, ProgressLeaf, ProgressTree
-from ._records import TaskResult, finished_record
+from ._records import TaskResult, finished_record, queued_record
 from ._runs import Run
 from ._store import FinishTask, SaveTask
 
@@ -153,14 +153,7 @@ def never_ran(task_id: str, workflow_id: str, reason: str | None, at: datetime) 
 
 def queued_write(task_id: str, workflow_id: str, created_at: float) -> SaveTask:
     """Return the store write of a queued run (``created_at``: seconds since the epoch)."""
-    record = {
-        "id": task_id,
-        "workflow": workflow_id,
-        "created_at": created_at,
-        "state": QUEUED,
-        "steps": [],
-    }
-    return SaveTask(task_id, workflow_id, orjson.dumps(record))
+    return SaveTask(task_id, workflow_id, queued_record(task_id, workflow_id, created_at, QUEUED))
 
 
 def finish_write(result: TaskResult, record: bytes | None, has_errors: bool | None) -> FinishTask:

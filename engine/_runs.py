@@ -40,9 +40,13 @@ class Run:
     registered: Registered
     #: Data sent with each action of the task: the workflow and the previous run's timing.
     routing: Mapping[str, Any] = attrs.field(default=MappingProxyType({}))
-    #: Whether the task's staged state waits to be committed before it moves on.
+    #: Whether the task had its first move (see Core.kick): it moves only from then on.
+    started: bool = False
+    #: Whether what the task's state causes is still being carried out (committed first,
+    #: with a store): it moves no further until the driver says it is done (Core.committed).
     committing: bool = False
-    #: The step whose action has gone out (a step that ended before it did owes no abort).
+    #: The step whose action was sent (or is on its way: a step that ended before owes no
+    #: abort, and the driver resets it when what the step caused was dropped).
     announced: StepRun | None = None
     stop_request: tuple[bool, str | None] | None = None
     last_progress: float = float("-inf")
@@ -57,6 +61,8 @@ class Run:
     dirty: bool = False
     #: The stored form of the task's ended steps (see task_record).
     encoded_steps: list[Any] | None = None
+    #: Set by the driver once the task's end has been carried out (its Ended intent).
+    gone: bool = False
     #: The driver's: the task's timer entry and its command's cancel scope.
     timer: Any = None
     command: Any = None

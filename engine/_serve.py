@@ -2,7 +2,7 @@
 
 :func:`serve_app` (from :mod:`engine._server`) runs any ASGI application on
 phasebus's own HTTP/1.1 and WebSocket server. :func:`serve` opens an engine
-with the built-in workflows (and those of a directory), creates the
+with the built-in workflows it is given (and those of a directory), creates the
 ``phasebus.core`` config and serves the API.
 """
 
@@ -17,7 +17,7 @@ import signal
 import ssl
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -85,19 +85,20 @@ async def serve(
     metrics: bool = True,
     replica: str | None = None,
     lease_seconds: float | None = None,
+    builtins: Iterable[Workflow] = (),
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run an engine and serve its API until cancelled; report the base URL.
 
-    The engine runs the built-in workflows and those declared in
+    The engine runs the built-in workflows ``builtins`` and those declared in
     ``workflows_dir``. ``store`` is the path of its SQLite store, a Redis
     URL (``redis://HOST:PORT/DB``; ``replica`` names the lease its running
     tasks are held under, by default the host's name, for ``lease_seconds``
-    unless renewed), or ``memory`` to keep
-    nothing across restarts; on start, interrupted tasks resume. The config
-    ``phasebus.core`` is created with the schedules in force unless it
-    exists. With ``demo``, simulated listeners answer every step of the
-    built-in workflows. With ``announce``, the URL
+    unless renewed), or ``memory`` to keep nothing across restarts; on
+    start, interrupted tasks resume. The config ``phasebus.core`` is created
+    with the schedules in force unless it exists. With ``demo``, simulated
+    listeners answer every step of the built-in workflows. With
+    ``announce``, the URL
     is printed on stdout once the server listens. With ``tls``, HTTPS and WSS
     are served with a certificate of the server's own CA, both kept beside the
     store (:mod:`engine._tls`); ``cert`` and ``key`` serve the user's
@@ -129,7 +130,8 @@ async def serve(
             "--replica and --lease: only for a Redis store (--store redis://...), got"
             f" --store {store!r}"
         )
-    catalog = load_catalog(workflows_dir)
+    builtins = tuple(builtins)
+    catalog = load_catalog(workflows_dir, builtins=builtins)
     workflows, jobs = list(catalog.workflows.values()), list(catalog.jobs.values())
     retention = timedelta(days=retention_days)
     if on_redis:
@@ -142,7 +144,7 @@ async def serve(
                 host=host,
                 port=port,
                 psk=psk,
-                demo=demo,
+                demo=builtins if demo else None,
                 announce=announce,
                 authority=None if cert is None or key is None else Authority.from_files(cert, key),
                 metrics=metrics,
@@ -171,7 +173,7 @@ async def serve(
                 host=host,
                 port=port,
                 psk=psk,
-                demo=demo,
+                demo=builtins if demo else None,
                 announce=announce,
                 authority=authority,
                 metrics=metrics,
@@ -207,7 +209,7 @@ async def _serve_engine(
     host: str,
     port: int,
     psk: str | None,
-    demo: bool,
+    demo: Sequence[Workflow] | None,
     announce: bool,
     authority: Authority | None,
     metrics: bool,
@@ -225,7 +227,7 @@ async def _serve_engine(
     ) as engine:
         if engine.configs.get(CORE_CONFIG) is None:
             engine.configs.put(CORE_CONFIG, core_config(engine))
-        if not demo:
+        if demo is None:
             _forget_demo_subscribers(engine)
         app = create_app(engine, psk=psk, tls=authority, metrics=metrics)
         context = None if authority is None else authority.server_context()
@@ -267,18 +269,17 @@ async def _serve_shielded(
     *,
     host: str,
     port: int,
-    demo: bool,
+    demo: Sequence[Workflow] | None,
     ssl_context: ssl.SSLContext | None,
     task_status: trio.TaskStatus[str],
 ) -> None:
+    """Serve the API (and, unless ``demo`` is None, listeners for its workflows)."""
     with shield:
         async with trio.open_nursery() as nursery:
-            if demo:
-                from machines import COLLECT_AND_CLEANUP
-
+            if demo is not None:
                 from ._demo import serve_demo
 
-                await nursery.start(serve_demo, engine, COLLECT_AND_CLEANUP)
+                await nursery.start(serve_demo, engine, *demo)
             url = await nursery.start(
                 functools.partial(serve_app, app, host=host, port=port, ssl_context=ssl_context)
             )
@@ -417,12 +418,13 @@ def serve_options(
     }
 
 
-async def serve_command(args: argparse.Namespace) -> int:
-    """Carry out ``phasebus serve`` inside trio; return the exit status.
+async def serve_command(args: argparse.Namespace, *, builtins: Iterable[Workflow] = ()) -> int:
+    """Carry out ``phasebus serve`` with the built-in workflows ``builtins``.
 
-    SIGTERM and SIGINT (Ctrl-C) stop the server: every running task is frozen
-    where it is, in memory and in the store, before any listener goes away, so
-    that a restart on the same store resumes it. The status is 0 after SIGTERM
+    Runs inside trio and returns the exit status. SIGTERM and SIGINT (Ctrl-C)
+    stop the server: every running task is frozen where it is, in memory and in
+    the store, before any listener goes away, so that a restart on the same
+    store resumes it. The status is 0 after SIGTERM
     and 130 after SIGINT.
     """
     status = 0
@@ -439,7 +441,7 @@ async def serve_command(args: argparse.Namespace) -> int:
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(stop_on_signal)
-                await serve(**serve_options(args))
+                await serve(**serve_options(args), builtins=builtins)
                 nursery.cancel_scope.cancel()
     except* PhasebusError as group:
         _report(group)
@@ -455,27 +457,3 @@ def _report(group: BaseExceptionGroup[Any]) -> None:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     print(f"phasebus: error: {str(error).splitlines()[0]}", file=sys.stderr)
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    """Carry out ``phasebus serve`` (starts trio); return the exit status."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="phasebus: %(levelname)s: %(message)s")
-        logging.getLogger("engine").setLevel(logging.INFO)
-    try:
-        return trio.run(serve_command, args)
-    except (KeyboardInterrupt, BaseExceptionGroup) as error:
-        if isinstance(error, BaseExceptionGroup) and error.split(KeyboardInterrupt)[1] is not None:
-            raise
-        return 130
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``phasebus serve`` on its own (``python -m engine._serve``)."""
-    parser = argparse.ArgumentParser(prog="phasebus serve", description="Serve the phasebus API.")
-    add_serve_arguments(parser)
-    return run_serve(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

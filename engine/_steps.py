@@ -77,22 +77,27 @@ class PerformActionKind(StepKind):
 
     def resumed(self, core: Core, run: Run, step: StepRun) -> None:
         if step.waiting_for:  # a subscriber that goes away releases it (Core.released)
-            core.owing.setdefault(step.step.message_type, {})[run] = None
+            owing = core.owing.get(step.step.message_type)
+            if owing is None:
+                owing = core.owing[step.step.message_type] = {}
+            owing[run] = None
 
     def act(self, core: Core, run: Run, step: StepRun, now: float) -> None:
         task = run.task
         action = Action(step.step.message_type, task.id, step.step.name, extra=run.routing)
+        run.announced = step
         core.intents.append(Publish(task.id, action, None, run, step))
         if step.waiting_for:
             core.watch_stall(run, step, now)
 
     def end(self, core: Core, run: Run, step: StepRun) -> None:
-        owing = core.owing.get(step.step.message_type)
+        message_type = step.step.message_type
+        owing = core.owing.get(message_type)
         if owing is not None and owing.pop(run, 0) is None and not owing:
-            del core.owing[step.step.message_type]
+            del core.owing[message_type]
         if step.waiting_for and run.announced is step:
             task = run.task
-            abort = ActionAbort(step.step.message_type, task.id, step.step.name, extra=run.routing)
+            abort = ActionAbort(message_type, task.id, step.step.name, extra=run.routing)
             core.intents.append(Publish(task.id, abort, frozenset(step.waiting_for)))
 
 

@@ -40,7 +40,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ._auth import make_token
-from ._errors import PhasebusError
+from ._errors import TLSError as TLSError
 from ._http import BadInput, read_body
 
 logger = logging.getLogger(__name__)
@@ -52,10 +52,6 @@ SIGNED_DAYS = 365
 RENEW_BEFORE = timedelta(days=30)
 PEM_TYPE = "application/x-pem-file"
 FINGERPRINT_HEADER = "SHA256-Fingerprint"
-
-
-class TLSError(PhasebusError):
-    """Certificates or keys that cannot be used; the message names the file."""
 
 
 def fingerprint(certificate: x509.Certificate) -> str:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import trio
@@ -32,7 +32,7 @@ from ._bus import Subscriber as _Subscriber
 from ._bus import Subscription as _Subscription
 from ._config_model import ConfigModels
 from ._console import Console
-from ._convert import structure_strict, unstructure_declaration
+from ._convert import structure_strict, unstructure_declaration, unstructure_shape
 from ._engine import Engine, StepInfo, StepResult, TaskInfo, TaskResult
 from ._errors import BadInput as BadInput
 from ._errors import (
@@ -50,6 +50,7 @@ from ._metrics import CONTENT_TYPE, EngineMetrics
 from ._persistence import is_async_store
 from ._resoto_api import REVISION_HEADER as REVISION_HEADER
 from ._resoto_api import ResotoRoutes
+from ._shapes import StepInfoView, StepResultView, TaskInfoView, TaskResultView
 from ._tls import Authority, CertificateRoutes
 from ._web_definitions import DefinitionRoutes, resolve_task_id
 from ._websocket import (
@@ -112,68 +113,70 @@ _OUTCOMES = tuple(outcome.value for outcome in Outcome)
 # ---------------------------------------------------------------- output
 
 
-def _time(value: Any) -> str | None:
-    return None if value is None else str(value.isoformat())
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
-def _step_json(step: StepInfo) -> dict[str, Any]:
-    return {
-        "name": step.name,
-        "action": step.action,
-        "message_type": step.message_type,
-        "started_at": _time(step.started_at),
-        "deadline": _time(step.deadline),
-        "waiting_for": list(step.waiting_for),
-        "answered": dict(step.answered),
-        "progress": {sid: p.to_json() for sid, p in step.progress.items()},
-        "errors": list(step.errors),
-        "last_heard": {sid: _time(moment) for sid, moment in step.last_heard.items()},
-        "stalled": step.stalled,
-        "released": list(step.released),
-    }
+def _step_view(step: StepInfo) -> StepInfoView:
+    return StepInfoView(
+        name=step.name,
+        action=step.action,
+        message_type=step.message_type,
+        started_at=step.started_at,
+        deadline=step.deadline,
+        waiting_for=step.waiting_for,
+        answered=step.answered,
+        progress=step.progress,
+        errors=step.errors,
+        last_heard=step.last_heard,
+        stalled=step.stalled,
+        released=step.released,
+    )
+
+
+def _result_view(step: StepResult) -> StepResultView:
+    return StepResultView(
+        name=step.name,
+        started_at=step.started_at,
+        ended_at=step.ended_at,
+        duration=step.duration,
+        answered=step.answered,
+        errors=step.errors,
+        timed_out=step.timed_out,
+        released=step.released,
+        ended=step.ended,
+    )
+
+
+def task_view(task: TaskInfo | TaskResult) -> TaskInfoView | TaskResultView:
+    """Return the view of a running task's info or a finished task's result."""
+    if isinstance(task, TaskInfo):
+        return TaskInfoView(
+            id=task.id,
+            workflow=task.workflow,
+            workflow_name=task.workflow_name,
+            state=task.state,
+            started_at=task.started_at,
+            step=None if task.step is None else _step_view(task.step),
+            steps=[_result_view(step) for step in task.steps],
+        )
+    return TaskResultView(
+        id=task.id,
+        workflow=task.workflow,
+        outcome=task.outcome,
+        has_errors=task.has_errors,
+        error=task.error,
+        errors=task.errors,
+        started_at=task.started_at,
+        ended_at=task.ended_at,
+        duration=task.duration,
+        steps=[_result_view(step) for step in task.steps],
+    )
 
 
 def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
     """Return the JSON of a running task's info or a finished task's result."""
-    if isinstance(task, TaskInfo):
-        return {
-            "id": task.id,
-            "workflow": task.workflow,
-            "workflow_name": task.workflow_name,
-            "running": True,
-            "state": task.state,
-            "started_at": _time(task.started_at),
-            "step": None if task.step is None else _step_json(task.step),
-            "steps": [_result_json(step) for step in task.steps],
-        }
-    return {
-        "id": task.id,
-        "workflow": task.workflow,
-        "running": False,
-        "state": "end",
-        "outcome": task.outcome.value,
-        "has_errors": task.has_errors,
-        "error": task.error,
-        "errors": list(task.errors),
-        "started_at": _time(task.started_at),
-        "ended_at": _time(task.ended_at),
-        "duration": task.duration,
-        "steps": [_result_json(step) for step in task.steps],
-    }
-
-
-def _result_json(step: StepResult) -> dict[str, Any]:
-    return {
-        "name": step.name,
-        "started_at": _time(step.started_at),
-        "ended_at": _time(step.ended_at),
-        "duration": step.duration,
-        "answered": dict(step.answered),
-        "errors": list(step.errors),
-        "timed_out": step.timed_out,
-        "released": list(step.released),
-        "ended": step.ended.value,
-    }
+    return cast("dict[str, Any]", unstructure_shape(task_view(task)))
 
 
 # ---------------------------------------------------------------- connections

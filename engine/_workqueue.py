@@ -41,7 +41,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from ._clock import Clock
-from ._errors import PhasebusError
+from ._errors import WorkFailed as WorkFailed
 from ._http import BadInput, describe, read_json
 from ._json import JSONInputError, parse_json
 
@@ -59,14 +59,6 @@ RETRIES = 1
 _POLICY_VIOLATION = 1008
 _INVALID_DATA = 1007
 _TOO_BIG = 1009
-
-
-class WorkFailed(PhasebusError):
-    """A task ended without a result: the worker reported an error, or it timed out."""
-
-    def __init__(self, message: str, *, timed_out: bool) -> None:
-        self.timed_out = timed_out
-        super().__init__(message)
 
 
 @attrs.frozen

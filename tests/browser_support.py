@@ -75,7 +75,7 @@ def missing_browser() -> str | None:
 def serve(*options: str, workflows: str | None = PROBE_WORKFLOW) -> Iterator[str]:
     """Run ``phasebus serve --demo --store memory --port 0`` and yield its base URL."""
     with tempfile.TemporaryDirectory(prefix="phasebus-console-") as folder:
-        command = [sys.executable, "-m", "engine", "serve", "--demo", "--store", "memory"]
+        command = [sys.executable, "-m", "machines", "serve", "--demo", "--store", "memory"]
         command += ["--port", "0", *options]
         if workflows is not None:
             Path(folder, "probe.toml").write_text(workflows)

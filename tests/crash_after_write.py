@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from engine import _store
-from engine._cli import main
+from machines.__main__ import main
 
 step = sys.argv[1]
 marker = f'"state":"{step}"'.encode()

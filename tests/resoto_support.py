@@ -31,6 +31,7 @@ from engine._serve import serve_app
 from engine._store import SQLiteStore
 from engine._tls import Authority
 from engine._web import PhasebusApp, create_app
+from machines import BUILTIN_WORKFLOWS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +107,7 @@ async def resoto_server(
     """Serve the built-in workflows as ``phasebus serve`` does, with a store in tmp_path."""
     store = SQLiteStore(tmp_path / "store.sqlite3")
     try:
-        catalog = load_catalog(None)
+        catalog = load_catalog(None, builtins=BUILTIN_WORKFLOWS.values())
         async with open_engine(workflows=list(catalog.workflows.values()), store=store) as engine:
             # no hourly run of collect_and_cleanup in the middle of a test
             engine.configs.put(

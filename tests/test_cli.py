@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from engine._cli import main, main_async
 from engine._diagrams import mermaid_diagram
 from machines import BUILTIN_WORKFLOWS, PHASES
+from machines.__main__ import main, main_async
 
 ROOT = Path(__file__).resolve().parent.parent
 DIAGRAMS = ROOT / "diagrams"
@@ -208,7 +208,7 @@ async def test_run_live_view_of_a_failed_task(tmp_path: Path, autojump_clock: ob
 def test_python_m_engine_runs_the_demo_end_to_end() -> None:
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "engine", "run", "collect_and_cleanup", "--demo", "--json"],
+        [sys.executable, "-m", "machines", "run", "collect_and_cleanup", "--demo", "--json"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -14,9 +14,10 @@ from rich.console import Console
 
 from engine import Action, ActionInfo, Step, Workflow
 from engine._auth import TokenVerifier
-from engine._cli import main_async
 from engine._client import server_url
 from engine._serve import serve
+from machines import BUILTIN_WORKFLOWS
+from machines.__main__ import main_async
 
 from .web_support import running_server
 
@@ -113,7 +114,14 @@ async def test_workflows_add_activate_and_delete_on_a_server(tmp_path: Path) -> 
 async def test_run_url_against_serve_demo_ends_0(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         url = await nursery.start(
-            functools.partial(serve, port=0, demo=True, announce=False, store="memory")
+            functools.partial(
+                serve,
+                port=0,
+                demo=True,
+                announce=False,
+                store="memory",
+                builtins=BUILTIN_WORKFLOWS.values(),
+            )
         )
         status, out, err = await cli("run", "collect_and_cleanup", "--url", url, "--json")
         assert (status, err) == (0, "")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine._cli import main
+from machines.__main__ import main
 
 NIGHTLY = """
 [[workflows]]

@@ -11,7 +11,7 @@ import trio
 
 from engine import Action, CronTrigger, Step, Workflow
 from engine._auth import make_token
-from engine._cli import main_async
+from machines.__main__ import main_async
 
 from .web_support import running_server
 

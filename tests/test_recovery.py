@@ -77,7 +77,7 @@ async def serve(
     options: tuple[str, ...] = (),
 ) -> AsyncIterator[ServerProcess]:
     command = [
-        *(launcher or [sys.executable, "-m", "engine"]),
+        *(launcher or [sys.executable, "-m", "machines"]),
         "serve",
         "--port",
         "0",

@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 import trio
 
-from engine import Action, CronTrigger, Engine, Event, Outcome, Step, Workflow, open_engine
+from engine import (
+    Action,
+    CronTrigger,
+    Engine,
+    Event,
+    EventTrigger,
+    Outcome,
+    Step,
+    Workflow,
+    open_engine,
+)
 from engine._errors import LeaseLost
 from engine._redis import RedisStore, open_redis_store
 
@@ -275,3 +285,59 @@ async def test_three_servers_share_the_work_and_survive_one_killed(
         assert [s["answered"] for s in task["steps"]] == [{"w": "done", "v": "done"}] * 3
     for got in seen.values():  # every step of every task reached both subscribers
         assert {(t, s) for t, s in got} == {(t, s) for t in task_ids for s in ("a", "b", "c")}
+
+
+async def test_subscribers_and_configs_changed_on_one_replica_reach_the_others(
+    redis_url: str,
+) -> None:
+    async with replica(redis_url, "one") as (one, _), replica(redis_url, "two") as (two, _):
+        one.subscribe("w", "a", timeout=5)
+        one.subscribe("w", "b")
+        first = two.configs.put("app", {"level": 1})
+
+        async def until(condition: Any) -> None:
+            with trio.fail_after(5):
+                while not condition():
+                    await trio.sleep(0.01)
+
+        await until(lambda: two.subscribers.get("w") is not None)
+        subscriber = two.subscribers.get("w")
+        assert subscriber is not None
+        assert sorted(subscriber.subscriptions) == ["a", "b"]
+        assert subscriber.subscriptions["a"].timeout == 5
+        await until(lambda: one.configs.get("app") == first)
+        # a change on the other side, with the revision the first side gave
+        second = one.configs.put("app", {"level": 2}, if_match=first.revision)
+        await until(lambda: two.configs.get("app") == second)
+        assert second.revision != first.revision
+        two.unsubscribe("w", "b")
+        await until(lambda: sorted(one.subscribers.get("w").subscriptions) == ["a"])  # type: ignore[union-attr]
+        one.remove_subscriber("w")
+        one.configs.delete("app")
+        await until(lambda: two.subscribers.get("w") is None and two.configs.get("app") is None)
+
+
+async def test_an_event_trigger_starts_one_run_across_replicas(redis_url: str) -> None:
+    on_event = Workflow(
+        id="reacts",
+        steps=[Step("a", timeout=30)],
+        triggers=[EventTrigger("deployed")],
+        surpass="parallel",
+    )
+    async with (
+        open_redis_store(redis_url) as store_one,
+        open_redis_store(redis_url) as store_two,
+        open_engine(workflows=[on_event], store=store_one, replica="one", lease=LEASE) as one,
+        open_engine(workflows=[on_event], store=store_two, replica="two", lease=LEASE) as two,
+        two.open_listener(message_types=["deployed", "task_end"]) as far,
+    ):
+        one.publish(Event("deployed", {"version": "1"}))
+        seen = []
+        with trio.fail_after(5):
+            while len(seen) < 2:
+                message = await far.receive()
+                seen.append(message.message_type)
+        await trio.sleep(0.3)  # "two" had its chance to start one too
+        history = await two.fetch_history()
+    assert seen == ["deployed", "task_end"]  # "two" saw the event, and the run "one" started
+    assert [r.workflow for r in history] == ["reacts"]

@@ -156,7 +156,7 @@ async def test_phasebus_serve_on_redis_keeps_its_history_across_a_restart(
         kept = (await server.http.get(f"/task/{task_id[:8]}")).json()
         assert (kept["id"], kept["outcome"]) == (task_id, "done")
         history = await trio.run_process(
-            [sys.executable, "-m", "engine", "history", "--url", server.url, "--json"],
+            [sys.executable, "-m", "machines", "history", "--url", server.url, "--json"],
             capture_stdout=True,
         )
         assert task_id in history.stdout.decode()
@@ -165,8 +165,9 @@ async def test_phasebus_serve_on_redis_keeps_its_history_across_a_restart(
 
 
 def test_replica_needs_a_redis_store(tmp_path: Path) -> None:
+    store = str(tmp_path / "s")
     run = subprocess.run(
-        [sys.executable, "-m", "engine", "serve", "--store", str(tmp_path / "s"), "--replica", "x"],
+        [sys.executable, "-m", "machines", "serve", "--store", store, "--replica", "x"],
         capture_output=True,
         text=True,
         check=False,

@@ -23,6 +23,7 @@ from engine._auth import TokenVerifier, make_token
 from engine._errors import PhasebusError
 from engine._serve import serve
 from engine._tls import Authority, TLSError, fingerprint, host_names
+from machines import BUILTIN_WORKFLOWS
 
 PSK = "tls-secret"
 
@@ -42,6 +43,7 @@ async def tls_server(tmp_path: Path, **options: object) -> AsyncIterator[str]:
                 port=0,
                 store=str(tmp_path / "store.sqlite3"),
                 announce=False,
+                builtins=BUILTIN_WORKFLOWS.values(),
                 **options,  # type: ignore[arg-type]
             )
         )

@@ -13,6 +13,7 @@ import httpx
 import trio
 
 from engine._serve import serve
+from machines import BUILTIN_WORKFLOWS
 
 from .web_support import events_until
 
@@ -22,7 +23,14 @@ async def served(store: Path, **options: Any) -> AsyncIterator[httpx.AsyncClient
     """Run ``phasebus serve`` on port 0 with the store at ``store``; yield a client."""
     async with trio.open_nursery() as nursery:
         url = await nursery.start(
-            functools.partial(serve, port=0, store=str(store), announce=False, **options)
+            functools.partial(
+                serve,
+                port=0,
+                store=str(store),
+                announce=False,
+                builtins=BUILTIN_WORKFLOWS.values(),
+                **options,
+            )
         )
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             yield http
@@ -228,8 +236,8 @@ async def test_the_readme_defines_a_job_with_curl_and_with_the_command(tmp_path:
     import re
     import shlex
 
-    from engine._cli import main_async
     from machines import METRICS
+    from machines.__main__ import main_async
 
     from .test_readme import README
     from .web_support import running_server

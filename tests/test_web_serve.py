@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from engine._serve import add_serve_arguments, core_config, serve, serve_command, serve_options
+from machines import BUILTIN_WORKFLOWS
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -30,7 +31,11 @@ async def test_serve_opens_the_engine_with_its_core_config(
         'name = "report"\n'
     )
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(functools.partial(serve, port=0, workflows_dir=tmp_path))
+        url = await nursery.start(
+            functools.partial(
+                serve, port=0, workflows_dir=tmp_path, builtins=BUILTIN_WORKFLOWS.values()
+            )
+        )
         async with httpx.AsyncClient(base_url=url) as http:
             assert (await http.get("/system/ready")).text == "ok"
             core = await http.get("/config/phasebus.core")
@@ -51,7 +56,14 @@ async def test_serve_opens_the_engine_with_its_core_config(
 async def test_serve_with_demo_listeners_and_psk() -> None:
     async with trio.open_nursery() as nursery:
         url = await nursery.start(
-            functools.partial(serve, port=0, psk="secret", demo=True, announce=False)
+            functools.partial(
+                serve,
+                port=0,
+                psk="secret",
+                demo=True,
+                announce=False,
+                builtins=BUILTIN_WORKFLOWS.values(),
+            )
         )
         async with httpx.AsyncClient(base_url=url) as http:
             assert (await http.get("/subscribers")).status_code == 401
@@ -116,7 +128,6 @@ def test_the_psk_comes_from_the_option_or_the_environment() -> None:
 
 async def test_core_config_lists_single_schedules() -> None:
     from engine import open_engine
-    from machines import BUILTIN_WORKFLOWS
 
     async with open_engine(workflows=BUILTIN_WORKFLOWS.values()) as engine:
         assert core_config(engine) == {
