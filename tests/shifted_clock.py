@@ -15,8 +15,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from engine import _engine
-from engine._cli import main
 from engine._clock import Clock
+from machines.__main__ import main
 
 shift = timedelta(seconds=datetime.fromisoformat(sys.argv[1]).timestamp() - float(sys.argv[2]))
 
