@@ -405,7 +405,7 @@ class Core:
 
     def _move_on(self, run: Run, now: float) -> None:
         """Take every transition the task can take now; finish it at its end."""
-        if self.frozen or run.committing or not run.started or run.task.id not in self.running:
+        if self.frozen or run.committing or not run.started or run.gone:
             return
         task = run.task
         machine = run.registered.machine

@@ -444,6 +444,8 @@ class Step:
     timeout: float = 10.0
     on_error: OnError = attrs.field(default=OnError.CONTINUE, converter=_to_on_error)
     phase: str | None = None
+    #: The message type this step sends or waits for (a command step: its name).
+    message_type: str = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         problems: list[Problem] = []
@@ -459,11 +461,8 @@ class Step:
         if self.phase is not None:
             _check_name(problems, "phase", self.phase, "a phase name")
         _raise_if(problems)
-
-    @property
-    def message_type(self) -> str:
-        """The message type this step sends or waits for (a command step: its name)."""
-        return self.action.message_type_for(self.name)
+        # worked out once: every step of every task asks for it, several times
+        object.__setattr__(self, "message_type", self.action.message_type_for(self.name))
 
 
 # ---------------------------------------------------------------- triggers

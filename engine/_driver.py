@@ -235,8 +235,8 @@ class Driver:
         self.poke()
 
     def _hold(self, intent: Hold) -> None:
+        # the driver's own loop takes what follows (a deferred one is poked for)
         self._core.committed(intent.run, trio.current_time())
-        self.poke()
 
     def _add_log(self, intent: Log) -> None:
         self._log.add(intent.task_id, intent.kind, intent.text, **intent.fields)

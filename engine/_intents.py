@@ -7,6 +7,9 @@ it stages writes with the store, publishes messages, starts and cancels
 commands, arms timers. An intent's ``task_id`` names the task it belongs to
 (None: no task), so that a task whose I/O fails loses only its own intents.
 
+Intents are made once and never changed (mutable attrs classes only because
+they are several times cheaper to make than frozen ones: one or two per step).
+
 Intents that a task's new state *causes* (publishing, starting a command)
 are ``effects``: with a store they go out only once the state that caused
 them is committed (the outbox of :mod:`engine._persistence`).
@@ -25,7 +28,7 @@ from ._store import TaskWrite
 from ._tasklog import LogKind
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class Stage:
     """Write a task's new state (or its result) to the store."""
 
@@ -34,7 +37,7 @@ class Stage:
     effect: ClassVar[bool] = False
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class Publish:
     """Publish an engine message (an action, an abort) to the listeners of ``subscribers``
     (all when None). ``step`` is set for a step's action: it has then gone out."""
@@ -47,7 +50,7 @@ class Publish:
     effect: ClassVar[bool] = True
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class Emit:
     """Publish an event of the engine's: triggers and waiting steps see it too."""
 
@@ -56,7 +59,7 @@ class Emit:
     effect: ClassVar[bool] = True
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class RunCommand:
     """Start the command of an execute-command step."""
 
@@ -66,7 +69,7 @@ class RunCommand:
     effect: ClassVar[bool] = True
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class CancelCommand:
     """Cancel the command a task runs (its step ended without it)."""
 
@@ -75,7 +78,7 @@ class CancelCommand:
     effect: ClassVar[bool] = False
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class Wake:
     """Make sure the core hears of the task again (:meth:`Core.tick`) by time ``at``."""
 
@@ -85,7 +88,7 @@ class Wake:
     effect: ClassVar[bool] = False
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class Hold:
     """Tell the core once what the task's new state caused has been carried out (with
     group commits, once that state is committed): :meth:`Core.committed`. Until then the
@@ -96,7 +99,7 @@ class Hold:
     effect: ClassVar[bool] = True
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class Log:
     """Add an entry to a task's log."""
 
@@ -107,7 +110,7 @@ class Log:
     effect: ClassVar[bool] = False
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class Ended:
     """A running task has ended (or stopped where it was): forget it, wake who waits."""
 
@@ -116,7 +119,7 @@ class Ended:
     effect: ClassVar[bool] = False
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class Dequeued:
     """A queued run started or was stopped: wake who waits for it."""
 
@@ -124,7 +127,7 @@ class Dequeued:
     effect: ClassVar[bool] = False
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=False)
 class Start:
     """A task was started or resumed: give it its first move (:meth:`Core.kick`) in the
     driver's next turn, so that what the caller does meanwhile (subscribing, say) counts."""

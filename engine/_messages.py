@@ -110,14 +110,20 @@ Progress: TypeAlias = ProgressLeaf | ProgressTree
 # ---------------------------------------------------------------- messages
 
 
+#: The ``extra`` of a message that has none: one shared, read-only empty mapping.
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
 def _mapping(value: Any) -> Any:
-    """Copy a mapping into the message, unless it is already read-only."""
-    if isinstance(value, MappingProxyType):
+    """Copy a mapping into the message, unless it is already read-only (or empty)."""
+    if type(value) is MappingProxyType:
         return value
-    return dict(value) if isinstance(value, Mapping) else value
+    if isinstance(value, Mapping):
+        return dict(value) if value else _NO_EXTRA
+    return value
 
 
-_EXTRA: Any = attrs.field(factory=dict, converter=_mapping, kw_only=True, hash=False)
+_EXTRA: Any = attrs.field(default=_NO_EXTRA, converter=_mapping, kw_only=True, hash=False)
 
 
 @attrs.frozen
