@@ -598,7 +598,8 @@ _EVENT_KIND = frozenset({Kind.EVENT})
 
 
 def _apply_shared(engine: Engine, kind: str, ident: str, value: Any) -> None:
-    """Take a change another replica made to a subscriber or a config (see EventFanout)."""
+    """Take a change another replica made to a subscriber, a config or a definition (see
+    EventFanout)."""
     if kind == "subscriber":
         engine._restoring = True  # stored there already: not written again, nor shared
         try:
@@ -611,6 +612,8 @@ def _apply_shared(engine: Engine, kind: str, ident: str, value: Any) -> None:
     elif kind == "config":
         config = None if value is None else Config(ident, value["data"], value["revision"])
         engine.configs.apply(ident, config)
+    elif kind == "definition":
+        engine.definitions.apply(ident, value)
 
 
 def _always(_: str) -> bool:
@@ -736,6 +739,9 @@ async def open_engine(
                         await nursery.start(fanout.serve)
                         engine._fanout = fanout.send
                         engine._share = fanout.send_change
+                        engine.definitions.share = functools.partial(
+                            fanout.send_change, "definition"
+                        )
                         relay = ActionRelay(
                             streams,
                             replica=persistence.lease.name,

@@ -48,7 +48,7 @@ import attrs
 import trio
 
 from ._config import Config
-from ._errors import LeaseLost, StoreError, TaskTakenOver
+from ._errors import EngineClosed, LeaseLost, StoreError, TaskTakenOver
 from ._store import AsyncStore, Store, StoredState, TaskWrite
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,93 @@ class _WriteMethods:
         )
 
 
-class Persistence(_WriteMethods):
+class _ReadMethods:
+    """The reads of the store: coroutines for any store, synchronous ones for SQLite."""
+
+    _store: Store | None
+    _async: AsyncStore | None
+    _handed_in: int
+    before_read: Callable[[], object]
+
+    def flush(self) -> None:  # pragma: no cover - the persistence's
+        raise NotImplementedError
+
+    async def _reached(self, upto: int) -> bool:  # pragma: no cover - the persistence's
+        raise NotImplementedError
+
+    def _sync(self, use: str) -> Store:
+        """Return the synchronous store, after carrying out and committing what is decided."""
+        if self._async is not None:
+            raise StoreError(f"the store answers asynchronously: use {use}")
+        assert self._store is not None
+        self.before_read()
+        self.flush()
+        return self._store
+
+    async def _settled_store(self) -> Store | AsyncStore:
+        """Return the store, once everything decided so far is written to it."""
+        if self._async is None:
+            assert self._store is not None
+            self.before_read()
+            self.flush()
+            return self._store
+        await self._quietly_written()
+        return self._async
+
+    async def _quietly_written(self) -> None:
+        self.before_read()
+        await self._reached(self._handed_in)
+
+    def history_now(self, use: str, **filters: Any) -> list[dict[str, Any]]:
+        """Return finished tasks, newest first (a synchronous store; ``use`` names the
+        coroutine to call instead with an asynchronous one)."""
+        return self._sync(use).history(**filters)
+
+    def finished_task_now(self, task_id: str, use: str) -> dict[str, Any] | None:
+        """Return one finished task, or None (a synchronous store, see :meth:`history_now`)."""
+        return self._sync(use).finished_task(task_id)
+
+    def task_ids_now(self, prefix: str, *, limit: int, use: str) -> list[str]:
+        """Return task ids that start with ``prefix`` (a synchronous store)."""
+        return self._sync(use).task_ids(prefix, limit=limit)
+
+    def task_log_now(self, task_id: str, use: str) -> list[dict[str, Any]]:
+        """Return a task's log entries, oldest first (a synchronous store)."""
+        return self._sync(use).task_log(task_id)
+
+    async def history(self, **filters: Any) -> list[dict[str, Any]]:
+        """Return finished tasks, newest first, filtered (see :meth:`Store.history`)."""
+        store = await self._settled_store()
+        return await _maybe(store.history(**filters))
+
+    async def finished_task(self, task_id: str) -> dict[str, Any] | None:
+        """Return one finished task, or None."""
+        store = await self._settled_store()
+        return await _maybe(store.finished_task(task_id))
+
+    async def task_ids(self, prefix: str, *, limit: int) -> list[str]:
+        """Return up to ``limit`` ids of running or finished tasks that start with ``prefix``."""
+        store = await self._settled_store()
+        return await _maybe(store.task_ids(prefix, limit=limit))
+
+    async def task_log(self, task_id: str) -> list[dict[str, Any]]:
+        """Return a task's log entries, oldest first."""
+        store = await self._settled_store()
+        return await _maybe(store.task_log(task_id))
+
+    async def prune(self, before: datetime) -> int:
+        """Delete finished tasks that ended before ``before``; return how many."""
+        store = await self._settled_store()
+        return await _maybe(store.prune(before))
+
+    @property
+    def retention(self) -> timedelta | None:
+        """How long the store keeps finished tasks (None: no store)."""
+        store = self._store if self._store is not None else self._async
+        return None if store is None else store.retention
+
+
+class Persistence(_WriteMethods, _ReadMethods):
     """Stage task writes and their effects, make the other writes, read (see the module's doc).
 
     Args:
@@ -249,6 +335,8 @@ class Persistence(_WriteMethods):
         self._applied = 0
         self._failures: deque[tuple[int, Exception]] = deque(maxlen=_FAILURES_KEPT)
         self._models: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+        #: Set once aclose is over (what it could write is written).
+        self._aclosed = trio.Event()
 
     @property
     def durable(self) -> bool:
@@ -420,7 +508,8 @@ class Persistence(_WriteMethods):
         self._failed.clear()
         self._closed = True
         self._keeping = False
-        self._round_done.set()
+        done, self._round_done = self._round_done, trio.Event()
+        done.set()
 
     async def aclose(self) -> None:
         """Make the writes still queued or staged, then give the lease up (asynchronous store).
@@ -431,16 +520,19 @@ class Persistence(_WriteMethods):
         store, lease = self._async, self.lease
         if store is None or lease is None:
             return
-        while self._in_round_now:  # the committer puts back what it could not write
-            await self._round_done.wait()
-        await self._apply_queued(self._handed_in)
-        writes, self._writes = self._writes, {}
-        if writes and lease.token:
-            await self._commit_async(list(writes.values()))
-        self._applied = self._handed_in
-        if lease.token:
-            await store.release_lease(lease.name, lease.token)
-            logger.info("gave the lease %r up", lease.name)
+        try:
+            while self._in_round_now:  # the committer puts back what it could not write
+                await self._round_done.wait()
+            await self._apply_queued(self._handed_in)
+            writes, self._writes = self._writes, {}
+            if writes and lease.token:
+                await self._commit_async(list(writes.values()))
+            self._applied = self._handed_in
+            if lease.token:
+                await store.release_lease(lease.name, lease.token)
+                logger.info("gave the lease %r up", lease.name)
+        finally:
+            self._aclosed.set()
 
     async def serve(self, on_failure: OnFailure) -> None:
         """Commit and carry out what is staged, round after round, until cancelled."""
@@ -610,91 +702,27 @@ class Persistence(_WriteMethods):
         Raises:
             StoreError: a write handed in after the :meth:`mark` ``since``
                 failed (not for task writes: their failure fails the task).
+            EngineClosed: the engine stopped before the writes could be made.
         """
         if self._async is None:
             return  # written at once, on the caller's stack
         self.before_read()
         upto = self._handed_in
-        while self._applied < upto:
-            await self._round_done.wait()
+        if not await self._reached(upto):
+            raise EngineClosed("the engine stopped before the change was stored")
         for seq, error in self._failures:
             if since < seq <= upto:
                 raise StoreError(f"the change was not stored: {error}") from error
 
-    # ------------------------------------------------------------ reads
-
-    def _sync(self, use: str) -> Store:
-        """Return the synchronous store, after carrying out and committing what is decided."""
-        if self._async is not None:
-            raise StoreError(f"the store answers asynchronously: use {use}")
-        assert self._store is not None
-        self.before_read()
-        self.flush()
-        return self._store
-
-    async def _settled_store(self) -> Store | AsyncStore:
-        """Return the store, once everything decided so far is written to it."""
-        if self._async is None:
-            assert self._store is not None
-            self.before_read()
-            self.flush()
-            return self._store
-        await self._quietly_written()
-        return self._async
-
-    async def _quietly_written(self) -> None:
-        self.before_read()
-        upto = self._handed_in
-        while self._applied < upto and not (self._closed and not self._in_round_now):
+    async def _reached(self, upto: int) -> bool:
+        """Wait until the writes up to ``upto`` are made; False if the engine stopped first
+        and its last writes at close did not reach them."""
+        while self._applied < upto:
+            if self._closed:
+                await self._aclosed.wait()
+                return self._applied >= upto
             await self._round_done.wait()
-
-    def history_now(self, use: str, **filters: Any) -> list[dict[str, Any]]:
-        """Return finished tasks, newest first (a synchronous store; ``use`` names the
-        coroutine to call instead with an asynchronous one)."""
-        return self._sync(use).history(**filters)
-
-    def finished_task_now(self, task_id: str, use: str) -> dict[str, Any] | None:
-        """Return one finished task, or None (a synchronous store, see :meth:`history_now`)."""
-        return self._sync(use).finished_task(task_id)
-
-    def task_ids_now(self, prefix: str, *, limit: int, use: str) -> list[str]:
-        """Return task ids that start with ``prefix`` (a synchronous store)."""
-        return self._sync(use).task_ids(prefix, limit=limit)
-
-    def task_log_now(self, task_id: str, use: str) -> list[dict[str, Any]]:
-        """Return a task's log entries, oldest first (a synchronous store)."""
-        return self._sync(use).task_log(task_id)
-
-    async def history(self, **filters: Any) -> list[dict[str, Any]]:
-        """Return finished tasks, newest first, filtered (see :meth:`Store.history`)."""
-        store = await self._settled_store()
-        return await _maybe(store.history(**filters))
-
-    async def finished_task(self, task_id: str) -> dict[str, Any] | None:
-        """Return one finished task, or None."""
-        store = await self._settled_store()
-        return await _maybe(store.finished_task(task_id))
-
-    async def task_ids(self, prefix: str, *, limit: int) -> list[str]:
-        """Return up to ``limit`` ids of running or finished tasks that start with ``prefix``."""
-        store = await self._settled_store()
-        return await _maybe(store.task_ids(prefix, limit=limit))
-
-    async def task_log(self, task_id: str) -> list[dict[str, Any]]:
-        """Return a task's log entries, oldest first."""
-        store = await self._settled_store()
-        return await _maybe(store.task_log(task_id))
-
-    async def prune(self, before: datetime) -> int:
-        """Delete finished tasks that ended before ``before``; return how many."""
-        store = await self._settled_store()
-        return await _maybe(store.prune(before))
-
-    @property
-    def retention(self) -> timedelta | None:
-        """How long the store keeps finished tasks (None: no store)."""
-        store = self._store if self._store is not None else self._async
-        return None if store is None else store.retention
+        return True
 
 
 async def _maybe(value: Awaitable[T] | T) -> T:

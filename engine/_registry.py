@@ -119,6 +119,9 @@ class Registry:
         #: Ids declared in files, with the file.
         self._files: dict[str, str] = {}
         self._runtime: set[str] = set()
+        #: Tells the other engines sharing the store of a change (id, record or None when
+        #: deleted); they take it with :meth:`apply`.
+        self.share: Callable[[str, Mapping[str, Any] | None], None] | None = None
 
     # ------------------------------------------------------------ reading
 
@@ -266,6 +269,8 @@ class Registry:
         self._runtime.discard(definition_id)
         if self._store is not None:
             self._store.delete_definition(definition_id)
+        if self.share is not None:
+            self.share(definition_id, None)
         logger.info("deleted %s %r", kind, definition_id)
         self._emit(JOB_DELETED if kind == "job" else WORKFLOW_DELETED, {"id": definition_id})
 
@@ -329,3 +334,14 @@ class Registry:
             "declaration": unstructure_declaration(definition.declaration),
         }
         self._store.save_definition(definition_id, orjson.dumps(record))
+        if self.share is not None:
+            self.share(definition_id, record)
+
+    def apply(self, definition_id: str, record: Mapping[str, Any] | None) -> None:
+        """Take a change another engine sharing the store made (None: it deleted the
+        definition), without storing it again (that engine did)."""
+        if record is not None:
+            self.restore({definition_id: record})
+        elif definition_id in self._runtime and definition_id in self._engine.workflows:
+            self._engine.remove_workflow(definition_id)
+            self._runtime.discard(definition_id)

@@ -147,7 +147,7 @@ _FOLLOW_BLOCK = timedelta(seconds=5)
 
 class EventFanout:
     """The events of every replica for every replica's listeners, in order, and the
-    changes each makes to subscribers and configs for the others.
+    changes each makes to subscribers, configs and definitions for the others.
 
     Each event this replica publishes is appended to the shared stream of
     events (a batch per round trip, in the order published); every replica
@@ -181,8 +181,9 @@ class EventFanout:
         self._wake.set()
 
     def send_change(self, kind: str, ident: str, value: Any) -> None:
-        """Queue a change of this replica's (a subscriber's subscriptions, a config: None
-        when deleted) for the others, which take it as it is (the store has it too)."""
+        """Queue a change of this replica's (a subscriber's subscriptions, a config, a
+        definition: None when deleted) for the others, which take it as it is (the store
+        has it too)."""
         self._out.append(orjson.dumps({"r": self._replica, "c": kind, "id": ident, "v": value}))
         self._wake.set()
 

@@ -287,7 +287,7 @@ async def test_three_servers_share_the_work_and_survive_one_killed(
         assert {(t, s) for t, s in got} == {(t, s) for t in task_ids for s in ("a", "b", "c")}
 
 
-async def test_subscribers_and_configs_changed_on_one_replica_reach_the_others(
+async def test_subscribers_configs_and_definitions_changed_on_one_replica_reach_the_others(
     redis_url: str,
 ) -> None:
     async with replica(redis_url, "one") as (one, _), replica(redis_url, "two") as (two, _):
@@ -315,6 +315,15 @@ async def test_subscribers_and_configs_changed_on_one_replica_reach_the_others(
         one.remove_subscriber("w")
         one.configs.delete("app")
         await until(lambda: two.subscribers.get("w") is None and two.configs.get("app") is None)
+        # run-time definitions, their pausing and deletion
+        later = one.definitions.parse("workflow", "later", {"steps": [{"name": "x"}]})
+        one.definitions.put(later)
+        await until(lambda: "later" in two.workflows)
+        assert two.definitions.origin("later") == "api"
+        two.definitions.set_active("workflow", "later", False)
+        await until(lambda: one.is_paused("later"))
+        one.definitions.delete("workflow", "later")
+        await until(lambda: "later" not in two.workflows)
 
 
 async def test_an_event_trigger_starts_one_run_across_replicas(redis_url: str) -> None:
