@@ -300,7 +300,7 @@ async def test_subscribers_configs_and_definitions_changed_on_one_replica_reach_
                 while not condition():
                     await trio.sleep(0.01)
 
-        await until(lambda: two.subscribers.get("w") is not None)
+        await until(lambda: len(getattr(two.subscribers.get("w"), "subscriptions", ())) == 2)
         subscriber = two.subscribers.get("w")
         assert subscriber is not None
         assert sorted(subscriber.subscriptions) == ["a", "b"]
