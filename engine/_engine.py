@@ -414,8 +414,14 @@ class Engine(ListenerMethods, ResultMethods):
             # the answer goes out before what it causes (the next step's action)
             answer = cast("Answer", message)
             self._bus.publish(answer)
-            if self._relay is not None and answer.task not in self._core.running:
-                self._relay(answer)  # to the replica driving it
+            lease = self._persistence.lease
+            if self._relay is not None and (
+                answer.task not in self._core.running or (lease is not None and lease.in_doubt)
+            ):
+                # to the replica driving it; while this replica's lease may have expired
+                # (it was paused, say), that may be another one, or this one once it
+                # renewed: the answer must not be spent on a write that will be refused
+                self._relay(answer)
                 return
             self._core.answer(answer, trio.current_time())
         elif kind is Event:

@@ -79,6 +79,20 @@ class Lease:
     ttl: timedelta
     #: The fencing token of the current acquisition (0: not acquired yet).
     token: int = 0
+    #: Until when (trio's clock) the lease is surely ours: the time its last acquisition
+    #: or renewal was asked for, plus ``ttl``. Past it (a pause, Redis out of reach),
+    #: another replica may have taken its tasks over.
+    surely_until: float = float("-inf")
+
+    def held(self, began: float, token: int) -> None:
+        """Record an acquisition or renewal asked for at ``began`` (trio's clock)."""
+        self.token = token
+        self.surely_until = began + self.ttl.total_seconds()
+
+    @property
+    def in_doubt(self) -> bool:
+        """Tell whether the lease may have expired since it was last renewed."""
+        return trio.current_time() >= self.surely_until
 
 
 def is_async_store(store: object) -> bool:
@@ -371,9 +385,10 @@ class Persistence(_WriteMethods, _ReadMethods):
         give_up = trio.current_time() + 2 * ttl + 1
         told = False
         while True:
+            began = trio.current_time()
             token = await store.acquire_lease(lease.name, lease.ttl)
             if token is not None:
-                lease.token = token
+                lease.held(began, token)
                 logger.info("holding the lease %r (fencing token %d)", lease.name, token)
                 return
             if trio.current_time() > give_up:
@@ -400,8 +415,10 @@ class Persistence(_WriteMethods, _ReadMethods):
         assert lease is not None
         while True:
             await trio.sleep(lease.ttl.total_seconds() / 3)
-            token = lease.token
-            if not await store.renew_lease(lease.name, token, lease.ttl):
+            token, began = lease.token, trio.current_time()
+            if await store.renew_lease(lease.name, token, lease.ttl):
+                lease.held(began, token)
+            else:
                 logger.error(
                     "the lease %r was lost (not renewed in time): taking it again", lease.name
                 )
@@ -413,9 +430,10 @@ class Persistence(_WriteMethods, _ReadMethods):
         assert store is not None
         assert lease is not None
         while lease.token == lost:
+            began = trio.current_time()
             token = await store.acquire_lease(lease.name, lease.ttl)
             if token is not None:
-                lease.token = token
+                lease.held(began, token)
                 logger.warning("holding the lease %r again (fencing token %d)", lease.name, token)
                 if self.on_regained is not None:
                     await self.on_regained()
