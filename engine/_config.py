@@ -19,7 +19,7 @@ import copy
 import itertools
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -45,6 +45,11 @@ class Config:
     id: str
     data: Mapping[str, Any] = attrs.field(hash=False)
     revision: str
+
+
+#: Stores a config change only if the store holds the revision it names (see
+#: :class:`ConfigService`): id, config (None: deleted), revision, called once stored.
+PersistChecked = Callable[[str, Config | None, str, Callable[[], None]], Awaitable[None]]
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -100,6 +105,16 @@ class ConfigService:
             after every change.
         persist: called with the id and the new config (None when deleted)
             before the change is announced; if it raises, nothing changes.
+        persist_checked: for a store several engines share: awaited by
+            :meth:`write` and :meth:`remove` with the id, the new config (None
+            when deleted), the revision the change was checked against and a
+            callback to call once the store keeps the change (in the order of
+            the store's writes). It stores the change only if the store still
+            holds that revision, checked in the same step as the write, and
+            raises :class:`ConfigConflict` (with the stored revision) otherwise.
+        stamp: returns what marks the revisions this engine mints as its own
+            (its lease's fencing token with a shared store: two engines never
+            hold the same one), so that no two engines mint the same revision.
     """
 
     def __init__(
@@ -109,6 +124,8 @@ class ConfigService:
         check: Callable[[str, Mapping[str, Any]], list[Problem]] | None = None,
         changed: Callable[[str, Mapping[str, Any] | None], None] | None = None,
         persist: Callable[[str, Config | None], None] | None = None,
+        persist_checked: PersistChecked | None = None,
+        stamp: Callable[[], str] | None = None,
     ) -> None:
         self._configs: dict[str, Config] = {}
         #: Stored configs that cannot be read back (kept by an older version), with why.
@@ -117,6 +134,8 @@ class ConfigService:
         self._check = check
         self._changed = changed
         self._persist = persist
+        self._persist_checked = persist_checked
+        self._stamp = stamp
         self._revisions = itertools.count(1)
 
     def restore(self, configs: Iterable[Config], last_revision: int) -> list[str]:
@@ -163,11 +182,58 @@ class ConfigService:
     ) -> Config:
         """Create or replace a config.
 
+        ``if_match`` is checked against the revision this engine holds; with a
+        store several engines share, use :meth:`write` to have the store check
+        it too.
+
         Raises:
             InvalidInputError: a bad id, a document that is not an object, or
                 a document the engine rejects (``phasebus.core``).
             ConfigConflict: ``if_match`` differs from the stored revision.
         """
+        config = self._prepare(config_id, data, if_match)
+        if self._persist is not None:
+            self._persist(config_id, config)
+        self._take(config_id, config)
+        return config
+
+    async def write(
+        self, config_id: str, data: Mapping[str, Any], *, if_match: str | None = None
+    ) -> Config:
+        """Create or replace a config, as :meth:`put`; ``if_match`` holds across engines.
+
+        With a store several engines share and an ``if_match``, the store
+        checks the revision in the same step as the write: of two engines
+        writing with the same ``if_match`` at the same moment, one succeeds
+        and the other raises :class:`ConfigConflict`, changing nothing. The
+        config changes here once the store keeps it (even if the caller
+        stopped waiting by then).
+
+        Raises:
+            InvalidInputError: as for :meth:`put`.
+            ConfigConflict: the revision here or in the store is not ``if_match``.
+        """
+        if if_match is None or self._persist_checked is None:
+            return self.put(config_id, data, if_match=if_match)
+        config = self._prepare(config_id, data, if_match)
+        await self._persist_checked(
+            config_id, config, if_match, lambda: self._stored(config_id, config, if_match)
+        )
+        return config
+
+    async def remove(self, config_id: str, *, if_match: str | None = None) -> bool:
+        """Delete a config, as :meth:`delete`; ``if_match`` holds across engines (see
+        :meth:`write`)."""
+        if if_match is None or self._persist_checked is None:
+            return self.delete(config_id, if_match=if_match)
+        self._check_revision(config_id, if_match)
+        await self._persist_checked(
+            config_id, None, if_match, lambda: self._stored(config_id, None, if_match)
+        )
+        return True
+
+    def _prepare(self, config_id: str, data: Mapping[str, Any], if_match: str | None) -> Config:
+        """Check a new document and return it as a config with a new revision."""
         self.check_id(config_id)
         if not isinstance(data, Mapping):
             raise InvalidInputError([Problem("", f"a config must be a JSON object, got {data!r}")])
@@ -177,17 +243,38 @@ class ConfigService:
             raise InvalidInputError(problems)
         if self._check is not None and (problems := self._check(config_id, document)):
             raise InvalidInputError(problems)
-        # a counter for order, and a random part so that a revision is never
-        # handed out twice, even after a restart that lost the counter
-        config = Config(config_id, document, f"r{next(self._revisions)}-{secrets.token_hex(4)}")
-        if self._persist is not None:
-            self._persist(config_id, config)
+        # a counter for order; the writer's stamp and a random part so that a
+        # revision is never handed out twice, by two engines sharing a store
+        # or after a restart that lost the counter
+        stamp = f"{self._stamp()}-" if self._stamp is not None else ""
+        return Config(
+            config_id, document, f"r{next(self._revisions)}-{stamp}{secrets.token_hex(4)}"
+        )
+
+    def _take(self, config_id: str, config: Config) -> None:
+        """Hold a stored config here and announce it."""
         self._configs[config_id] = config
         self.unreadable.pop(config_id, None)
         self._emit(CONFIG_UPDATED, {"id": config_id, "revision": config.revision})
         if self._changed is not None:
-            self._changed(config_id, document)
-        return config
+            self._changed(config_id, config.data)
+
+    def _stored(self, config_id: str, config: Config | None, checked: str) -> None:
+        """Take a change the store kept after checking it was at the revision ``checked``.
+
+        A change made here meanwhile without the store's check (:meth:`put`)
+        is written after this one: it stays.
+        """
+        current = self._configs.get(config_id)
+        if current is not None and current.revision != checked:
+            return
+        if config is not None:
+            self._take(config_id, config)
+        elif current is not None:
+            del self._configs[config_id]
+            self._emit(CONFIG_DELETED, {"id": config_id})
+            if self._changed is not None:
+                self._changed(config_id, None)
 
     def patch(
         self, config_id: str, patch: Mapping[str, Any], *, if_match: str | None = None

@@ -198,6 +198,10 @@ class Engine(ListenerMethods, ResultMethods):
             check=self._workflows.check_config,
             changed=self._workflows.config_changed,
             persist=self._persist_config if store is not None else None,
+            persist_checked=self._persist_config_checked
+            if self._persistence.asynchronous
+            else None,
+            stamp=self._revision_stamp if self._persistence.asynchronous else None,
         )
         #: The workflows and jobs by origin, changed at run time (see engine._registry).
         self.definitions = Registry(self, stored, self._emit)
@@ -532,6 +536,27 @@ class Engine(ListenerMethods, ResultMethods):
         if self._share is not None:
             shared = None if config is None else {"revision": config.revision, "data": config.data}
             self._share("config", config_id, shared)
+
+    async def _persist_config_checked(
+        self, config_id: str, config: Config | None, revision: str, stored: Callable[[], None]
+    ) -> None:
+        if self._persistence.closed:
+            raise EngineClosed(f"the engine is stopping: config {config_id!r} not changed")
+
+        def shared() -> None:
+            stored()
+            if self._share is not None:
+                value = (
+                    None if config is None else {"revision": config.revision, "data": config.data}
+                )
+                self._share("config", config_id, value)
+
+        await self._persistence.change_config_if(config_id, config, revision, shared)
+
+    def _revision_stamp(self) -> str:
+        # the fencing token of the lease: no two replicas hold the same one
+        lease = self._persistence.lease
+        return "0" if lease is None else str(lease.token)
 
     def _restore(self, state: StoredState) -> None:
         """Load what the store kept and resume the interrupted tasks."""

@@ -48,7 +48,7 @@ import attrs
 import trio
 
 from ._config import Config
-from ._errors import EngineClosed, LeaseLost, StoreError, TaskTakenOver
+from ._errors import ConfigConflict, EngineClosed, LeaseLost, StoreError, TaskTakenOver
 from ._store import AsyncStore, Store, StoredState, TaskWrite
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,11 @@ class _WriteMethods:
     def delete_config(self, config_id: str) -> None:
         """Forget a config."""
         self._write(f"the deletion of config {config_id!r}", lambda s: s.delete_config(config_id))
+
+    async def change_config_if(
+        self, config_id: str, config: Config | None, revision: str, stored: Callable[[], None]
+    ) -> None:  # pragma: no cover - the persistence's
+        raise NotImplementedError
 
     def save_subscriber(self, subscriber_id: str, subscriptions: list[dict[str, Any]]) -> None:
         """Store all of a subscriber's subscriptions."""
@@ -685,6 +690,46 @@ class Persistence(_WriteMethods, _ReadMethods):
             self._handed_in += 1
             self._queue.append((self._handed_in, what, call))
             self._wake()
+
+    async def change_config_if(
+        self, config_id: str, config: Config | None, revision: str, stored: Callable[[], None]
+    ) -> None:
+        """Store a config (None: delete it) only if the store holds it at ``revision``,
+        checked in the same step as the write (an asynchronous store, which several
+        engines may share); wait until that is done.
+
+        The change is queued in order with the other writes; ``stored`` is
+        called once the store keeps it, even if the caller stopped waiting.
+
+        Raises:
+            ConfigConflict: the store holds another revision (nothing changed).
+            StoreError: the write failed.
+            EngineClosed: the engine stopped before the change was stored.
+        """
+        if self._closed or self._async is None:
+            raise EngineClosed(f"the engine is stopping: config {config_id!r} not changed")
+        refused: list[ConfigConflict] = []
+
+        async def change(store: AsyncStore) -> None:
+            try:
+                if config is None:
+                    await store.delete_config(config_id, if_revision=revision)
+                else:
+                    await store.save_config(config, if_revision=revision)
+            except ConfigConflict as conflict:  # an answer, not a failure of the store
+                refused.append(conflict)
+                return
+            stored()
+
+        self._write(f"config {config_id!r} at revision {revision!r}", change)
+        seq = self._handed_in
+        if not await self._reached(seq):
+            raise EngineClosed("the engine stopped before the change was stored")
+        if refused:
+            raise refused[0]
+        for failed, error in self._failures:
+            if failed == seq:
+                raise StoreError(f"the change was not stored: {error}") from error
 
     async def _apply_queued(self, upto: int) -> None:
         store = self._async

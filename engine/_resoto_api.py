@@ -211,7 +211,7 @@ class ResotoRoutes:
             headers = {} if current is None else {REVISION_HEADER: current.revision}
             return JSONResponse(document, headers=headers)
         try:
-            config = configs.put(config_id, document, if_match=if_match)
+            config = await configs.write(config_id, document, if_match=if_match)
         except ConfigConflict as error:
             raise BadInput(409, str(error), extra={"revision": error.actual}) from None
         except InvalidInputError as error:
@@ -230,7 +230,7 @@ class ResotoRoutes:
         if if_match is None and config_id not in self.engine.configs.ids():
             raise BadInput(404, f"unknown config {config_id!r}")
         try:
-            self.engine.configs.delete(config_id, if_match=if_match)
+            await self.engine.configs.remove(config_id, if_match=if_match)
         except ConfigConflict as error:
             raise BadInput(409, str(error), extra={"revision": error.actual}) from None
         self.models.delete_validation(config_id)

@@ -713,11 +713,13 @@ class AsyncStore(Protocol):
         """Return everything stored; with ``lease``, only the running tasks held under it
         (without: all running tasks, whoever holds them)."""
 
-    async def save_config(self, config: Config) -> None:
-        """Store a config (replacing one with the same id)."""
+    async def save_config(self, config: Config, *, if_revision: str | None = None) -> None:
+        """Store a config (replacing one with the same id); with ``if_revision``, only if
+        the stored one is at that revision, checked in the same step (else raise
+        :class:`~engine._errors.ConfigConflict`)."""
 
-    async def delete_config(self, config_id: str) -> None:
-        """Forget a config."""
+    async def delete_config(self, config_id: str, *, if_revision: str | None = None) -> None:
+        """Forget a config (with ``if_revision``: only if at that revision, as for saving)."""
 
     async def load_config_models(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Return the stored config kinds and config validation settings."""

@@ -51,11 +51,11 @@ class Api:
 
 
 @asynccontextmanager
-async def api_on(url: str, *, store_wait: float = 1.0) -> AsyncIterator[Api]:
+async def api_on(url: str, *, store_wait: float = 1.0, replica: str = "one") -> AsyncIterator[Api]:
     async with (
         open_redis_store(url) as store,
         open_engine(
-            workflows=[TWO_STEPS], store=store, replica="one", lease=timedelta(seconds=2)
+            workflows=[TWO_STEPS], store=store, replica=replica, lease=timedelta(seconds=2)
         ) as engine,
         trio.open_nursery() as nursery,
     ):
