@@ -54,6 +54,11 @@ _TRUE = ("true", "yes", "on")
 _FALSE = ("false", "no", "off")
 
 
+#: The changes :class:`ConfigModels` shares with the other engines sharing its store.
+CONFIG_KIND = "config-kind"
+CONFIG_VALIDATION = "config-validation"
+
+
 class ModelStore(Protocol):
     """Where config models and validation settings are kept (the engine's persistence)."""
 
@@ -406,10 +411,20 @@ class ConfigModels:
 
     Args:
         store: where they survive a restart (None: in memory only).
+        share: tells the other engines sharing the store of each change, with
+            what changed and its id: ``config-kind`` (fqn, the kind) or
+            ``config-validation`` (config id, the setting or None when
+            forgotten); they take it with :meth:`apply`.
     """
 
-    def __init__(self, store: ModelStore | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelStore | None = None,
+        *,
+        share: Callable[[str, str, Any], None] | None = None,
+    ) -> None:
         self._store = store
+        self._share = share
         self._kinds: dict[str, dict[str, Any]] = {}
         self._validations: dict[str, dict[str, Any]] = {}
         if store is not None:
@@ -466,7 +481,27 @@ class ConfigModels:
         if changed and self._store is not None:
             self._store.save_config_kinds(changed)
         self._kinds = merged
+        if self._share is not None:
+            for kind in changed:
+                self._share(CONFIG_KIND, kind["fqn"], kind)
         return self.kinds()
+
+    def apply(self, what: str, ident: str, value: Any) -> None:
+        """Take a change another engine sharing the store made (see ``share``): kept
+        here without storing or sharing it again (that engine did).
+
+        Raises:
+            ValueError: ``what`` is neither ``config-kind`` nor ``config-validation``.
+        """
+        if what == CONFIG_KIND:
+            self._kinds[ident] = copy.deepcopy(dict(value))
+        elif what == CONFIG_VALIDATION:
+            if value is None:
+                self._validations.pop(ident, None)
+            else:
+                self._validations[ident] = dict(value)
+        else:
+            raise ValueError(f"unknown config model change {what!r}")
 
     def check(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """Return ``config`` with its model's sections coerced.
@@ -528,12 +563,18 @@ class ConfigModels:
         if self._store is not None:
             self._store.save_config_validation(entry)
         self._validations[config_id] = entry
+        if self._share is not None:
+            self._share(CONFIG_VALIDATION, config_id, dict(entry))
         return dict(entry)
 
     def delete_validation(self, config_id: str) -> None:
         """Forget a config's validation setting (when the config is deleted)."""
-        if self._validations.pop(config_id, None) is not None and self._store is not None:
+        if self._validations.pop(config_id, None) is None:
+            return
+        if self._store is not None:
             self._store.delete_config_validation(config_id)
+        if self._share is not None:
+            self._share(CONFIG_VALIDATION, config_id, None)
 
     def validator_for(self, config_id: str) -> str | None:
         """Return the validation id that asks for external approval of ``config_id``, if any.

@@ -40,6 +40,7 @@ from ._bus import (
 )
 from ._clock import Clock
 from ._config import Config, ConfigService
+from ._config_model import CONFIG_KIND, CONFIG_VALIDATION
 from ._core import ERROR as ERROR
 from ._core import PROGRESS as PROGRESS
 from ._core import TASK_END as TASK_END
@@ -48,6 +49,7 @@ from ._core import Core, StartResult
 from ._core import StartDecision as StartDecision
 from ._definitions import CronTrigger, Job, Workflow
 from ._driver import Driver, run_command
+from ._engine_configs import ConfigMethods
 from ._errors import DeclarationError, PhasebusError, Problem, UnknownTaskError
 from ._errors import EngineClosed as EngineClosed
 from ._listeners import ListenerMethods
@@ -116,7 +118,7 @@ class CommandContext:
     step: str
 
 
-class Engine(ListenerMethods, ResultMethods):
+class Engine(ListenerMethods, ResultMethods, ConfigMethods):
     """A running engine. Make one with :func:`open_engine`."""
 
     def __init__(
@@ -205,16 +207,12 @@ class Engine(ListenerMethods, ResultMethods):
         )
         #: The workflows and jobs by origin, changed at run time (see engine._registry).
         self.definitions = Registry(self, stored, self._emit)
+        self._config_models = None
 
     @property
     def store(self) -> Store | AsyncStore | None:
         """The store the engine keeps its state in (None: nothing is kept)."""
         return self._store
-
-    @property
-    def model_store(self) -> Persistence | None:
-        """Where config models are kept (see :class:`~engine._config_model.ConfigModels`)."""
-        return None if self._store is None else self._persistence
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -526,38 +524,6 @@ class Engine(ListenerMethods, ResultMethods):
         context = CommandContext(self, run.task.id, run.task.workflow.id, step.step.name)
         return await self._commands[name](context)
 
-    def _persist_config(self, config_id: str, config: Config | None) -> None:
-        if self._persistence.closed:
-            raise EngineClosed(f"the engine is stopping: config {config_id!r} not changed")
-        if config is None:
-            self._persistence.delete_config(config_id)
-        else:
-            self._persistence.save_config(config)
-        if self._share is not None:
-            shared = None if config is None else {"revision": config.revision, "data": config.data}
-            self._share("config", config_id, shared)
-
-    async def _persist_config_checked(
-        self, config_id: str, config: Config | None, revision: str, stored: Callable[[], None]
-    ) -> None:
-        if self._persistence.closed:
-            raise EngineClosed(f"the engine is stopping: config {config_id!r} not changed")
-
-        def shared() -> None:
-            stored()
-            if self._share is not None:
-                value = (
-                    None if config is None else {"revision": config.revision, "data": config.data}
-                )
-                self._share("config", config_id, value)
-
-        await self._persistence.change_config_if(config_id, config, revision, shared)
-
-    def _revision_stamp(self) -> str:
-        # the fencing token of the lease: no two replicas hold the same one
-        lease = self._persistence.lease
-        return "0" if lease is None else str(lease.token)
-
     def _restore(self, state: StoredState) -> None:
         """Load what the store kept and resume the interrupted tasks."""
         self._restoring = True  # what is loaded is not written back
@@ -639,6 +605,8 @@ def _apply_shared(engine: Engine, kind: str, ident: str, value: Any) -> None:
         engine.configs.apply(ident, config)
     elif kind == "definition":
         engine.definitions.apply(ident, value)
+    elif kind in (CONFIG_KIND, CONFIG_VALIDATION):
+        engine.config_models.apply(kind, ident, value)
 
 
 def _always(_: str) -> bool:

@@ -30,7 +30,6 @@ from starlette.types import Receive, Scope, Send
 from ._auth import DEFERRED_PATHS, AuthError, FirstMessageAuth, TokenVerifier
 from ._bus import Subscriber as _Subscriber
 from ._bus import Subscription as _Subscription
-from ._config_model import ConfigModels
 from ._console import Console
 from ._convert import structure_strict, unstructure_declaration, unstructure_shape
 from ._engine import Engine, StepInfo, StepResult, TaskInfo, TaskResult
@@ -277,7 +276,7 @@ class PhasebusApp:
         self._verifier = TokenVerifier(psk) if psk else None
         self.console = Console(engine, psk=psk)
         #: Resoto's config, config model and graph routes.
-        models = ConfigModels(engine.model_store)
+        models = engine.config_models
         self.resoto = ResotoRoutes(engine, models, max_body_size=max_body_size)
         #: Resoto's worker task queue.
         self.work = WorkRoutes(

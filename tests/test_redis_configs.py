@@ -14,6 +14,7 @@ import trio
 from engine import Engine
 
 from .test_redis_serve import api_on
+from .test_resoto_api import WORKER_MODEL
 
 pytestmark = pytest.mark.redis
 
@@ -112,3 +113,46 @@ async def test_two_servers_never_mint_the_same_revision(redis_url: str) -> None:
         assert first.revision.split("-")[1] != second.revision.split("-")[1]
         tokens = {str(server.engine._persistence.lease.token) for server in (a, b)}  # type: ignore[union-attr]
         assert {first.revision.split("-")[1], second.revision.split("-")[1]} == tokens
+
+
+async def test_config_models_changed_on_one_server_reach_the_others_at_once(
+    redis_url: str,
+) -> None:
+    async with api_on(redis_url, replica="a") as a, api_on(redis_url, replica="b") as b:
+        assert (await b.http.get("/configs/model")).json() == []  # b knows none yet
+        model = await a.http.patch("/configs/model", json=WORKER_MODEL)
+        assert model.status_code == 200, model.text
+
+        async def b_model() -> Any:
+            return (await b.http.get("/configs/model")).json()
+
+        with trio.fail_after(5):
+            while await b_model() != model.json():
+                await trio.sleep(0.01)
+        # b checks configs against the model a registered
+        bad = await b.http.put("/config/resoto.worker", json={"worker": {"timeout": "soon"}})
+        assert bad.status_code == 400, bad.text
+        assert any("worker.timeout" in problem for problem in bad.json()["problems"])
+        # a validation setting set on b holds on a, and is forgotten there with its config
+        put = await b.http.put(
+            "/config/resoto.worker/validation", json={"external_validation": True}
+        )
+        assert put.status_code == 200, put.text
+        await until(lambda: a.engine.config_models.validation("resoto.worker") is not None)
+        shown = await a.http.get("/config_validation/resoto.worker")
+        assert shown.json() == {"id": "resoto.worker", "external_validation": True}
+        # a now asks a worker to approve a change of that config
+        assert a.engine.config_models.validator_for("resoto.worker") == "resoto.worker"
+        await b.http.put("/config/resoto.worker/validation", json={"external_validation": False})
+        await until(
+            lambda: (
+                a.engine.config_models.validator_for("resoto.worker") is None
+                and a.engine.config_models.validation("resoto.worker") is not None
+            )
+        )
+        created = await a.http.put("/config/resoto.worker", json={"other": 1})
+        assert created.status_code == 200, created.text
+        await until(lambda: b.engine.configs.get("resoto.worker") is not None)
+        assert (await b.http.delete("/config/resoto.worker")).status_code == 204
+        await until(lambda: a.engine.config_models.validation("resoto.worker") is None)
+        assert (await a.http.get("/configs/validation")).json() == []
