@@ -410,6 +410,15 @@ _UNREACHABLE = (
 FIRST_DELAY = 0.05
 MAX_DELAY = 2.0
 
+#: Seconds a call to Redis may go unanswered (beyond what a blocking read asks Redis to
+#: wait) before Redis counts as out of reach, as if the connection were lost. A Redis
+#: that is paused, swapping hard, or whose host vanished without closing the connection
+#: never answers; without a bound every call would wait for it forever, and the server
+#: would still call itself ready. A healthy Redis answers in milliseconds, so a few
+#: seconds mistake no slow answer for a hung server. The call is sent again (Redis
+#: answers the abandoned one on its connection when it wakes: that answer is dropped).
+ANSWER_TIMEOUT = 5.0
+
 
 def _seconds(moment: float) -> str:
     return repr(float(moment))
@@ -487,6 +496,7 @@ class RedisConnection:
         *,
         prefix: str = "phasebus:",
         instance: str | None = None,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise StoreError(
@@ -502,6 +512,8 @@ class RedisConnection:
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         #: Calls sent to Redis (each one round trip), for tests and benchmarks.
         self.round_trips = 0
+        #: Seconds a call may go unanswered before Redis counts as out of reach.
+        self.answer_timeout = answer_timeout
         try:
             self._client: coredis.Redis[bytes] = coredis.Redis.from_url(
                 url, retry_policy=NoRetryPolicy(), connect_timeout=5.0
@@ -568,7 +580,7 @@ class RedisConnection:
     async def check(self) -> bool:
         """Ask Redis whether it answers now (one PING, no retry); update :attr:`ready`."""
         try:
-            with trio.fail_after(2):
+            with trio.fail_after(min(2.0, self.answer_timeout)):
                 await self._client.ping()
         except (*_UNREACHABLE, trio.TooSlowError):
             self._ready = False
@@ -576,13 +588,22 @@ class RedisConnection:
             self._ready = True
         return self._ready
 
-    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run one call to Redis, retrying with backoff while Redis cannot answer."""
+    async def call(self, operation: Callable[[], Awaitable[T]], *, waits: float = 0.0) -> T:
+        """Run one call to Redis, retrying with backoff while Redis cannot answer.
+
+        A call without an answer within :attr:`answer_timeout` seconds (plus
+        ``waits``: how long a blocking read asks Redis to hold its answer back)
+        counts as Redis out of reach.
+        """
         delay = FIRST_DELAY
         while True:
             self.round_trips += 1
+            bound = self.answer_timeout + waits
             try:
-                result = await operation()
+                with trio.move_on_after(bound) as waiting:
+                    result = await operation()
+                if waiting.cancelled_caught:
+                    raise TimeoutError(f"no answer within {bound:g} s")
             except _UNREACHABLE as error:
                 if self._unreachable_since is None:
                     self._unreachable_since = trio.current_time()
@@ -663,8 +684,9 @@ class RedisStore(RedisConnection):
         prefix: str = "phasebus:",
         retention: timedelta = DEFAULT_RETENTION,
         instance: str | None = None,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
-        super().__init__(url, prefix=prefix, instance=instance)
+        super().__init__(url, prefix=prefix, instance=instance, answer_timeout=answer_timeout)
         #: How long finished tasks are kept.
         self.retention = retention
         #: The streams between replicas (see :class:`RedisStreams`).
@@ -788,7 +810,7 @@ class RedisStore(RedisConnection):
             ConfigConflict: the stored revision is not ``if_revision``.
         """
         value = orjson.dumps({"revision": config.revision, "data": config.data})
-        await self._change_config(config.id, value, if_revision)
+        await self._change_config(config.id, value, if_revision, written=config.revision)
 
     async def delete_config(self, config_id: str, *, if_revision: str | None = None) -> None:
         """Forget a config (with ``if_revision``: only if at that revision, as for saving).
@@ -798,7 +820,9 @@ class RedisStore(RedisConnection):
         """
         await self._change_config(config_id, b"", if_revision)
 
-    async def _change_config(self, config_id: str, value: bytes, if_revision: str | None) -> None:
+    async def _change_config(
+        self, config_id: str, value: bytes, if_revision: str | None, *, written: str | None = None
+    ) -> None:
         if if_revision == "":
             raise ValueError("if_revision must not be empty")
         reply = await self.script(
@@ -806,7 +830,8 @@ class RedisStore(RedisConnection):
         )
         if reply[0] != 1:
             actual = None if reply[1] is None else _text(reply[1])
-            raise ConfigConflict(config_id, str(if_revision), actual)
+            if actual is None or actual != written:  # equal: sent again after no answer
+                raise ConfigConflict(config_id, str(if_revision), actual)
 
     async def load_config_models(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Return the stored config kinds and config validation settings."""
@@ -1239,11 +1264,18 @@ class RedisStreams:
         )
         return None if entry_id is None else _text(entry_id)
 
-    async def _in_group(self, stream: str, group: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run ``operation``; where the group does not exist yet, create it (reading the
-        stream from its start) and run it again."""
+    async def _in_group(
+        self,
+        stream: str,
+        group: str,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        waits: float = 0.0,
+    ) -> T:
+        """Run ``operation`` (``waits``: see :meth:`RedisConnection.call`); where the group
+        does not exist yet, create it (reading the stream from its start) and run it again."""
         try:
-            return await self._store.call(operation)
+            return await self._store.call(operation, waits=waits)
         except coredis.exceptions.StreamDuplicateConsumerGroupError:
             raise
         except coredis.exceptions.StreamConsumerGroupError:  # NOGROUP
@@ -1253,7 +1285,7 @@ class RedisStreams:
             await self._store.call(
                 lambda: self._client.xgroup_create(stream, group, "0-0", mkstream=True)
             )
-        return await self._store.call(operation)
+        return await self._store.call(operation, waits=waits)
 
     async def read(
         self,
@@ -1279,6 +1311,7 @@ class RedisStreams:
                 count=count,
                 block=None if block is None else _milliseconds(block),
             ),
+            waits=0.0 if block is None else block.total_seconds(),
         )
         return _entries(reply)
 
@@ -1337,7 +1370,8 @@ class RedisStreams:
         reply = await self._store.call(
             lambda: self._client.xread(
                 {stream: after}, count=count, block=None if block is None else _milliseconds(block)
-            )
+            ),
+            waits=0.0 if block is None else block.total_seconds(),
         )
         return _entries(reply)
 
@@ -1391,10 +1425,15 @@ def _entries(reply: Any) -> list[tuple[str, bytes]]:
 
 
 def open_redis_store(
-    url: str, *, prefix: str = "phasebus:", retention: timedelta = DEFAULT_RETENTION
+    url: str,
+    *,
+    prefix: str = "phasebus:",
+    retention: timedelta = DEFAULT_RETENTION,
+    answer_timeout: float = ANSWER_TIMEOUT,
 ) -> RedisStore:
-    """Return a :class:`RedisStore` for ``url``, to be entered with ``async with``."""
-    return RedisStore(url, prefix=prefix, retention=retention)
+    """Return a :class:`RedisStore` for ``url``, to be entered with ``async with``
+    (``answer_timeout``: see :data:`ANSWER_TIMEOUT`)."""
+    return RedisStore(url, prefix=prefix, retention=retention, answer_timeout=answer_timeout)
 
 
 if TYPE_CHECKING:
