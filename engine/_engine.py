@@ -616,6 +616,14 @@ def _apply_shared(engine: Engine, kind: str, ident: str, value: Any) -> None:
         engine.definitions.apply(ident, value)
 
 
+def _event_elsewhere(engine: Engine, event: Event) -> None:
+    """Take an event published through another replica: it finishes the steps waiting for it
+    here and reaches the listeners here; the workflows it triggers started there."""
+    engine._core.event_elsewhere(event, trio.current_time())
+    engine._bus.publish(event)
+    engine._driver.poke()
+
+
 def _always(_: str) -> bool:
     return True
 
@@ -733,7 +741,7 @@ async def open_engine(
                         fanout = EventFanout(
                             streams,
                             replica=persistence.lease.name,
-                            show=engine._bus.publish,
+                            show=functools.partial(_event_elsewhere, engine),
                             changed=functools.partial(_apply_shared, engine),
                         )
                         await nursery.start(fanout.serve)

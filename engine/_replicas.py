@@ -153,10 +153,10 @@ class EventFanout:
 
     Each event this replica publishes is appended to the shared stream of
     events (a batch per round trip, in the order published); every replica
-    follows the stream from where it joined and shows the other replicas'
-    events to its own listeners. Only listeners see them: they start no
-    workflow and end no waiting step here (the replica that published one
-    did that).
+    follows the stream from where it joined and hands the other replicas'
+    events to ``show``: they reach its listeners and finish the steps of its
+    tasks that wait for them, but start no workflow here (the replica that
+    published one started those).
     """
 
     def __init__(

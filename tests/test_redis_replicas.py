@@ -25,6 +25,7 @@ from engine import (
     EventTrigger,
     Outcome,
     Step,
+    WaitForEvent,
     Workflow,
     open_engine,
 )
@@ -353,6 +354,36 @@ async def test_an_event_trigger_starts_one_run_across_replicas(redis_url: str) -
         history = await two.fetch_history()
     assert seen == ["deployed", "task_end"]  # "two" saw the event, and the run "one" started
     assert [r.workflow for r in history] == ["reacts"]
+
+
+async def test_a_step_waiting_on_one_replica_is_finished_by_an_event_published_on_another(
+    redis_url: str,
+) -> None:
+    waits = Workflow(id="waits", steps=[Step("ready", action=WaitForEvent("go", {"n": 1}))])
+    triggered = Workflow(id="reacts", steps=[Step("x", timeout=30)], triggers=[EventTrigger("go")])
+    declared = [waits, triggered]
+    async with (
+        open_redis_store(redis_url) as store_one,
+        open_redis_store(redis_url) as store_two,
+        open_engine(workflows=declared, store=store_one, replica="one", lease=LEASE) as one,
+        open_engine(workflows=declared, store=store_two, replica="two", lease=LEASE) as two,
+        one.open_listener(message_types=["go"]) as heard,
+    ):
+        task_id = one.start_workflow("waits").task_id
+        assert task_id is not None
+        two.publish(Event("go", {"n": 2}))  # not the event the step waits for
+        with trio.fail_after(5):
+            assert (await heard.receive()).data == {"n": 2}
+        assert [t.id for t in one.tasks()] == [task_id]
+        two.publish(Event("go", {"n": 1}))
+        with trio.fail_after(5):
+            result = await one.wait_task(task_id)
+        await trio.sleep(0.3)  # "one" had its chance to start a triggered run too
+        assert one.tasks() == []
+        history = await two.fetch_history()
+    assert result.outcome is Outcome.DONE
+    # each event started one run of "reacts", on "two", where it was published
+    assert sorted(r.workflow for r in history) == ["reacts", "reacts", "waits"]
 
 
 async def test_a_subscriber_that_moves_to_another_replica_gets_what_it_is_owed_there(
