@@ -436,9 +436,11 @@ class Core:
                 return
             if step is not None and run.replay:
                 run.replay = False
-                step_kind(step.step.action).act(self, run, step, now)
-                self._hold(run)
-                return
+                kind = step_kind(step.step.action)
+                if not (kind.owes_answers and step.is_finished()):  # else answered meanwhile
+                    kind.act(self, run, step, now)
+                    self._hold(run)
+                    return
             run.replay = False
             previous = task.step
             if machine.may_advance(task) and machine.advance(task, now=now):

@@ -725,17 +725,19 @@ async def open_engine(
             if state is not None:
                 engine._restore(state)
                 if persistence.asynchronous:
+                    streams = getattr(store, "streams", None)
                     takeover = Takeover(
                         core=engine._core,
                         driver=engine._driver,
                         persistence=persistence,
                         store=cast("AsyncStore", store),
+                        streams=streams,
+                        publish=engine.publish,
                     )
                     persistence.on_taken = takeover.give_up
                     persistence.on_regained = takeover.check_held
                     nursery.start_soon(persistence.keep_lease)
                     nursery.start_soon(takeover.serve)
-                    streams = getattr(store, "streams", None)
                     assert persistence.lease is not None
                     if streams is not None:  # the Redis store's: events reach every replica
                         fanout = EventFanout(

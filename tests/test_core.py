@@ -415,6 +415,32 @@ def test_an_event_from_elsewhere_finishes_waiting_steps_but_starts_no_workflow()
     assert again in h.core.running
 
 
+def test_a_resumed_step_whose_answers_came_meanwhile_is_not_sent_again() -> None:
+    h = Harness(TWO_STEPS)
+    for subscriber_id in ("w", "v"):
+        for step in ("first", "second"):
+            h.subscribers.add(subscriber_id, step)
+    task_id, intents = h.start("two")
+    assert published(intents) == [("action", "first")]
+    for owed in (("w",), ("w", "v")):
+        # another replica takes the task over where it was, and the answers left for it
+        run = h.core.running.pop(task_id)
+        run.registered.active.pop(run)
+        h.core.adopt(run.task, run.registered)
+        (start,) = h.take()
+        for subscriber_id in owed:
+            h.core.answer(ActionDone("first", task_id, "first", subscriber_id=subscriber_id), 1.0)
+        assert h.take() == []  # not kicked yet: nothing moves
+        h.core.kick(start.run, 1.0)
+        intents = h.take()
+        if owed == ("w",):  # v still owes it: the action goes out again
+            assert published(intents) == [("action", "first")]
+    assert published(intents) == [("action", "second")]  # both answered: first is not sent
+    step = h.run(task_id).task.step
+    assert step is not None
+    assert step.step.name == "second"
+
+
 def test_an_emit_step_emits_and_a_command_step_runs_and_is_cancelled() -> None:
     workflow = Workflow(
         id="c",
