@@ -107,10 +107,10 @@ class Takeover:
             adopted = set()
             for raw in records:
                 record = orjson.loads(raw)
+                adopted.add(record["id"])
                 if record["id"] in self._core.running:
                     continue
                 self._resume(record, now)
-                adopted.add(record["id"])
                 resumed += 1
             self._take_answers(name, answers, adopted)
             logger.warning(
