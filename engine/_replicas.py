@@ -7,7 +7,10 @@ expires (or is given up); :class:`Takeover`, running in every replica, looks
 for such leases a few times per lease period, moves their tasks to its own
 lease in one atomic step of the store (so that exactly one replica gets
 each task) and resumes them from their last committed state: the current
-step acts again, so what was owed is sent again.
+step acts again, so what was owed is sent again. The answers sent to those
+tasks that the expired lease's holder had not taken (read or not, they are
+in its stream of answers) are taken first: a step they finish is not sent
+again.
 
 The replica that lost them, if it wakes up, acts no more on them: every
 effect of a task waits for its state to be committed, and the store refuses
