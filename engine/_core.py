@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -107,6 +107,16 @@ class StartResult:
 def new_id() -> str:
     """Return a new task id."""
     return str(uuid.uuid4())
+
+
+def _waiting_for(waiters: dict[str, set[Run]], event: Event) -> Iterator[tuple[Run, StepRun]]:
+    """Yield the runs whose current step ``event`` finishes, with that step (each looked at
+    when its turn comes, after the ones before it moved on)."""
+    message_type = event.message_type
+    for run in list(waiters.get(message_type, ())):
+        step = run.task.step
+        if step is not None and step_kind(step.step.action).matches(step, message_type, event.data):
+            yield run, step
 
 
 class Core:
@@ -236,20 +246,11 @@ class Core:
                 self._progress_changed(run, now)
 
     def event(self, event: Event, now: float) -> None:
-        """An event was published: it may finish waiting steps and start workflows."""
+        """An event was published here: it may finish waiting steps and start workflows."""
+        self.event_elsewhere(event, now)
         if self.frozen:
             return
         message_type = event.message_type
-        waiters = self.event_waiters.get(message_type)
-        if waiters:
-            for run in list(waiters):
-                step = run.task.step
-                if step is not None and step_kind(step.step.action).matches(
-                    step, message_type, event.data
-                ):
-                    step.record_finished()
-                    run.dirty = True
-                    self._move_on_safely(run, now)
         table = self.workflows
         workflow_id = table.start_events.get(message_type)
         if workflow_id is not None:
@@ -257,6 +258,14 @@ class Core:
         for trigger, workflow_id in table.event_triggers.get(message_type, ()):
             if trigger.matches(message_type, event.data):
                 self.start(workflow_id, f"event {message_type}", now)
+
+    def event_elsewhere(self, event: Event, now: float) -> None:
+        """An event was published through another replica: it may finish the steps waiting
+        for it here, and starts no workflow (the replica it was published through did)."""
+        for run, step in () if self.frozen else _waiting_for(self.event_waiters, event):
+            step.record_finished()
+            run.dirty = True
+            self._move_on_safely(run, now)
 
     def kick(self, run: Run, now: float) -> None:
         """A started or resumed task gets its first move (the driver's next turn)."""
@@ -427,9 +436,11 @@ class Core:
                 return
             if step is not None and run.replay:
                 run.replay = False
-                step_kind(step.step.action).act(self, run, step, now)
-                self._hold(run)
-                return
+                kind = step_kind(step.step.action)
+                if not (kind.owes_answers and step.is_finished()):  # else answered meanwhile
+                    kind.act(self, run, step, now)
+                    self._hold(run)
+                    return
             run.replay = False
             previous = task.step
             if machine.may_advance(task) and machine.advance(task, now=now):

@@ -609,6 +609,14 @@ def _apply_shared(engine: Engine, kind: str, ident: str, value: Any) -> None:
         engine.config_models.apply(kind, ident, value)
 
 
+def _event_elsewhere(engine: Engine, event: Event) -> None:
+    """Take an event published through another replica: it finishes the steps waiting for it
+    here and reaches the listeners here; the workflows it triggers started there."""
+    engine._core.event_elsewhere(event, trio.current_time())
+    engine._bus.publish(event)
+    engine._driver.poke()
+
+
 def _always(_: str) -> bool:
     return True
 
@@ -710,23 +718,25 @@ async def open_engine(
             if state is not None:
                 engine._restore(state)
                 if persistence.asynchronous:
+                    streams = getattr(store, "streams", None)
                     takeover = Takeover(
                         core=engine._core,
                         driver=engine._driver,
                         persistence=persistence,
                         store=cast("AsyncStore", store),
+                        streams=streams,
+                        publish=engine.publish,
                     )
                     persistence.on_taken = takeover.give_up
                     persistence.on_regained = takeover.check_held
                     nursery.start_soon(persistence.keep_lease)
                     nursery.start_soon(takeover.serve)
-                    streams = getattr(store, "streams", None)
                     assert persistence.lease is not None
                     if streams is not None:  # the Redis store's: events reach every replica
                         fanout = EventFanout(
                             streams,
                             replica=persistence.lease.name,
-                            show=engine._bus.publish,
+                            show=functools.partial(_event_elsewhere, engine),
                             changed=functools.partial(_apply_shared, engine),
                         )
                         await nursery.start(fanout.serve)

@@ -1180,7 +1180,9 @@ class RedisStreams:
       subscriber's WebSocket reads it in the group ``subscriber`` as consumer
       ``<its name>``, and acknowledges it once the listener answered.
     - ``ANSWERS`` + lease: the replica that received an answer appends it with
-      :meth:`send_answer`; the lease's holder reads it in the group ``driver``.
+      :meth:`send_answer`; the lease's holder reads it in the group ``driver``,
+      and the replica that adopts its tasks once it expired takes what is left
+      there (owed to the holder, or never read).
     - ``EVENTS``: the replica that emits an event appends it; every replica
       :meth:`follow`\\ s it from the last id it saw.
 

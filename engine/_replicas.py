@@ -7,7 +7,10 @@ expires (or is given up); :class:`Takeover`, running in every replica, looks
 for such leases a few times per lease period, moves their tasks to its own
 lease in one atomic step of the store (so that exactly one replica gets
 each task) and resumes them from their last committed state: the current
-step acts again, so what was owed is sent again.
+step acts again, so what was owed is sent again. The answers sent to those
+tasks that the expired lease's holder had not taken (read or not, they are
+in its stream of answers) are taken first: a step they finish is not sent
+again.
 
 The replica that lost them, if it wakes up, acts no more on them: every
 effect of a task waits for its state to be committed, and the store refuses
@@ -60,12 +63,23 @@ class Takeover:
     """Take over the tasks of expired leases; give up those another replica took."""
 
     def __init__(
-        self, *, core: Core, driver: Driver, persistence: Persistence, store: AsyncStore
+        self,
+        *,
+        core: Core,
+        driver: Driver,
+        persistence: Persistence,
+        store: AsyncStore,
+        streams: RedisStreams | None = None,
+        publish: Callable[[Message], None] | None = None,
     ) -> None:
+        """``streams`` and ``publish``: where the answers left to an expired lease's tasks
+        are read (the Redis store's streams), and how they are taken (as a listener's)."""
         self._core = core
         self._driver = driver
         self._persistence = persistence
         self._store = store
+        self._streams = streams
+        self._publish = publish
 
     async def serve(self) -> None:
         """Look for expired leases four times per lease period, until cancelled."""
@@ -88,15 +102,20 @@ class Takeover:
             except LeaseLost as error:
                 logger.info("not taking over the tasks of %r: %s", name, error)
                 continue
+            # read before the tasks resume, so that their actions go out knowing the answers
+            answers = await self._left_answers(name) if records else []
             if self._core.frozen:  # stopping: they stay under our lease, for our restart
                 return resumed
             now = trio.current_time()
+            adopted = set()
             for raw in records:
                 record = orjson.loads(raw)
+                adopted.add(record["id"])
                 if record["id"] in self._core.running:
                     continue
                 self._resume(record, now)
                 resumed += 1
+            self._take_answers(name, answers, adopted)
             logger.warning(
                 "took over %d task(s) of replica %r (its lease expired)", len(records), name
             )
@@ -113,6 +132,42 @@ class Takeover:
                 core.start_queued(registered, now)
             return
         resume(core, record, now)
+
+    async def _left_answers(self, expired: str) -> list[tuple[str, bytes]]:
+        """Return (and acknowledge) the answers the expired lease's holder had not taken:
+        those it read but did not acknowledge, then those it never read. After the adoption
+        no answer is added to its stream (:meth:`RedisStreams.send_answer`)."""
+        streams = self._streams
+        lease = self._persistence.lease
+        if streams is None or lease is None:
+            return []
+        from ._redis import DRIVER_GROUP  # only with a Redis store (coredis is optional)
+
+        stream = streams.answer_stream(expired)
+        # an expired holder read nothing for a lease period: idle that long at least
+        entries = await streams.owed(stream, DRIVER_GROUP, lease.name, idle=_LEFT_IDLE)
+        while read := await streams.read(stream, DRIVER_GROUP, lease.name):
+            entries += read
+        await streams.ack(stream, DRIVER_GROUP, [entry for entry, _ in entries])
+        return entries
+
+    def _take_answers(
+        self, expired: str, entries: list[tuple[str, bytes]], adopted: set[str]
+    ) -> None:
+        """Take the answers left to the adopted tasks, as if their listeners sent them now."""
+        publish = self._publish
+        taken = 0
+        for entry_id, body in entries:
+            try:
+                data = orjson.loads(body)
+                answer = message_from_json(data["m"])
+                if publish is not None and isinstance(answer, _ANSWERS) and answer.task in adopted:
+                    publish(attrs.evolve(answer, subscriber_id=data["s"]))
+                    taken += 1
+            except Exception:  # one bad entry stops neither the others nor the engine
+                logger.exception("ignoring entry %s of the answers left to %r", entry_id, expired)
+        if taken:
+            logger.info("took %d answer(s) left to the tasks of replica %r", taken, expired)
 
     def give_up(self, task_id: str) -> None:
         """Forget a task another replica drives now: no result is filed, nothing goes out."""
@@ -141,6 +196,10 @@ class Takeover:
                 self.give_up(task_id)
 
 
+#: Least idle time of an answer read but not acknowledged by an expired lease's holder, for
+#: the adopter to take it (the holder is gone: any positive time would do).
+_LEFT_IDLE = timedelta(milliseconds=1)
+
 #: Events kept in the shared stream (about): enough for a replica that fell behind.
 EVENTS_KEPT = 10_000
 #: How long one read of the shared stream waits for entries.
@@ -153,10 +212,10 @@ class EventFanout:
 
     Each event this replica publishes is appended to the shared stream of
     events (a batch per round trip, in the order published); every replica
-    follows the stream from where it joined and shows the other replicas'
-    events to its own listeners. Only listeners see them: they start no
-    workflow and end no waiting step here (the replica that published one
-    did that).
+    follows the stream from where it joined and hands the other replicas'
+    events to ``show``: they reach its listeners and finish the steps of its
+    tasks that wait for them, but start no workflow here (the replica that
+    published one started those).
     """
 
     def __init__(

@@ -395,6 +395,52 @@ def test_events_finish_waiting_steps_and_start_triggered_workflows() -> None:
     assert task_id in [i.task_id for i in intents if isinstance(i, Ended)]
 
 
+def test_an_event_from_elsewhere_finishes_waiting_steps_but_starts_no_workflow() -> None:
+    waits = Workflow(id="waits", steps=[Step("ready", action=WaitForEvent("go", {"n": 1}))])
+    triggered = Workflow(id="t", steps=[Step("x")], triggers=[EventTrigger("go")])
+    h = Harness(waits, triggered)
+    task_id, _ = h.start("waits")
+    h.core.event_elsewhere(Event("go", {"n": 2}), 1.0)  # does not match the step's filter
+    assert h.take() == []  # and the trigger fired where the event was published
+    assert task_id in h.core.running
+    h.core.event_elsewhere(Event("go", {"n": 1}), 2.0)
+    intents = h.take()
+    assert task_id in [i.task_id for i in intents if isinstance(i, Ended)]
+    assert not [i for i in intents if isinstance(i, Start)]
+    assert h.kept[-1].outcome is Outcome.DONE
+    again, _ = h.start("waits")
+    h.core.frozen = True  # stopping: an event changes nothing any more
+    h.core.event_elsewhere(Event("go", {"n": 1}), 3.0)
+    assert h.take() == []
+    assert again in h.core.running
+
+
+def test_a_resumed_step_whose_answers_came_meanwhile_is_not_sent_again() -> None:
+    h = Harness(TWO_STEPS)
+    for subscriber_id in ("w", "v"):
+        for step in ("first", "second"):
+            h.subscribers.add(subscriber_id, step)
+    task_id, intents = h.start("two")
+    assert published(intents) == [("action", "first")]
+    for owed in (("w",), ("w", "v")):
+        # another replica takes the task over where it was, and the answers left for it
+        run = h.core.running.pop(task_id)
+        run.registered.active.pop(run)
+        h.core.adopt(run.task, run.registered)
+        (start,) = h.take()
+        for subscriber_id in owed:
+            h.core.answer(ActionDone("first", task_id, "first", subscriber_id=subscriber_id), 1.0)
+        assert h.take() == []  # not kicked yet: nothing moves
+        h.core.kick(start.run, 1.0)
+        intents = h.take()
+        if owed == ("w",):  # v still owes it: the action goes out again
+            assert published(intents) == [("action", "first")]
+    assert published(intents) == [("action", "second")]  # both answered: first is not sent
+    step = h.run(task_id).task.step
+    assert step is not None
+    assert step.step.name == "second"
+
+
 def test_an_emit_step_emits_and_a_command_step_runs_and_is_cancelled() -> None:
     workflow = Workflow(
         id="c",

@@ -25,6 +25,7 @@ from engine import (
     EventTrigger,
     Outcome,
     Step,
+    WaitForEvent,
     Workflow,
     open_engine,
 )
@@ -353,6 +354,85 @@ async def test_an_event_trigger_starts_one_run_across_replicas(redis_url: str) -
         history = await two.fetch_history()
     assert seen == ["deployed", "task_end"]  # "two" saw the event, and the run "one" started
     assert [r.workflow for r in history] == ["reacts"]
+
+
+async def test_a_step_waiting_on_one_replica_is_finished_by_an_event_published_on_another(
+    redis_url: str,
+) -> None:
+    waits = Workflow(id="waits", steps=[Step("ready", action=WaitForEvent("go", {"n": 1}))])
+    triggered = Workflow(id="reacts", steps=[Step("x", timeout=30)], triggers=[EventTrigger("go")])
+    declared = [waits, triggered]
+    async with (
+        open_redis_store(redis_url) as store_one,
+        open_redis_store(redis_url) as store_two,
+        open_engine(workflows=declared, store=store_one, replica="one", lease=LEASE) as one,
+        open_engine(workflows=declared, store=store_two, replica="two", lease=LEASE) as two,
+        one.open_listener(message_types=["go"]) as heard,
+    ):
+        task_id = one.start_workflow("waits").task_id
+        assert task_id is not None
+        two.publish(Event("go", {"n": 2}))  # not the event the step waits for
+        with trio.fail_after(5):
+            assert (await heard.receive()).data == {"n": 2}
+        assert [t.id for t in one.tasks()] == [task_id]
+        two.publish(Event("go", {"n": 1}))
+        with trio.fail_after(5):
+            result = await one.wait_task(task_id)
+        await trio.sleep(0.3)  # "one" had its chance to start a triggered run too
+        assert one.tasks() == []
+        history = await two.fetch_history()
+    assert result.outcome is Outcome.DONE
+    # each event started one run of "reacts", on "two", where it was published
+    assert sorted(r.workflow for r in history) == ["reacts", "reacts", "waits"]
+
+
+async def test_answers_left_to_a_dead_replica_are_taken_over_with_its_tasks(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    declarations = tmp_path / "durable.toml"
+    declarations.write_text(DURABLE)
+    options = ("--replica", "one", "--lease", "2")
+    async with serve(redis_url, declarations, options=options) as one:  # type: ignore[arg-type]
+        for subscriber_id in ("w", "v"):
+            for step in ("a", "b", "c"):
+                response = await one.http.post(f"/subscriber/{subscriber_id}/{step}")
+                assert response.status_code == 200
+        async with replica(redis_url, "two") as (two, store):
+            async with one.subscriber("w") as w_ws, one.subscriber("v") as v_ws:
+                task_id = (await one.http.post("/workflow/durable/run")).json()["task_id"]
+                for ws in (w_ws, v_ws):
+                    await answer(ws, await action(ws))
+                for ws in (w_ws, v_ws):
+                    assert (await action(ws))["data"]["step"] == "b"
+                one.process.kill()  # "one" dies while both owe b
+                with trio.fail_after(10):
+                    await one.process.wait()
+            stream = store.streams.answer_stream("one")
+            async with (
+                two.open_listener(subscriber_id="w") as w,
+                two.open_listener(subscriber_id="v") as v,
+            ):
+                # both answer b through "two": the answers go to "one", which holds the task
+                for listener in (w, v):
+                    listener.done(Action("b", task_id, "b"))
+                with trio.fail_after(5):
+                    while len(left := await store.streams.follow(stream)) < 2:
+                        await trio.sleep(0.01)
+                # "one" had read w's answer just before it died, and not yet taken it
+                read = await store.streams.read(stream, "driver", "one", count=1)
+                assert read == left[:1]
+                assert await store.lease_of(task_id) == "one"  # not taken over yet
+                caplog.set_level("INFO", logger="engine._replicas")
+                for listener in (w, v):  # b is not asked again: both answers count
+                    sent = await next_action(listener, timeout=10)
+                    assert (sent.task, sent.step) == (task_id, "c")
+                    listener.done(sent)
+                with trio.fail_after(5):
+                    result = await two.wait_task(task_id)
+            assert await store.streams.owed(stream, "driver", "two") == []
+    assert result.outcome is Outcome.DONE
+    assert [dict(s.answered) for s in result.steps] == [{"w": "done", "v": "done"}] * 3
+    assert "took 2 answer(s) left to the tasks of replica 'one'" in caplog.messages
 
 
 async def test_a_subscriber_that_moves_to_another_replica_gets_what_it_is_owed_there(

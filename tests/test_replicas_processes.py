@@ -138,6 +138,16 @@ async def subscribe(server: Replica, subscriber_id: str, steps: str = "abc") -> 
         assert response.status_code == 200, response.text
 
 
+async def knows(server: Replica, subscriber_id: str, steps: str = "abc") -> None:
+    """Wait until a subscription made through another replica reached ``server``."""
+    with trio.fail_after(10):
+        while True:
+            got = await server.http.get(f"/subscriber/{subscriber_id}")
+            if got.status_code == 200 and sorted(got.json()["subscriptions"]) == list(steps):
+                return
+            await trio.sleep(0.05)
+
+
 async def run(server: Replica, workflow: str = "durable") -> str:
     started = await server.http.post(f"/workflow/{workflow}/run")
     assert started.status_code == 202, started.text
@@ -198,6 +208,8 @@ async def test_a_run_started_on_one_replica_is_answered_through_another(
 ) -> None:
     async with replicas(redis_server, DURABLE, tmp_path) as (one, two, three):
         await subscribe(three, "w")  # subscribed through one replica,
+        for server in (one, two):
+            await knows(server, "w")
         async with two.subscriber("w") as ws:  # connected to another,
             task_id = await run(one)  # its run started on the third
             assert await leases.lease_of(task_id) == "one"
@@ -218,6 +230,8 @@ async def test_the_replica_driving_a_task_killed_mid_step_another_finishes_it(
 ) -> None:
     async with replicas(redis_server, DURABLE, tmp_path) as (one, two, three):
         await subscribe(two, "w")
+        for server in (one, three):
+            await knows(server, "w")
         async with three.subscriber("w") as ws:
             task_id = await run(one)
             seen = []
@@ -256,6 +270,8 @@ async def test_a_paused_replica_writes_nothing_more_for_the_tasks_taken_from_it(
 ) -> None:
     async with replicas(redis_server, DURABLE, tmp_path) as (one, two, three):
         await subscribe(three, "w")
+        for server in (one, two):
+            await knows(server, "w")
         seen = []
         async with one.subscriber("w") as ws:  # the subscriber is connected to the driver
             task_id = await run(one)
