@@ -17,10 +17,12 @@ environment variable NAME when ``resolve_env_vars`` is on.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+import trio
 import yaml
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -83,8 +85,12 @@ class ResotoRoutes:
         *,
         max_body_size: int,
         environ: Mapping[str, str] | None = None,
+        store_wait: float = 10.0,
     ) -> None:
         self.engine = engine
+        #: Seconds a change naming a revision waits for a shared store's check before
+        #: it answers 503 (the change is made, and taken here, once the store answers).
+        self.store_wait = store_wait
         self.models = models
         self.max_body_size = max_body_size
         self.environ = os.environ if environ is None else environ
@@ -211,12 +217,29 @@ class ResotoRoutes:
             headers = {} if current is None else {REVISION_HEADER: current.revision}
             return JSONResponse(document, headers=headers)
         try:
-            config = await configs.write(config_id, document, if_match=if_match)
+            with self._store_bound():
+                config = await configs.write(config_id, document, if_match=if_match)
         except ConfigConflict as error:
             raise BadInput(409, str(error), extra={"revision": error.actual}) from None
         except InvalidInputError as error:
             raise BadInput(400, "invalid config", [str(p) for p in error.problems]) from None
         return JSONResponse(dict(config.data), headers={REVISION_HEADER: config.revision})
+
+    @contextlib.contextmanager
+    def _store_bound(self) -> Iterator[None]:
+        """Answer 503 when the store has not checked and kept a change in time."""
+        try:
+            with trio.fail_after(self.store_wait):
+                yield
+        except trio.TooSlowError:
+            raise BadInput(
+                503,
+                "the store does not answer",
+                [
+                    f"the change was not stored within {self.store_wait:g} s: it is written,"
+                    " if the store still holds the revision it names, once the store answers"
+                ],
+            ) from None
 
     async def put_config(self, request: Request) -> Response:
         return await self._write(request, patch=False)
@@ -230,7 +253,8 @@ class ResotoRoutes:
         if if_match is None and config_id not in self.engine.configs.ids():
             raise BadInput(404, f"unknown config {config_id!r}")
         try:
-            await self.engine.configs.remove(config_id, if_match=if_match)
+            with self._store_bound():
+                await self.engine.configs.remove(config_id, if_match=if_match)
         except ConfigConflict as error:
             raise BadInput(409, str(error), extra={"revision": error.actual}) from None
         self.models.delete_validation(config_id)

@@ -277,7 +277,9 @@ class PhasebusApp:
         self.console = Console(engine, psk=psk)
         #: Resoto's config, config model and graph routes.
         models = engine.config_models
-        self.resoto = ResotoRoutes(engine, models, max_body_size=max_body_size)
+        self.resoto = ResotoRoutes(
+            engine, models, max_body_size=max_body_size, store_wait=store_wait
+        )
         #: Resoto's worker task queue.
         self.work = WorkRoutes(
             WorkQueue(),

@@ -35,6 +35,8 @@ async def test_a_hung_redis_counts_as_unreachable_until_it_answers(
         base = await nursery.start(functools.partial(serve_app, app, port=0))
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             assert (await http.get("/system/ready")).status_code == 200
+            guarded = await http.put("/config/guarded", json={"level": 1})
+            revision = guarded.headers["Resoto-Config-Revision"]
             redis_server.kill(signal.SIGSTOP)  # the connection stays open; no answer comes
             try:
                 read: list[object] = []
@@ -51,6 +53,17 @@ async def test_a_hung_redis_counts_as_unreachable_until_it_answers(
                 # a change is answered 503 (kept, written once Redis answers), not held forever
                 refused = await http.put("/config/app", json={"level": 1})
                 assert refused.status_code == 503, refused.text
+                # so is one naming a revision, which waits for Redis's own check
+                began = time.monotonic()
+                checked = await http.put(
+                    "/config/guarded", json={"level": 2}, headers={"If-Match": revision}
+                )
+                assert checked.status_code == 503, checked.text
+                assert checked.json()["error"] == "the store does not answer"
+                assert time.monotonic() - began < 3
+                config = engine.configs.get("guarded")
+                assert config is not None
+                assert config.data == {"level": 1}  # not taken before Redis keeps it
                 with trio.fail_after(5):
                     while store.ready:  # the unanswered calls count as Redis out of reach
                         await trio.sleep(0.05)
@@ -62,10 +75,14 @@ async def test_a_hung_redis_counts_as_unreachable_until_it_answers(
                 while not read or not store.ready:
                     await trio.sleep(0.05)
             assert (await http.get("/system/ready")).status_code == 200
-            # what was refused with 503 is stored now
+            # what was refused with 503 is stored now, and taken here
             with trio.fail_after(10):
                 while "app" not in {c.id for c in (await store.load()).configs}:
                     await trio.sleep(0.05)
+                while (await http.get("/config/guarded")).json() != {"level": 2}:
+                    await trio.sleep(0.05)
+            stored = {c.id: c.data for c in (await store.load()).configs}
+            assert stored["guarded"] == {"level": 2}
         assert any("answers again" in r.getMessage() for r in caplog.records)
         app.close()
         nursery.cancel_scope.cancel()
