@@ -9,9 +9,12 @@ ended, a write committed or failed) go to the core, whose new intents the
 driver takes next.
 
 Nothing the driver does runs on a listener's stack: an answer only records
-a fact in the core and wakes the driver. An exception while carrying out one
-task's intents fails that task (the core hears of it) and drops what else
-that task was to cause in the same batch; the other tasks go on.
+a fact in the core and wakes the driver. (A synchronous read of the store,
+from the API or a program, first carries out what is pending, on the
+reader's stack, so that it sees every write decided before it; inside a
+batch it does not nest.) An exception while carrying out one task's intents
+fails that task (the core hears of it) and drops what else that task was to
+cause in the same batch; the other tasks go on.
 """
 
 from __future__ import annotations
