@@ -560,11 +560,14 @@ class Engine(ListenerMethods, ResultMethods, ConfigMethods):
         """Stop every task where it is, because the program is stopping.
 
         From now on no task moves, nothing is published for a task, nothing is
-        written to the store and nothing starts; answers and events are
-        refused (:class:`EngineClosed`), and a subscriber removed now releases
-        no step. Call it before anything goes away (listeners, subscribers):
-        a restart on the same store then resumes every task where it was.
-        Leaving :func:`open_engine` freezes the engine first. Idempotent.
+        written to the store and nothing starts (:meth:`start_workflow` raises
+        :class:`EngineClosed`); answers and events published are ignored (a
+        subscriber still owes its answer after a restart), and a subscriber
+        removed now releases no step. What was decided but not yet carried
+        out is dropped, as in a crash. Call it before anything goes away
+        (listeners, subscribers): a restart on the same store then resumes
+        every task where it was. Leaving :func:`open_engine` freezes the engine
+        first. Idempotent.
         """
         if self._core.frozen:
             return
