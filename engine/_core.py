@@ -27,7 +27,7 @@ import attrs
 from ._clock import Clock
 from ._definitions import Surpass
 from ._errors import EngineClosed
-from ._intents import Dequeued, Emit, Ended, Hold, Log, Stage, Start, Wake
+from ._intents import Dequeued, Emit, Ended, Hold, Intent, Log, Stage, Start, Wake
 from ._machine import END, Answer, Outcome, StepRun, Task
 from ._messages import (
     ActionDone,
@@ -141,7 +141,7 @@ class Core:
         self._progress_interval = progress_interval
         self._stall_fraction = stall_fraction
         #: What the driver must do, in order.
-        self.intents: list[Any] = []
+        self.intents: list[Intent] = []
         self.running: dict[str, Run] = {}
         #: Message type -> the runs whose current step waits for events of that type.
         self.event_waiters: dict[str, set[Run]] = {}

@@ -19,6 +19,7 @@ act. One nursery holds everything the engine runs; it starts no threads.
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -79,6 +80,7 @@ from ._runs import Run
 from ._schedules import SCHEDULE_FIRED as SCHEDULE_FIRED
 from ._schedules import MarkKey, Schedules
 from ._schedules import ScheduleFiring as ScheduleFiring
+from ._steps import action_of
 from ._store import AsyncStore, Store, StoredState
 from ._subscribers import SubscriptionChange
 from ._tasklog import TaskLog
@@ -395,7 +397,8 @@ class Engine(ListenerMethods, ResultMethods, ConfigMethods):
             and not run.committing  # else its action is still on its way there
             and subscriber_id in run.task.step.waiting_for
         ]
-        return [_action(run) for run in sorted(owed, key=lambda r: r.task.created_at)]
+        owed.sort(key=lambda r: r.task.created_at)
+        return [action_of(run, run.task.step) for run in owed if run.task.step is not None]
 
     # ------------------------------------------------------------ publishing
 
@@ -624,14 +627,7 @@ def _always(_: str) -> bool:
     return True
 
 
-def _action(run: Run) -> Action:
-    task = run.task
-    assert task.step is not None
-    step = task.step.step
-    return Action(step.message_type, task.id, step.name, extra=run.routing)
-
-
-logger = __import__("logging").getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: Seconds an engine on an asynchronous store waits at close to write what is staged.
 CLOSE_WAIT = 5.0

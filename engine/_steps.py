@@ -83,10 +83,8 @@ class PerformActionKind(StepKind):
             owing[run] = None
 
     def act(self, core: Core, run: Run, step: StepRun, now: float) -> None:
-        task = run.task
-        action = Action(step.step.message_type, task.id, step.step.name, extra=run.routing)
         run.announced = step
-        core.intents.append(Publish(task.id, action, None, run, step))
+        core.intents.append(Publish(run.task.id, action_of(run, step), None, run, step))
         if step.waiting_for:
             core.watch_stall(run, step, now)
 
@@ -138,6 +136,11 @@ class ExecuteCommandKind(StepKind):
 
     def end(self, core: Core, run: Run, step: StepRun) -> None:
         core.intents.append(CancelCommand(run.task.id, run))  # if it still runs
+
+
+def action_of(run: Run, step: StepRun) -> Action:
+    """Return the action a perform-action step of the task sends (the same each time)."""
+    return Action(step.step.message_type, run.task.id, step.step.name, extra=run.routing)
 
 
 #: The kind of each action, by the action class's ``kind``.
