@@ -203,6 +203,12 @@ class Bus:
         self.observers: list[
             tuple[Callable[[Message], None], frozenset[str] | None, frozenset[Kind] | None]
         ] = []
+        #: Callables that see each message of their kinds (actions and aborts, say) first,
+        #: with the subscribers it is addressed to (None: every subscriber of its type), for
+        #: passing it on to the subscribers whose listeners are elsewhere.
+        self.routers: list[
+            tuple[Callable[[Message, Collection[str] | None], None], frozenset[Kind]]
+        ] = []
 
     def has_listeners(self, message_type: str) -> bool:
         """Tell whether any listener may receive messages of ``message_type``."""
@@ -275,6 +281,9 @@ class Bus:
                 kinds is None or message.kind in kinds
             ):
                 observer(message)
+        for router, kinds in self.routers:
+            if message.kind in kinds:
+                router(message, subscribers)
         slow = None
         for group in (self._by_type.get(message.message_type), self._all):
             if not group:

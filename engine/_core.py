@@ -438,7 +438,7 @@ class Core:
                 run.replay = False
                 kind = step_kind(step.step.action)
                 if not (kind.owes_answers and step.is_finished()):  # else answered meanwhile
-                    kind.act(self, run, step, now)
+                    kind.act_again(self, run, step, now)
                     self._hold(run)
                     return
             run.replay = False

@@ -752,8 +752,9 @@ async def open_engine(
                             subscribers=engine.subscribers,
                             publish=engine.publish,
                             owed=engine.owed_actions,
+                            persistence=persistence,
                         )
-                        engine._bus.observers.append((relay.observe, None, _STEP_KINDS))
+                        engine._bus.routers.append((relay.observe, _STEP_KINDS))
                         engine._bus.observers.append(
                             (relay.listeners_changed, _LISTENER_EVENTS, _EVENT_KIND)
                         )

@@ -207,6 +207,8 @@ class _ReadMethods:
     _store: Store | None
     _async: AsyncStore | None
     _handed_in: int
+    _closed: bool
+    _round_done: trio.Event
     before_read: Callable[[], object]
 
     def flush(self) -> None:  # pragma: no cover - the persistence's
@@ -237,6 +239,22 @@ class _ReadMethods:
     async def _quietly_written(self) -> None:
         self.before_read()
         await self._reached(self._handed_in)
+
+    async def caught_up(self) -> bool:
+        """Wait until everything decided so far, task writes included, is in the store.
+
+        Returns False when the engine is stopping (what it was to write may not be
+        written). A replica acknowledges the answers it takes from Redis only once
+        this returns True after it took them: what they caused is kept by then.
+        """
+        self.before_read()
+        if self._closed:
+            return False
+        return await self._reached(self._handed_in) and not self._closed
+
+    async def round_over(self) -> None:
+        """Wait until the committer's round under way (or its next one) is over."""
+        await self._round_done.wait()
 
     def history_now(self, use: str, **filters: Any) -> list[dict[str, Any]]:
         """Return finished tasks, newest first (a synchronous store; ``use`` names the

@@ -23,7 +23,7 @@ replica's now.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +119,9 @@ class Takeover:
             logger.warning(
                 "took over %d task(s) of replica %r (its lease expired)", len(records), name
             )
+            if answers:
+                self._driver.poke()
+                await self._acknowledge_left(name, answers, adopted)
         if resumed:
             self._driver.poke()
         return resumed
@@ -134,9 +137,10 @@ class Takeover:
         resume(core, record, now)
 
     async def _left_answers(self, expired: str) -> list[tuple[str, bytes]]:
-        """Return (and acknowledge) the answers the expired lease's holder had not taken:
-        those it read but did not acknowledge, then those it never read. After the adoption
-        no answer is added to its stream (:meth:`RedisStreams.send_answer`)."""
+        """Return the answers the expired lease's holder had not taken: those it read but
+        did not acknowledge, then those it never read (they become this replica's, owed).
+        After the adoption no answer is added to its stream (:meth:`RedisStreams.send_answer`).
+        """
         streams = self._streams
         lease = self._persistence.lease
         if streams is None or lease is None:
@@ -148,8 +152,20 @@ class Takeover:
         entries = await streams.owed(stream, DRIVER_GROUP, lease.name, idle=_LEFT_IDLE)
         while read := await streams.read(stream, DRIVER_GROUP, lease.name):
             entries += read
-        await streams.ack(stream, DRIVER_GROUP, [entry for entry, _ in entries])
         return entries
+
+    async def _acknowledge_left(
+        self, expired: str, entries: list[tuple[str, bytes]], adopted: set[str]
+    ) -> None:
+        """Acknowledge the answers taken from an expired lease's stream once the state they
+        caused is committed (stopping first, they stay owed: taken again at the restart)."""
+        streams = self._streams
+        if streams is None or not await kept(self._core, self._persistence, adopted):
+            return
+        from ._redis import DRIVER_GROUP  # only with a Redis store (coredis is optional)
+
+        stream = streams.answer_stream(expired)
+        await streams.ack(stream, DRIVER_GROUP, [entry for entry, _ in entries])
 
     def _take_answers(
         self, expired: str, entries: list[tuple[str, bytes]], adopted: set[str]
@@ -194,6 +210,28 @@ class Takeover:
             # held elsewhere, or ended there (a task not stored yet is neither)
             if holder is not None or await self._store.finished_task(task_id) is not None:
                 self.give_up(task_id)
+
+
+async def kept(core: Core, persistence: Persistence, task_ids: Collection[str]) -> bool:
+    """Wait until the state that the answers just handed to ``core`` for ``task_ids``
+    caused is committed (or they changed nothing); False if the engine stops first.
+
+    An answer taken from a Redis stream is acknowledged there only after this
+    returned True: until then it stays owed to this replica, so that whoever takes
+    its task over (or this replica, restarted) takes it again.
+    """
+    running = core.running
+    while True:
+        if core.frozen or not await persistence.caught_up():
+            return False
+        # a task held while what its last state caused goes out saves the answers
+        # recorded meanwhile after that: one more round
+        if not any(
+            run is not None and run.dirty and run.committing and not run.gone
+            for run in map(running.get, task_ids)
+        ):
+            return True
+        await persistence.round_over()
 
 
 #: Least idle time of an answer read but not acknowledged by an expired lease's holder, for
@@ -300,7 +338,10 @@ class ActionRelay:
     - An answer that reaches this replica for a task another replica drives
       goes to the stream of that replica's lease (looked up in the same step
       as the append); the driving replica reads its stream and takes the
-      answer as if its listener had sent it.
+      answer as if its listener had sent it, and acknowledges it in Redis
+      only once the state it caused is committed (:func:`kept`): a replica
+      that dies before leaves it owed, and whoever takes the task over takes
+      the answer with it.
 
     Delivery is at least once, as everywhere: a replica that takes a task
     over sends its current step's action again.
@@ -316,8 +357,10 @@ class ActionRelay:
         subscribers: SubscriberRegistry,
         publish: Callable[[Message], None],
         owed: Callable[[str], list[Action]],
+        persistence: Persistence,
     ) -> None:
         self._streams = streams
+        self._persistence = persistence
         self._owed = owed
         self._replica = replica
         self._bus = bus
@@ -326,6 +369,10 @@ class ActionRelay:
         self._publish = publish
         self._actions: list[tuple[str, bytes]] = []
         self._answers: list[tuple[str, bytes]] = []
+        #: Answers queued for other replicas, and those sent (they are sent in order).
+        self._answers_queued = 0
+        self._answers_sent = 0
+        self._answers_gone = trio.Event()
         self._wake = trio.Event()
         self._delivering = False
         self._readers: dict[str, trio.CancelScope] = {}
@@ -333,12 +380,15 @@ class ActionRelay:
 
     # ------------------------------------------------------------ seen here
 
-    def observe(self, message: Message) -> None:
-        """See an action or abort published here: queue it for the subscribers elsewhere."""
+    def observe(self, message: Message, addressed: Collection[str] | None = None) -> None:
+        """See an action or abort published here for the ``addressed`` subscribers (None:
+        every subscriber of its type): queue it for those connected elsewhere."""
         if self._delivering:
             return  # it came from another replica
         body: bytes | None = None
         for subscriber in self._subscribers.for_type(message.message_type):
+            if addressed is not None and subscriber.id not in addressed:
+                continue
             if self._bus.listener_of(subscriber.id) is None:
                 body = body or orjson.dumps(message.to_json())
                 self._actions.append((self._streams.action_stream(subscriber.id), body))
@@ -349,6 +399,7 @@ class ActionRelay:
         """Queue an answer for the replica driving its task."""
         body = orjson.dumps({"s": answer.subscriber_id, "m": answer.to_json()})
         self._answers.append((answer.task, body))
+        self._answers_queued += 1
         self._wake.set()
 
     def listeners_changed(self, event: Message) -> None:
@@ -402,6 +453,10 @@ class ActionRelay:
             for task_id, body in answers:
                 if await streams.send_answer(task_id, body) is None:
                     logger.debug("an answer for task %s: it is running nowhere", task_id)
+                self._answers_sent += 1
+            if answers:
+                gone, self._answers_gone = self._answers_gone, trio.Event()
+                gone.set()
 
     async def _read_actions(self, subscriber_id: str, scope: trio.CancelScope) -> None:
         from ._redis import SUBSCRIBER_GROUP  # only with a Redis store (coredis is optional)
@@ -435,16 +490,32 @@ class ActionRelay:
         stream = streams.answer_stream(self._replica)
         entries = await streams.owed(stream, DRIVER_GROUP, self._replica)
         while True:
+            taken: set[str] = set()
             for entry_id, body in entries:
                 try:
                     data = orjson.loads(body)
                     answer = message_from_json(data["m"])
                     if isinstance(answer, _ANSWERS) and answer.task in self._core.running:
                         self._publish(attrs.evolve(answer, subscriber_id=data["s"]))
+                        taken.add(answer.task)
                 except Exception:  # one bad entry stops neither the others nor the engine
                     logger.exception("ignoring entry %s of %s", entry_id, stream)
-            await streams.ack(stream, DRIVER_GROUP, [entry for entry, _ in entries])
+            if entries:
+                if not await self._taken(taken):
+                    return  # stopping: they stay owed here, for whoever takes the tasks
+                await streams.ack(stream, DRIVER_GROUP, [entry for entry, _ in entries])
             entries = await streams.read(stream, DRIVER_GROUP, self._replica, block=_FOLLOW_BLOCK)
+
+    async def _taken(self, task_ids: Collection[str]) -> bool:
+        """Wait until the answers just published for ``task_ids`` are kept: the state they
+        caused committed, those passed on (this replica's lease was in doubt) appended to
+        another stream. False: the engine stops first."""
+        relayed = self._answers_queued
+        if not await kept(self._core, self._persistence, task_ids):
+            return False
+        while self._answers_sent < relayed:
+            await self._answers_gone.wait()
+        return True
 
 
 _ANSWERS = (ActionDone, ActionError, ActionInfo, ActionProgress)

@@ -52,7 +52,12 @@ class StepKind:
         step.begin(deadline=now + step.step.timeout)
 
     def act(self, core: Core, run: Run, step: StepRun, now: float) -> None:
-        """Do what the step does once its state is saved (and again after a restart)."""
+        """Do what the step does once its state is saved."""
+
+    def act_again(self, core: Core, run: Run, step: StepRun, now: float) -> None:
+        """Do what the step does again, after a restart or a takeover (the answers taken
+        meanwhile are recorded already)."""
+        self.act(core, run, step, now)
 
     def resumed(self, core: Core, run: Run, step: StepRun) -> None:
         """Take up a step restored after a restart, before it acts again."""
@@ -85,6 +90,24 @@ class PerformActionKind(StepKind):
     def act(self, core: Core, run: Run, step: StepRun, now: float) -> None:
         run.announced = step
         core.intents.append(Publish(run.task.id, action_of(run, step), None, run, step))
+        if step.waiting_for:
+            core.watch_stall(run, step, now)
+
+    def act_again(self, core: Core, run: Run, step: StepRun, now: float) -> None:
+        """Send the action again to its subscribers, but not to those the step no longer
+        waits for (they answered, before the restart or among the answers taken over)."""
+        settled = step.owed_at_start - step.waiting_for
+        if not settled:
+            self.act(core, run, step, now)
+            return
+        message_type = step.step.message_type
+        addressed = frozenset(
+            subscriber.id
+            for subscriber in core.subscribers.for_type(message_type)
+            if subscriber.id not in settled
+        )
+        run.announced = step
+        core.intents.append(Publish(run.task.id, action_of(run, step), addressed, run, step))
         if step.waiting_for:
             core.watch_stall(run, step, now)
 

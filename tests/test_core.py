@@ -420,8 +420,10 @@ def test_a_resumed_step_whose_answers_came_meanwhile_is_not_sent_again() -> None
     for subscriber_id in ("w", "v"):
         for step in ("first", "second"):
             h.subscribers.add(subscriber_id, step)
+    h.subscribers.add("told", "first", wait_for_completion=False)  # gets it, owes nothing
     task_id, intents = h.start("two")
     assert published(intents) == [("action", "first")]
+    assert [i.subscribers for i in intents if isinstance(i, Publish)] == [None]
     for owed in (("w",), ("w", "v")):
         # another replica takes the task over where it was, and the answers left for it
         run = h.core.running.pop(task_id)
@@ -433,8 +435,10 @@ def test_a_resumed_step_whose_answers_came_meanwhile_is_not_sent_again() -> None
         assert h.take() == []  # not kicked yet: nothing moves
         h.core.kick(start.run, 1.0)
         intents = h.take()
-        if owed == ("w",):  # v still owes it: the action goes out again
+        if owed == ("w",):  # v still owes it: the action goes out again, not to w
             assert published(intents) == [("action", "first")]
+            (again,) = [i for i in intents if isinstance(i, Publish)]
+            assert again.subscribers == frozenset({"v", "told"})
     assert published(intents) == [("action", "second")]  # both answered: first is not sent
     step = h.run(task_id).task.step
     assert step is not None
