@@ -26,9 +26,13 @@ Redis is used as a server that may go away: a call that cannot reach it
 waits and retries with backoff (logged once when Redis goes away and once
 when it is back), :attr:`RedisStore.ready` tells meanwhile that it does not
 answer, and a server still loading its data (``LOADING``) is waited for.
-Callers bound the wait with trio's cancel scopes. What survives a restart
-of Redis depends on its persistence; opening the store warns when Redis
-keeps nothing on disk.
+Callers bound the wait with trio's cancel scopes. A call Redis carried out
+but answered late (or over a connection that broke) is sent again, so every
+write is safe to make twice: commits and renewals write the same again, a
+batch of events carries its number (:meth:`RedisStreams.append_once`), and
+acquiring a lease, adopting tasks and claiming a firing carry an id of the
+call that the script recognises. What survives a restart of Redis depends on
+its persistence; opening the store warns when Redis keeps nothing on disk.
 
 Values are JSON written by orjson, as everywhere in phasebus (task records
 arrive already encoded); every key is named once, below.
@@ -101,11 +105,19 @@ TASK_LEASE = "task-lease"
 #: String per lease (+ lease name): its fencing token, expiring with the lease (PX).
 #: Written by the lease's holder (acquire, renew, release).
 LEASE = "lease:"
+#: String per lease (+ lease name): the id of the call that acquired the lease (random,
+#: one per call), expiring with the lease's first period, so that a call sent again after
+#: its answer was lost finds the lease its own. Written by acquire.
+LEASE_CALL = "lease-call:"
 #: Set per lease (+ lease name): the running tasks held under it. Commit and adopt.
 LEASE_TASKS = "lease-tasks:"
 #: Sorted set: lease name -> when it expires (ms, Redis's clock); 0 once released.
 #: Lets a replica find expired leases whose tasks need taking over. Lease scripts.
 LEASES = "leases"
+#: Hash: expired lease name -> JSON ``[call id, [task ids]]``: the last adoption of its tasks
+#: (the id of the call, random, and what it moved), so that the call sent again after its
+#: answer was lost gets the same tasks back. Written by adopt.
+ADOPTIONS = "adoptions"
 #: Counter: the last fencing token handed out (grows on every acquisition).
 FENCE = "fence"
 #: Hash: finished task id -> its result (JSON). Written by commit, removed by prune.
@@ -135,7 +147,8 @@ DEFINITIONS = "definitions"
 #: Written by the replica that fired it.
 SCHEDULE_MARKS = "schedule-marks"
 #: String per firing (+ JSON ``[workflow, cron, time zone, planned seconds]``): the
-#: replica that claimed it (SET NX PX), so that exactly one replica starts the run.
+#: replica that claimed it and an id of its call (SET NX PX GET), so that exactly one
+#: replica starts the run.
 FIRING = "firing:"
 #: Stream per subscriber (+ subscriber id): actions owed to it. Written (XADD, in commit's
 #: messages) by the replica driving the task; read in the consumer group ``SUBSCRIBER_GROUP``
@@ -150,6 +163,10 @@ ANSWERS = "answers:"
 #: the event; read by every replica without a group (RedisStreams.follow, from the last
 #: id it saw), trimmed by length.
 EVENTS = "events"
+#: Hash: writer (a replica's name) -> the id of the last batch of entries it appended to a
+#: stream read without a group (``<random id of the writer's run>:<batch number>``), so that
+#: a batch sent again after its answer was lost is not appended twice. RedisStreams.append_once.
+BATCHES = "batches"
 
 #: The consumer group of an ACTIONS stream.
 SUBSCRIBER_GROUP = "subscriber"
@@ -325,9 +342,13 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 _ACQUIRE = (
     _NOW_MS
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('GET', KEYS[4]) == ARGV[3] then return tonumber(redis.call('GET', KEYS[1])) end
+  return false
+end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[2]), ARGV[1])
 return token
 """
@@ -376,11 +397,25 @@ local token = redis.call('GET', KEYS[1])
 if token ~= ARGV[1] then
   return {0, 'lease ' .. ARGV[2] .. ' is not held with token ' .. ARGV[1]}
 end
+local records = {1}
+local last = redis.call('HGET', KEYS[8], ARGV[3])
+if last then
+  local adoption = cjson.decode(last)
+  if adoption[1] == ARGV[4] then  -- this call, sent again: what it moved (still held here)
+    for _, id in ipairs(adoption[2]) do
+      local record = redis.call('HGET', KEYS[6], id)
+      if record and redis.call('HGET', KEYS[5], id) == ARGV[2] then
+        records[#records + 1] = record
+      end
+    end
+    return records
+  end
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {0, 'lease ' .. ARGV[3] .. ' is held again'}
 end
-local records = {1}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+local ids = redis.call('SMEMBERS', KEYS[3])
+for _, id in ipairs(ids) do
   redis.call('HSET', KEYS[5], id, ARGV[2])
   redis.call('SADD', KEYS[4], id)
   local record = redis.call('HGET', KEYS[6], id)
@@ -388,7 +423,21 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
 end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[7], ARGV[3])
+redis.call('HSET', KEYS[8], ARGV[3], cjson.encode({ARGV[4], ids}))
 return records
+"""
+
+_APPEND_ONCE = """
+local last = redis.call('HGET', KEYS[2], ARGV[1])
+if last then
+  local run, batch = string.match(last, '^(.*):(%d+)$')
+  if run == ARGV[2] and tonumber(batch) >= tonumber(ARGV[3]) then return 0 end
+end
+for i = 5, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'm', ARGV[i])
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
+return #ARGV - 4
 """
 
 _SEND_ANSWER = """
@@ -543,6 +592,7 @@ class RedisConnection:
                 ("expired", _EXPIRED),
                 ("adopt", _ADOPT),
                 ("answer", _SEND_ANSWER),
+                ("append once", _APPEND_ONCE),
             )
         }
 
@@ -668,7 +718,144 @@ class RedisConnection:
         return await self.call(lambda: script(keys=list(keys), args=list(args)))
 
 
-class RedisStore(RedisConnection):
+class RedisLeases(RedisConnection):
+    """What replicas hold on a Redis server: leases with fencing tokens, the tasks of an
+    expired lease taken over, and claims of cron firings (see the module's docstring)."""
+
+    # ------------------------------------------------------------ leases
+
+    async def acquire_lease(self, name: str, ttl: timedelta) -> int | None:
+        """Take the lease ``name`` for ``ttl`` if nobody holds it; return its fencing token.
+
+        The token is greater than every token this store handed out before
+        (for any lease). None: someone holds the lease. Taking a lease again
+        after it expired takes its tasks with it (a replica restarting under
+        the same name), and fences out the writes of whoever held it before.
+
+        The call is sent again when its answer is lost (late, or the
+        connection broke): the lease its first attempt took is recognised
+        (by an id of this call stored with it) and its token returned.
+        """
+        call_id = secrets.token_hex(8)
+        token = await self.script(
+            "acquire",
+            [self.key(LEASE, name), self.key(FENCE), self.key(LEASES), self.key(LEASE_CALL, name)],
+            [name, _milliseconds(ttl), call_id],
+        )
+        return None if token is None else int(token)
+
+    async def renew_lease(self, name: str, token: int, ttl: timedelta) -> bool:
+        """Extend a held lease to ``ttl`` from now; False if it is no longer held with ``token``."""
+        renewed = await self.script(
+            "renew", [self.key(LEASE, name), self.key(LEASES)], [name, token, _milliseconds(ttl)]
+        )
+        return bool(renewed)
+
+    async def keep_lease(
+        self,
+        name: str,
+        token: int,
+        ttl: timedelta,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Renew a held lease every third of ``ttl``, until cancelled or the lease is lost.
+
+        Run it in the nursery of whatever drives the lease's tasks: when it
+        raises, that work must stop (its commits would be refused anyway).
+
+        Raises:
+            LeaseLost: a renewal found the lease expired or taken (after this
+                process was paused, or Redis was out of reach, longer than ``ttl``).
+        """
+        task_status.started()
+        while True:
+            await trio.sleep(ttl.total_seconds() / 3)
+            if not await self.renew_lease(name, token, ttl):
+                raise LeaseLost(f"lease {name} was lost: not renewed within {ttl}")
+
+    async def release_lease(self, name: str, token: int) -> bool:
+        """Give a lease up at once (its tasks can be taken over at once); False if not held."""
+        released = await self.script(
+            "release",
+            [self.key(LEASE, name), self.key(LEASES), self.key(LEASE_TASKS, name)],
+            [name, token],
+        )
+        return bool(released)
+
+    async def expired_leases(self) -> list[str]:
+        """Return the leases that expired (or were released) while tasks are held under them."""
+        names = await self.script(
+            "expired", [self.key(LEASES)], [self.key(LEASE), self.key(LEASE_TASKS)]
+        )
+        return [_text(name) for name in names]
+
+    async def adopt(self, expired: str, *, owner: str, fence: int) -> list[bytes]:
+        """Move the tasks of an expired lease to the lease ``owner``; return their records.
+
+        Answers sent to the expired lease's tasks before this call are in its
+        ANSWERS stream (:meth:`RedisStreams.answer_stream`); the adopter reads
+        that stream to its end, those entries owed to the old holder included
+        (:meth:`RedisStreams.owed`). Answers sent afterwards go to ``owner``'s.
+
+        The call is sent again when its answer is lost (late, or the
+        connection broke): the tasks its first attempt moved are returned
+        then (an id of this call is stored with the adoption).
+
+        Raises:
+            LeaseLost: ``owner`` is not held with ``fence``, or ``expired`` was
+                taken again meanwhile; nothing moved.
+        """
+        call_id = secrets.token_hex(8)
+        reply = await self.script(
+            "adopt",
+            [
+                self.key(LEASE, owner),
+                self.key(LEASE, expired),
+                self.key(LEASE_TASKS, expired),
+                self.key(LEASE_TASKS, owner),
+                self.key(TASK_LEASE),
+                self.key(RUNNING),
+                self.key(LEASES),
+                self.key(ADOPTIONS),
+            ],
+            [fence, owner, expired, call_id],
+        )
+        if reply[0] != 1:
+            raise LeaseLost(f"adopting {expired} refused, nothing moved: {_text(reply[1])}")
+        return [bytes(record) for record in reply[1:]]
+
+    # ------------------------------------------------------------ claims
+
+    async def claim_firing(
+        self,
+        workflow: str,
+        cron: str,
+        timezone: str,
+        planned: datetime,
+        *,
+        ttl: timedelta = timedelta(days=1),
+    ) -> bool:
+        """Take the firing of a schedule at ``planned``; True for exactly one caller.
+
+        The claim is kept for ``ttl`` (longer than replicas' clocks may
+        differ and a catch-up may come late), then forgotten. A call sent
+        again after its answer was lost (late, or the connection broke) finds
+        the claim its first attempt took (it holds an id of this call).
+        """
+        name = self.key(
+            FIRING, orjson.dumps([workflow, cron, timezone, planned.timestamp()]).decode()
+        )
+        claim = f"{self.instance} {secrets.token_hex(8)}"
+        before = await self.call(
+            lambda: self._client.set(
+                name, claim, condition=PureToken.NX, px=_milliseconds(ttl), get=True
+            )
+        )
+        return before is None or _text(before) == claim
+
+
+class RedisStore(RedisLeases):
     """The store on a Redis server (``redis://HOST:PORT/DB``), for one or several replicas.
 
     Use it as an async context manager (or :func:`open_redis_store`), see
@@ -1053,122 +1240,6 @@ class RedisStore(RedisConnection):
         value = _seconds(moment.timestamp())
         await self.call(lambda: self._client.hset(self.key(SCHEDULE_MARKS), {field: value}))
 
-    async def claim_firing(
-        self,
-        workflow: str,
-        cron: str,
-        timezone: str,
-        planned: datetime,
-        *,
-        ttl: timedelta = timedelta(days=1),
-    ) -> bool:
-        """Take the firing of a schedule at ``planned``; True for exactly one caller.
-
-        The claim is kept for ``ttl`` (longer than replicas' clocks may
-        differ and a catch-up may come late), then forgotten.
-        """
-        name = self.key(
-            FIRING, orjson.dumps([workflow, cron, timezone, planned.timestamp()]).decode()
-        )
-        taken = await self.call(
-            lambda: self._client.set(
-                name, self.instance, condition=PureToken.NX, px=_milliseconds(ttl)
-            )
-        )
-        return bool(taken)
-
-    # ------------------------------------------------------------ leases
-
-    async def acquire_lease(self, name: str, ttl: timedelta) -> int | None:
-        """Take the lease ``name`` for ``ttl`` if nobody holds it; return its fencing token.
-
-        The token is greater than every token this store handed out before
-        (for any lease). None: someone holds the lease. Taking a lease again
-        after it expired takes its tasks with it (a replica restarting under
-        the same name), and fences out the writes of whoever held it before.
-        """
-        token = await self.script(
-            "acquire",
-            [self.key(LEASE, name), self.key(FENCE), self.key(LEASES)],
-            [name, _milliseconds(ttl)],
-        )
-        return None if token is None else int(token)
-
-    async def renew_lease(self, name: str, token: int, ttl: timedelta) -> bool:
-        """Extend a held lease to ``ttl`` from now; False if it is no longer held with ``token``."""
-        renewed = await self.script(
-            "renew", [self.key(LEASE, name), self.key(LEASES)], [name, token, _milliseconds(ttl)]
-        )
-        return bool(renewed)
-
-    async def keep_lease(
-        self,
-        name: str,
-        token: int,
-        ttl: timedelta,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> NoReturn:
-        """Renew a held lease every third of ``ttl``, until cancelled or the lease is lost.
-
-        Run it in the nursery of whatever drives the lease's tasks: when it
-        raises, that work must stop (its commits would be refused anyway).
-
-        Raises:
-            LeaseLost: a renewal found the lease expired or taken (after this
-                process was paused, or Redis was out of reach, longer than ``ttl``).
-        """
-        task_status.started()
-        while True:
-            await trio.sleep(ttl.total_seconds() / 3)
-            if not await self.renew_lease(name, token, ttl):
-                raise LeaseLost(f"lease {name} was lost: not renewed within {ttl}")
-
-    async def release_lease(self, name: str, token: int) -> bool:
-        """Give a lease up at once (its tasks can be taken over at once); False if not held."""
-        released = await self.script(
-            "release",
-            [self.key(LEASE, name), self.key(LEASES), self.key(LEASE_TASKS, name)],
-            [name, token],
-        )
-        return bool(released)
-
-    async def expired_leases(self) -> list[str]:
-        """Return the leases that expired (or were released) while tasks are held under them."""
-        names = await self.script(
-            "expired", [self.key(LEASES)], [self.key(LEASE), self.key(LEASE_TASKS)]
-        )
-        return [_text(name) for name in names]
-
-    async def adopt(self, expired: str, *, owner: str, fence: int) -> list[bytes]:
-        """Move the tasks of an expired lease to the lease ``owner``; return their records.
-
-        Answers sent to the expired lease's tasks before this call are in its
-        ANSWERS stream (:meth:`RedisStreams.answer_stream`); the adopter reads
-        that stream to its end, those entries owed to the old holder included
-        (:meth:`RedisStreams.owed`). Answers sent afterwards go to ``owner``'s.
-
-        Raises:
-            LeaseLost: ``owner`` is not held with ``fence``, or ``expired`` was
-                taken again meanwhile; nothing moved.
-        """
-        reply = await self.script(
-            "adopt",
-            [
-                self.key(LEASE, owner),
-                self.key(LEASE, expired),
-                self.key(LEASE_TASKS, expired),
-                self.key(LEASE_TASKS, owner),
-                self.key(TASK_LEASE),
-                self.key(RUNNING),
-                self.key(LEASES),
-            ],
-            [fence, owner, expired],
-        )
-        if reply[0] != 1:
-            raise LeaseLost(f"adopting {expired} refused, nothing moved: {_text(reply[1])}")
-        return [bytes(record) for record in reply[1:]]
-
 
 class RedisStreams:
     """The streams between replicas: append, read in a group or follow, acknowledge, trim.
@@ -1247,6 +1318,33 @@ class RedisStreams:
 
         if bodies:
             await self._store.call(send)
+
+    async def append_once(
+        self,
+        stream: str,
+        bodies: Sequence[bytes],
+        *,
+        writer: str,
+        run: str,
+        batch: int,
+        max_length: int,
+    ) -> int:
+        """Append ``bodies`` to ``stream`` in order, in one round trip, unless the batch
+        ``batch`` of ``writer``'s run ``run`` (or a later one) was appended already; return
+        how many were appended.
+
+        A writer numbers its batches 1, 2, ... and sends them one after the other;
+        one sent again because its answer was lost (late, or the connection
+        broke) is then appended once. ``max_length``: see :meth:`append`.
+        """
+        if not bodies:
+            return 0
+        appended: int = await self._store.script(
+            "append once",
+            [stream, self._store.key(BATCHES)],
+            [writer, run, batch, max_length, *bodies],
+        )
+        return appended
 
     async def last_id(self, stream: str) -> str:
         """Return the id of the last entry of ``stream`` (``0-0`` when it has none), for

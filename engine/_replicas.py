@@ -23,6 +23,7 @@ replica's now.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -249,7 +250,8 @@ class EventFanout:
     changes each makes to subscribers, configs and definitions for the others.
 
     Each event this replica publishes is appended to the shared stream of
-    events (a batch per round trip, in the order published); every replica
+    events (a batch per round trip, in the order published, each batch once
+    even when sent again after its answer was lost); every replica
     follows the stream from where it joined and hands the other replicas'
     events to ``show``: they reach its listeners and finish the steps of its
     tasks that wait for them, but start no workflow here (the replica that
@@ -271,6 +273,9 @@ class EventFanout:
         self._changed = changed
         self._out: list[bytes] = []
         self._wake = trio.Event()
+        #: This run's id and its last batch's number, for appending each batch once.
+        self._run = secrets.token_hex(8)
+        self._batches = 0
 
     def send(self, event: Event) -> None:
         """Queue an event of this replica's for the others (it is sent in order)."""
@@ -299,7 +304,15 @@ class EventFanout:
             await self._wake.wait()
             self._wake = trio.Event()
             batch, self._out = self._out, []
-            await self._streams.append_many(self._stream, batch, max_length=EVENTS_KEPT)
+            self._batches += 1
+            await self._streams.append_once(
+                self._stream,
+                batch,
+                writer=self._replica,
+                run=self._run,
+                batch=self._batches,
+                max_length=EVENTS_KEPT,
+            )
 
     async def _follow(self, after: str) -> None:
         while True:

@@ -8,26 +8,32 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import coredis
 import orjson
 import pytest
 import trio
+from coredis.tokens import PureToken
 
-from engine import Action, ActionDone, Engine, Outcome, open_engine
+from engine import Action, ActionDone, Engine, Event, Outcome, open_engine
 from engine._messages import answer_for
 from engine._records import TaskResult
 from engine._redis import DRIVER_GROUP, RedisStore, open_redis_store
 
 from .test_redis_replicas import LEASE, THREE_STEPS, next_action
+from .test_redis_store import running
 
 pytestmark = pytest.mark.redis
 
 
 @asynccontextmanager
-async def replica(url: str, name: str) -> AsyncIterator[tuple[Engine, RedisStore]]:
+async def replica(
+    url: str, name: str, *, answer_timeout: float = 5.0
+) -> AsyncIterator[tuple[Engine, RedisStore]]:
     async with (
-        open_redis_store(url) as store,
+        open_redis_store(url, answer_timeout=answer_timeout) as store,
         open_engine(workflows=[THREE_STEPS], store=store, replica=name, lease=LEASE) as engine,
     ):
         yield engine, store
@@ -181,3 +187,100 @@ async def test_an_answer_is_acknowledged_only_once_the_state_it_caused_is_commit
                 await trio.sleep(0.05)
     assert result.outcome is Outcome.DONE
     assert [dict(s.answered) for s in result.steps] == [{"w": "done"}] * 3
+
+
+# ------------------------------------------------------------------ calls answered late
+
+
+@asynccontextmanager
+async def writes_paused(url: str, seconds: float) -> AsyncIterator[None]:
+    """Hold every write Redis is sent for ``seconds`` (CLIENT PAUSE WRITE): those sent
+    meanwhile are carried out when the pause ends, and answered then, late."""
+    async with coredis.Redis.from_url(url) as admin:
+        assert await admin.client_pause(int(seconds * 1000), PureToken.WRITE)
+        try:
+            yield
+        finally:
+            await admin.client_unpause()
+
+
+async def test_a_lease_acquired_but_answered_late_is_recognised_when_asked_again(
+    redis_url: str,
+) -> None:
+    async with open_redis_store(redis_url, answer_timeout=0.3) as store:
+        # Redis knows the script (else the abandoned attempt would not be carried out)
+        assert await store.acquire_lease("other", timedelta(minutes=1)) is not None
+        began = trio.current_time()
+        async with writes_paused(redis_url, 1.0):
+            token = await store.acquire_lease("a", timedelta(minutes=1))
+        # the first attempt took the lease; the one sent again after 0.3 s finds it its own
+        assert token is not None
+        assert trio.current_time() - began < 5
+        assert store.round_trips >= 2
+        assert await store.renew_lease("a", token, timedelta(minutes=1))
+        # anyone else still finds it held
+        async with open_redis_store(redis_url) as other:
+            assert await other.acquire_lease("a", timedelta(minutes=1)) is None
+
+
+async def test_events_sent_again_after_a_late_answer_reach_the_other_replicas_once(
+    redis_url: str,
+) -> None:
+    async with (
+        replica(redis_url, "one", answer_timeout=0.3) as (one, store),
+        replica(redis_url, "two") as (two, _),
+        two.open_listener(message_types=["hello"]) as far,
+    ):
+        one.publish(Event("hello", {"n": 0}))  # Redis knows the script from now on
+        with trio.fail_after(5):
+            assert (await far.receive()).data == {"n": 0}
+        sent = store.round_trips
+        async with writes_paused(redis_url, 1.0):
+            one.publish(Event("hello", {"n": 1}))
+            one.publish(Event("hello", {"n": 2}))
+            await trio.sleep(0.8)
+            assert store.round_trips - sent >= 2  # sent again, unanswered
+        one.publish(Event("hello", {"n": 3}))
+        got = []
+        with trio.move_on_after(2):
+            while True:
+                got.append((await far.receive()).data["n"])
+        events = await store.streams.follow(store.streams.event_stream())
+    assert got == [1, 2, 3]
+    bodies = [orjson.loads(body) for _, body in events]
+    assert [body["d"]["n"] for body in bodies if body.get("t") == "hello"] == [0, 1, 2, 3]
+
+
+async def test_an_adoption_answered_late_returns_the_tasks_it_moved_when_asked_again(
+    redis_url: str,
+) -> None:
+    async with open_redis_store(redis_url, answer_timeout=0.3) as store:
+        one = await store.acquire_lease("one", LEASE)
+        assert one is not None
+        await store.commit([running("t1"), running("t2")], owner="one", fence=one)
+        assert await store.release_lease("one", one)
+        two = await store.acquire_lease("two", timedelta(minutes=1))
+        assert two is not None
+        assert await store.adopt("nobody", owner="two", fence=two) == []  # the script is known
+        async with writes_paused(redis_url, 1.0):
+            records = await store.adopt("one", owner="two", fence=two)
+        assert sorted(records) == sorted([running("t1").record, running("t2").record])
+        assert [await store.lease_of(t) for t in ("t1", "t2")] == ["two", "two"]
+        # another adopter's call (an id of its own) finds nothing left
+        three = await store.acquire_lease("three", timedelta(minutes=1))
+        assert three is not None
+        assert await store.adopt("one", owner="three", fence=three) == []
+
+
+async def test_a_firing_claimed_but_answered_late_is_still_the_claimers(redis_url: str) -> None:
+    planned = datetime(2026, 3, 2, 0, 1, tzinfo=UTC)
+    async with (
+        open_redis_store(redis_url, answer_timeout=0.3) as store,
+        open_redis_store(redis_url) as other,
+    ):
+        assert await store.claim_firing("tick", "* * * * *", "UTC", planned)
+        later = planned + timedelta(minutes=1)
+        async with writes_paused(redis_url, 1.0):
+            assert await store.claim_firing("tick", "* * * * *", "UTC", later)
+        assert not await other.claim_firing("tick", "* * * * *", "UTC", later)
+        assert not await store.claim_firing("tick", "* * * * *", "UTC", later)  # taken once
