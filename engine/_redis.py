@@ -150,9 +150,11 @@ SCHEDULE_MARKS = "schedule-marks"
 #: replica that claimed it and an id of its call (SET NX PX GET), so that exactly one
 #: replica starts the run.
 FIRING = "firing:"
-#: Stream per subscriber (+ subscriber id): actions owed to it. Written (XADD, in commit's
-#: messages) by the replica driving the task; read in the consumer group ``SUBSCRIBER_GROUP``
-#: by the replica holding the subscriber's WebSocket, acknowledged once sent and answered.
+#: Stream per subscriber (+ subscriber id): actions (and aborts) owed to it. Written by the
+#: replica driving the task when the subscriber is not connected there (an action sent
+#: again once it connected elsewhere is wrapped: ``{"again": <action>}``); read in the
+#: consumer group ``SUBSCRIBER_GROUP`` by the replica holding the subscriber's WebSocket,
+#: acknowledged once passed on to it.
 ACTIONS = "actions:"
 #: Stream per lease (+ lease name): answers to the tasks held under it. Written by the
 #: replica that received the answer (RedisStreams.send_answer looks the lease up in the
@@ -1247,9 +1249,9 @@ class RedisStreams:
     Who writes and reads each stream (see the key names at the top):
 
     - ``ACTIONS`` + subscriber: the replica driving a task appends the action
-      (in :meth:`RedisStore.commit`'s messages); the replica holding the
+      once its state is committed (``ActionRelay``); the replica holding the
       subscriber's WebSocket reads it in the group ``subscriber`` as consumer
-      ``<its name>``, and acknowledges it once the listener answered.
+      ``<its name>``, and acknowledges it once passed on to the listener.
     - ``ANSWERS`` + lease: the replica that received an answer appends it with
       :meth:`send_answer`; the lease's holder reads it in the group ``driver``,
       and the replica that adopts its tasks once it expired takes what is left

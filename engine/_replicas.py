@@ -347,7 +347,10 @@ class ActionRelay:
       reads the stream (a consumer group: each entry goes to one reader) and
       hands the action to its listener.
     - A subscriber that connects to another replica gets there the actions
-      the tasks here still owe it (they are sent to its stream again).
+      the tasks here still owe it (they are sent to its stream again, marked
+      so: the replica it connected to passes on only those it did not pass
+      on to that connection already, since this replica hears of the
+      connection late, after its new actions may have reached it).
     - An answer that reaches this replica for a task another replica drives
       goes to the stream of that replica's lease (looked up in the same step
       as the append); the driving replica reads its stream and takes the
@@ -428,10 +431,11 @@ class ActionRelay:
             and event.message_type == LISTENER_CONNECTED
             and self._subscribers.get(subscriber_id) is not None
         ):
-            # it connected to another replica: what the tasks here owe it goes there
+            # it connected to another replica: what the tasks here owe it goes there, marked
+            # as sent again (that replica may have passed it on to it already)
             for action in self._owed(subscriber_id):
                 stream = self._streams.action_stream(subscriber_id)
-                self._actions.append((stream, orjson.dumps(action.to_json())))
+                self._actions.append((stream, orjson.dumps({_AGAIN: action.to_json()})))
                 self._wake.set()
         if connected and subscriber_id not in self._readers:
             scope = self._readers[subscriber_id] = trio.CancelScope()
@@ -476,12 +480,24 @@ class ActionRelay:
 
         streams = self._streams
         stream = streams.action_stream(subscriber_id)
+        #: The actions passed on to this connection of the subscriber (the latest only).
+        passed: dict[tuple[str, str, str], None] = {}
         with scope:
             entries = await streams.owed(stream, SUBSCRIBER_GROUP, self._replica, idle=ACTIONS_IDLE)
             while True:
                 for entry_id, body in entries:
                     try:
-                        self._deliver(subscriber_id, message_from_json(orjson.loads(body)))
+                        data = orjson.loads(body)
+                        again = _AGAIN in data
+                        message = message_from_json(data[_AGAIN] if again else data)
+                        if isinstance(message, Action):
+                            key = (message.message_type, message.task, message.step)
+                            if again and key in passed:
+                                continue  # this connection has it
+                            passed[key] = None
+                            if len(passed) > ACTIONS_KEPT:
+                                del passed[next(iter(passed))]
+                        self._deliver(subscriber_id, message)
                     except Exception:  # one bad entry stops neither the others nor the engine
                         logger.exception("ignoring entry %s of %s", entry_id, stream)
                 await streams.ack(stream, SUBSCRIBER_GROUP, [entry for entry, _ in entries])
@@ -532,3 +548,8 @@ class ActionRelay:
 
 
 _ANSWERS = (ActionDone, ActionError, ActionInfo, ActionProgress)
+
+#: The key wrapping an action sent again to a subscriber's stream because the subscriber
+#: connected to another replica (``{"again": <the action>}``): the replica reading the
+#: stream does not pass it on to a connection it passed that action to already.
+_AGAIN = "again"

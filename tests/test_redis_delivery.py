@@ -18,9 +18,11 @@ import trio
 from coredis.tokens import PureToken
 
 from engine import Action, ActionDone, Engine, Event, Outcome, open_engine
+from engine._bus import LISTENER_CONNECTED
 from engine._messages import answer_for
 from engine._records import TaskResult
 from engine._redis import DRIVER_GROUP, RedisStore, open_redis_store
+from engine._replicas import ActionRelay
 
 from .test_redis_replicas import LEASE, THREE_STEPS, next_action
 from .test_redis_store import running
@@ -284,3 +286,78 @@ async def test_a_firing_claimed_but_answered_late_is_still_the_claimers(redis_ur
             assert await store.claim_firing("tick", "* * * * *", "UTC", later)
         assert not await other.claim_firing("tick", "* * * * *", "UTC", later)
         assert not await store.claim_firing("tick", "* * * * *", "UTC", later)  # taken once
+
+
+# ------------------------------------------------------------------ a subscriber connecting
+
+
+def relay_of(engine: Engine) -> ActionRelay:
+    """Return the relay of an engine on a Redis store (it routes the engine's actions)."""
+    (relay,) = {router.__self__ for router, _ in engine._bus.routers}  # type: ignore[attr-defined]
+    assert isinstance(relay, ActionRelay)
+    return relay
+
+
+async def test_a_subscriber_is_not_sent_twice_what_reached_it_before_its_connection_was_heard_of(
+    redis_url: str,
+) -> None:
+    """The replica driving a task hears late that the subscriber connected to another one:
+    what it sends again then is not passed on to that connection a second time."""
+    async with replica(redis_url, "one") as (one, _), replica(redis_url, "two") as (two, _):
+        for step in ("a", "b", "c"):
+            one.subscribe("w", step)
+        with trio.fail_after(5):
+            while len(getattr(two.subscribers.get("w"), "subscriptions", ())) < 3:
+                await trio.sleep(0.01)
+        async with two.open_listener(subscriber_id="w") as w:
+            task_id = one.start_workflow("durable").task_id
+            first = await next_action(w, timeout=5)
+            assert (first.task, first.step) == (task_id, "a")
+            # "one" hears now (late) of w's connection to "two": it sends a again
+            relay_of(one).listeners_changed(
+                Event(LISTENER_CONNECTED, {"subscriber_id": "w", "channels": ["a", "b", "c"]})
+            )
+            assert await quiet(w, 0.5) == []
+            w.done(first)
+            for step in ("b", "c"):
+                sent = await next_action(w, timeout=5)
+                assert (sent.task, sent.step) == (task_id, step)
+                w.done(sent)
+            assert task_id is not None
+            with trio.fail_after(5):
+                result = await one.wait_task(task_id)
+    assert result.outcome is Outcome.DONE
+
+
+async def test_a_subscriber_moving_between_replicas_that_do_not_drive_its_task_gets_what_it_owes(
+    redis_url: str,
+) -> None:
+    async with (
+        replica(redis_url, "one") as (one, _),
+        replica(redis_url, "two") as (two, _),
+        replica(redis_url, "three") as (three, _),
+    ):
+        for step in ("a", "b", "c"):
+            one.subscribe("w", step)
+        with trio.fail_after(5):
+            for engine in (two, three):
+                while len(getattr(engine.subscribers.get("w"), "subscriptions", ())) < 3:
+                    await trio.sleep(0.01)
+        async with two.open_listener(subscriber_id="w") as w:
+            task_id = one.start_workflow("durable").task_id
+            first = await next_action(w, timeout=5)
+            assert (first.task, first.step) == (task_id, "a")
+        # it went away from "two" without answering, and comes back through "three"
+        async with three.open_listener(subscriber_id="w") as w:
+            owed = await next_action(w, timeout=5)
+            assert (owed.task, owed.step) == (task_id, "a")
+            assert await quiet(w, 0.3) == []
+            w.done(owed)
+            for step in ("b", "c"):
+                sent = await next_action(w, timeout=5)
+                assert (sent.task, sent.step) == (task_id, step)
+                w.done(sent)
+            assert task_id is not None
+            with trio.fail_after(5):
+                result = await one.wait_task(task_id)
+    assert result.outcome is Outcome.DONE
