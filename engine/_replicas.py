@@ -10,7 +10,9 @@ each task) and resumes them from their last committed state: the current
 step acts again, so what was owed is sent again. The answers sent to those
 tasks that the expired lease's holder had not taken (read or not, they are
 in its stream of answers) are taken first: a step they finish is not sent
-again.
+again, and one that some subscribers still owe is sent again to those only.
+Those answers are acknowledged in the expired holder's stream once what they
+caused is committed here (:func:`kept`).
 
 The replica that lost them, if it wakes up, acts no more on them: every
 effect of a task waits for its state to be committed, and the store refuses
@@ -360,7 +362,8 @@ class ActionRelay:
       the answer with it.
 
     Delivery is at least once, as everywhere: a replica that takes a task
-    over sends its current step's action again.
+    over sends its current step's action again, to the subscribers that
+    still owe it.
     """
 
     def __init__(
