@@ -543,7 +543,7 @@ class ActionRelay:
         caused committed, those passed on (this replica's lease was in doubt) appended to
         another stream. False: the engine stops first."""
         relayed = self._answers_queued
-        if not await kept(self._core, self._persistence, task_ids):
+        if task_ids and not await kept(self._core, self._persistence, task_ids):
             return False
         while self._answers_sent < relayed:
             await self._answers_gone.wait()

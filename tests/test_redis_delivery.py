@@ -25,7 +25,7 @@ from engine._redis import DRIVER_GROUP, RedisStore, open_redis_store
 from engine._replicas import ActionRelay
 
 from .test_redis_replicas import LEASE, THREE_STEPS, next_action
-from .test_redis_store import running
+from .test_redis_store import finished, running
 
 pytestmark = pytest.mark.redis
 
@@ -272,6 +272,22 @@ async def test_an_adoption_answered_late_returns_the_tasks_it_moved_when_asked_a
         three = await store.acquire_lease("three", timedelta(minutes=1))
         assert three is not None
         assert await store.adopt("one", owner="three", fence=three) == []
+
+
+async def test_a_commit_answered_late_writes_its_tasks_once(redis_url: str) -> None:
+    async with open_redis_store(redis_url, answer_timeout=0.3) as store:
+        token = await store.acquire_lease("one", timedelta(minutes=1))
+        assert token is not None
+        await store.commit([running("t1"), running("t2")], owner="one", fence=token)
+        sent = store.round_trips
+        async with writes_paused(redis_url, 1.0):
+            await store.commit([finished("t1", 10.0), running("t2", "b")], owner="one", fence=token)
+        assert store.round_trips - sent >= 2  # sent again
+        assert [task["id"] for task in await store.history()] == ["t1"]
+        assert await store.history(workflow="wf") == await store.history()
+        state = await store.load(lease="one")
+        assert [(task["id"], task["state"]) for task in state.tasks] == [("t2", "b")]
+        assert await store.task_ids("t", limit=10) == ["t1", "t2"]
 
 
 async def test_a_firing_claimed_but_answered_late_is_still_the_claimers(redis_url: str) -> None:
