@@ -118,6 +118,12 @@ LEASES = "leases"
 #: (the id of the call, random, and what it moved), so that the call sent again after its
 #: answer was lost gets the same tasks back. Written by adopt.
 ADOPTIONS = "adoptions"
+#: Set per lease (+ lease name): the leases whose ANSWERS streams hold answers that its
+#: holder took over with their tasks and may not have acknowledged yet (the lease it
+#: adopted from, and those that lease had inherited). Moved on by adopt, so that whoever
+#: adopts the tasks next takes those answers if the holder died before they counted;
+#: emptied by the holder once it acknowledged them (RedisStreams.left_done).
+LEFT = "left:"
 #: Counter: the last fencing token handed out (grows on every acquisition).
 FENCE = "fence"
 #: Hash: finished task id -> its result (JSON). Written by commit, removed by prune.
@@ -426,7 +432,20 @@ end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[7], ARGV[3])
 redis.call('HSET', KEYS[8], ARGV[3], cjson.encode({ARGV[4], ids}))
+redis.call('SADD', KEYS[10], ARGV[3])
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[9])) do
+  if name ~= ARGV[2] then redis.call('SADD', KEYS[10], name) end
+end
+redis.call('DEL', KEYS[9])
 return records
+"""
+
+_CLAIM = """
+local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[4], ARGV[2])
+if type(pending) ~= 'table' or pending.err or #pending == 0 then return {} end
+local ids = {}
+for _, entry in ipairs(pending) do ids[#ids + 1] = entry[1] end
+return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, unpack(ids))
 """
 
 _APPEND_ONCE = """
@@ -595,6 +614,7 @@ class RedisConnection:
                 ("adopt", _ADOPT),
                 ("answer", _SEND_ANSWER),
                 ("append once", _APPEND_ONCE),
+                ("claim", _CLAIM),
             )
         }
 
@@ -798,7 +818,10 @@ class RedisLeases(RedisConnection):
         Answers sent to the expired lease's tasks before this call are in its
         ANSWERS stream (:meth:`RedisStreams.answer_stream`); the adopter reads
         that stream to its end, those entries owed to the old holder included
-        (:meth:`RedisStreams.owed`). Answers sent afterwards go to ``owner``'s.
+        (:meth:`RedisStreams.owed`), and the streams of the leases the old
+        holder had taken tasks from (:meth:`RedisStreams.left`), where answers
+        it took over with them may still be owed. Answers sent afterwards go
+        to ``owner``'s.
 
         The call is sent again when its answer is lost (late, or the
         connection broke): the tasks its first attempt moved are returned
@@ -820,6 +843,8 @@ class RedisLeases(RedisConnection):
                 self.key(RUNNING),
                 self.key(LEASES),
                 self.key(ADOPTIONS),
+                self.key(LEFT, expired),
+                self.key(LEFT, owner),
             ],
             [fence, owner, expired, call_id],
         )
@@ -1347,6 +1372,35 @@ class RedisStreams:
             [writer, run, batch, max_length, *bodies],
         )
         return appended
+
+    async def claim(
+        self, stream: str, group: str, owner: str, consumer: str, *, count: int = 1000
+    ) -> list[tuple[str, bytes]]:
+        """Return the entries read by ``owner`` in ``group`` and not acknowledged; they become
+        ``consumer``'s (the owner is gone). Other readers' entries stay theirs."""
+        entries: list[tuple[str, bytes]] = []
+        while True:
+            claimed = await self._store.script("claim", [stream], [group, owner, consumer, count])
+            for entry_id, fields in claimed:
+                values = dict(zip(fields[::2], fields[1::2], strict=True))
+                if BODY in values:
+                    entries.append((_text(entry_id), bytes(values[BODY])))
+            if len(claimed) < count:
+                return entries
+
+    async def left(self, lease: str) -> list[str]:
+        """Return the leases whose answer streams may hold answers ``lease``'s holder took
+        over with their tasks and has not acknowledged (see :meth:`RedisStore.adopt`)."""
+        names = await self._store.call(lambda: self._client.smembers(self._store.key(LEFT, lease)))
+        return sorted(_text(name) for name in names)
+
+    async def left_done(self, lease: str, names: Sequence[str]) -> None:
+        """Record that ``lease``'s holder acknowledged what it took from the answer streams
+        of the leases ``names``."""
+        if names:
+            await self._store.call(
+                lambda: self._client.srem(self._store.key(LEFT, lease), list(names))
+            )
 
     async def last_id(self, stream: str) -> str:
         """Return the id of the last entry of ``stream`` (``0-0`` when it has none), for

@@ -12,7 +12,9 @@ tasks that the expired lease's holder had not taken (read or not, they are
 in its stream of answers) are taken first: a step they finish is not sent
 again, and one that some subscribers still owe is sent again to those only.
 Those answers are acknowledged in the expired holder's stream once what they
-caused is committed here (:func:`kept`).
+caused is committed here (:func:`kept`); until then this replica's lease
+names that stream (:meth:`RedisStreams.left`), so that whoever takes the
+tasks over from this replica, if it dies first, takes them from there.
 
 The replica that lost them, if it wakes up, acts no more on them: every
 effect of a task waits for its state to be committed, and the store refuses
@@ -106,7 +108,7 @@ class Takeover:
                 logger.info("not taking over the tasks of %r: %s", name, error)
                 continue
             # read before the tasks resume, so that their actions go out knowing the answers
-            answers = await self._left_answers(name) if records else []
+            answers = await self._left_answers(name) if records else {}
             if self._core.frozen:  # stopping: they stay under our lease, for our restart
                 return resumed
             now = trio.current_time()
@@ -124,7 +126,7 @@ class Takeover:
             )
             if answers:
                 self._driver.poke()
-                await self._acknowledge_left(name, answers, adopted)
+                await self._acknowledge_left(answers, adopted)
         if resumed:
             self._driver.poke()
         return resumed
@@ -139,15 +141,17 @@ class Takeover:
             return
         resume(core, record, now)
 
-    async def _left_answers(self, expired: str) -> list[tuple[str, bytes]]:
-        """Return the answers the expired lease's holder had not taken: those it read but
-        did not acknowledge, then those it never read (they become this replica's, owed).
+    async def _left_answers(self, expired: str) -> _Left:
+        """Return the answers the expired lease's holder had not taken, by stream: in its own
+        stream, those it read but did not acknowledge, then those it never read; in the
+        streams of the leases it had taken tasks from, those it took with them and did not
+        acknowledge (it died before they counted). They become this replica's, owed.
         After the adoption no answer is added to its stream (:meth:`RedisStreams.send_answer`).
         """
         streams = self._streams
         lease = self._persistence.lease
         if streams is None or lease is None:
-            return []
+            return {}
         from ._redis import DRIVER_GROUP  # only with a Redis store (coredis is optional)
 
         stream = streams.answer_stream(expired)
@@ -155,27 +159,35 @@ class Takeover:
         entries = await streams.owed(stream, DRIVER_GROUP, lease.name, idle=_LEFT_IDLE)
         while read := await streams.read(stream, DRIVER_GROUP, lease.name):
             entries += read
-        return entries
+        left = {expired: entries}
+        for name in await streams.left(lease.name):  # the adoption moved them here
+            if name not in left:
+                inherited = streams.answer_stream(name)
+                left[name] = await streams.claim(inherited, DRIVER_GROUP, expired, lease.name)
+        return left
 
-    async def _acknowledge_left(
-        self, expired: str, entries: list[tuple[str, bytes]], adopted: set[str]
-    ) -> None:
-        """Acknowledge the answers taken from an expired lease's stream once the state they
-        caused is committed (stopping first, they stay owed: taken again at the restart)."""
+    async def _acknowledge_left(self, left: _Left, adopted: set[str]) -> None:
+        """Acknowledge the answers taken from expired leases' streams once the state they
+        caused is committed (stopping first, they stay owed: taken again at the restart, or
+        by whoever takes the tasks over from this replica)."""
         streams = self._streams
-        if streams is None or not await kept(self._core, self._persistence, adopted):
+        lease = self._persistence.lease
+        if streams is None or lease is None:
+            return
+        if not await kept(self._core, self._persistence, adopted):
             return
         from ._redis import DRIVER_GROUP  # only with a Redis store (coredis is optional)
 
-        stream = streams.answer_stream(expired)
-        await streams.ack(stream, DRIVER_GROUP, [entry for entry, _ in entries])
+        for name, entries in left.items():
+            stream = streams.answer_stream(name)
+            await streams.ack(stream, DRIVER_GROUP, [entry for entry, _ in entries])
+        await streams.left_done(lease.name, list(left))
 
-    def _take_answers(
-        self, expired: str, entries: list[tuple[str, bytes]], adopted: set[str]
-    ) -> None:
+    def _take_answers(self, expired: str, left: _Left, adopted: set[str]) -> None:
         """Take the answers left to the adopted tasks, as if their listeners sent them now."""
         publish = self._publish
         taken = 0
+        entries = [entry for stream_entries in left.values() for entry in stream_entries]
         for entry_id, body in entries:
             try:
                 data = orjson.loads(body)
@@ -236,6 +248,9 @@ async def kept(core: Core, persistence: Persistence, task_ids: Collection[str]) 
             return True
         await persistence.round_over()
 
+
+#: The answers left to an expired lease's tasks: lease name -> (entry id, body) in its stream.
+_Left = dict[str, list[tuple[str, bytes]]]
 
 #: Least idle time of an answer read but not acknowledged by an expired lease's holder, for
 #: the adopter to take it (the holder is gone: any positive time would do).

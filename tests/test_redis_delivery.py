@@ -377,3 +377,48 @@ async def test_a_subscriber_moving_between_replicas_that_do_not_drive_its_task_g
             with trio.fail_after(5):
                 result = await one.wait_task(task_id)
     assert result.outcome is Outcome.DONE
+
+
+async def test_answers_taken_over_by_a_replica_that_died_before_they_counted_are_not_lost(
+    redis_url: str,
+) -> None:
+    """ "one" stops owing b with w's answer in its stream; "two" takes the task and the answer
+    over but dies before committing what the answer caused; "three" takes both from there."""
+    async with replica(redis_url, "one") as (one, _):
+        for step in ("a", "b", "c"):
+            one.subscribe("w", step)
+        async with one.open_listener(subscriber_id="w") as w:
+            task_id = one.start_workflow("durable").task_id
+            assert task_id is not None
+            w.done(await next_action(w))
+            assert (await next_action(w)).step == "b"
+    async with open_redis_store(redis_url) as store:
+        assert await store.streams.send_answer(task_id, answer_body(task_id, "b", "w"))
+
+    async def never(*_: object, **__: object) -> None:
+        await trio.sleep_forever()
+
+    async with open_redis_store(redis_url) as store:
+        store.commit = never  # type: ignore[method-assign]  # "two" dies before committing
+        async with open_engine(
+            workflows=[THREE_STEPS], store=store, replica="two", lease=LEASE
+        ) as two:
+            with trio.fail_after(5):
+                while not await store.streams.owed("phasebus:answers:one", DRIVER_GROUP, "two"):
+                    await trio.sleep(0.01)
+            assert await store.lease_of(task_id) == "two"
+            assert two.tasks()[0].step.name == "c"  # type: ignore[union-attr]
+    async with (
+        replica(redis_url, "three") as (three, store),
+        three.open_listener(subscriber_id="w") as w,
+    ):
+        sent = await next_action(w, timeout=10)  # b is not asked again: w's answer counts
+        assert (sent.task, sent.step) == (task_id, "c")
+        assert await store.lease_of(task_id) == "three"
+        w.done(sent)
+        with trio.fail_after(5):
+            result = await three.wait_task(task_id)
+        assert await store.streams.owed("phasebus:answers:one", DRIVER_GROUP, "three") == []
+        assert await store.streams.left("three") == []
+    assert result.outcome is Outcome.DONE
+    assert [dict(s.answered) for s in result.steps] == [{"w": "done"}] * 3
