@@ -23,7 +23,7 @@ replica's now.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ from ._messages import (
     Event,
     Message,
 )
-from ._restore import resume
+from ._restore import resume, take_up
 from ._rules import QUEUED
 
 if TYPE_CHECKING:
@@ -80,6 +80,10 @@ class Takeover:
         self._store = store
         self._streams = streams
         self._publish = publish
+        #: Takes up the stops asked for the tasks just adopted (SharedRuns.take_stops).
+        self.adopted: Callable[[list[str]], Awaitable[None]] | None = None
+        #: Takes an entry of an answer stream that is not an answer (SharedRuns.take).
+        self.control: Callable[[dict[str, Any]], None] | None = None
 
     async def serve(self) -> None:
         """Look for expired leases four times per lease period, until cancelled."""
@@ -116,6 +120,8 @@ class Takeover:
                 self._resume(record, now)
                 resumed += 1
             self._take_answers(name, answers, adopted)
+            if self.adopted is not None and adopted:
+                await self.adopted(sorted(adopted))
             logger.warning(
                 "took over %d task(s) of replica %r (its lease expired)", len(records), name
             )
@@ -123,13 +129,16 @@ class Takeover:
             self._driver.poke()
         return resumed
 
-    def _resume(self, record: dict[str, object], now: float) -> None:
+    def _resume(self, record: dict[str, Any], now: float) -> None:
         core = self._core
+        if core.shared:  # its queued runs start when the store says so
+            take_up(core, record, now)
+            return
         registered = core.workflows.by_id.get(str(record.get("workflow")))
         if record.get("state") == QUEUED and registered is not None and registered.queued is None:
             core.queue(registered, str(record["id"]))
             if not registered.active:
-                core.start_queued(registered, now)
+                core.start_queued(str(record["id"]), now)
             return
         resume(core, record, now)
 
@@ -160,6 +169,10 @@ class Takeover:
         for entry_id, body in entries:
             try:
                 data = orjson.loads(body)
+                if "c" in data:  # a stop or a start (SharedRuns.take)
+                    if self.control is not None and data.get("t") in adopted:
+                        self.control(data)
+                    continue
                 answer = message_from_json(data["m"])
                 if publish is not None and isinstance(answer, _ANSWERS) and answer.task in adopted:
                     publish(attrs.evolve(answer, subscriber_id=data["s"]))
@@ -330,6 +343,9 @@ class ActionRelay:
         self._delivering = False
         self._readers: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        #: Takes an entry of this replica's answer stream that is not an answer: a stop
+        #: or the start of a queued run (SharedRuns.take).
+        self.control: Callable[[dict[str, Any]], None] | None = None
 
     # ------------------------------------------------------------ seen here
 
@@ -438,6 +454,10 @@ class ActionRelay:
             for entry_id, body in entries:
                 try:
                     data = orjson.loads(body)
+                    if "c" in data:  # a stop or a start (SharedRuns.take)
+                        if self.control is not None:
+                            self.control(data)
+                        continue
                     answer = message_from_json(data["m"])
                     if isinstance(answer, _ANSWERS) and answer.task in self._core.running:
                         self._publish(attrs.evolve(answer, subscriber_id=data["s"]))
