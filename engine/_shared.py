@@ -204,8 +204,9 @@ class SharedRuns:
     # ------------------------------------------------------------ listing
 
     async def elsewhere(self, here: Iterable[str]) -> list[TaskInfo]:
-        """Return the running and queued tasks of every server but those in ``here``, as
-        last committed (a task whose workflow is not registered here is left out)."""
+        """Return the running and queued tasks of every server (this one's queued runs
+        included) but those in ``here``, as last committed (a task whose workflow is not
+        registered here is left out)."""
         known = set(here)
         core = self._core
         found = []
@@ -269,8 +270,7 @@ class SharedRunMethods:
         here = self.tasks()
         if self._shared is None:
             return here
-        ids = [*self._core.running, *self._workflows.queued]
-        found = here + await self._shared.elsewhere(ids)
+        found = here + await self._shared.elsewhere(self._core.running)
         return sorted(found, key=lambda task: task.started_at)
 
     async def stop_task_anywhere(

@@ -9,6 +9,8 @@ in real time.
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -37,6 +39,7 @@ from engine._errors import LeaseLost, StoreError
 from engine._redis import RedisStore, open_redis_store
 from engine._rules import admission_records
 from engine._web import create_app
+from machines.__main__ import main_async
 
 from .test_recovery import DURABLE, action, serve
 from .test_redis_store import finished
@@ -44,6 +47,12 @@ from .test_redis_store import finished
 pytestmark = pytest.mark.redis
 
 LEASE = timedelta(seconds=2)
+
+
+async def cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    status = await main_async(list(argv), stdout=out, stderr=io.StringIO())
+    return status, out.getvalue()
 
 
 def store_of(engine: Engine) -> RedisStore:
@@ -376,6 +385,17 @@ async def test_a_queued_run_outlives_the_server_holding_it(redis_url: str, tmp_p
                 queued = (await one.http.post("/workflow/durable/run")).json()
                 assert queued["decision"] == "queued"
                 assert await store.lease_of(queued["task_id"]) == "one"
+                # "phasebus tasks" through "one" shows the run "two" drives, and its own
+                status, out = await cli("tasks", "--url", one.url, "--json")
+                listed = [(t["id"], t["state"]) for t in json.loads(out)]
+                assert (status, listed) == (
+                    0,
+                    [(first.task_id, "a"), (queued["task_id"], "queued")],
+                )
+                status, out = await cli("tasks", "--url", one.url)
+                assert status == 0
+                assert f"{queued['task_id']}  durable  started" in out
+                assert "  queued: starts when the active run ends\n" in out
                 one.process.kill()  # "one" dies holding the queued run
                 with trio.fail_after(10):
                     await one.process.wait()
