@@ -3,7 +3,8 @@
 :class:`Core` holds the running tasks. Each of its public methods is a fact
 (a run was asked for, an answer or an event arrived, a deadline passed, a
 command ended, a subscriber went away, a write failed) with the time as a
-number on the engine's clock. It records the fact on the task, asks the
+number on the engine's clock (with servers sharing a Redis store, also the
+store's verdict on a run asked for: see :mod:`engine._admission`). It records the fact on the task, asks the
 task's workflow machine to move on (``transitions`` decides every state
 change) and appends what must happen to :attr:`Core.intents`; the trio
 driver (:mod:`engine._driver`) carries those out in order. Nothing here

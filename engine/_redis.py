@@ -16,6 +16,10 @@ sharing needs:
   takes their tasks over (:meth:`RedisStore.adopt`).
 - **claims**: :meth:`RedisStore.claim_firing` lets exactly one replica start
   a schedule's firing (``SET NX PX``).
+- **runs of every replica** (:class:`SharedRunsMethods`): surpass decided
+  atomically over a workflow's active and queued runs on every replica
+  (:meth:`RedisStore.admit`), a stop carried to the replica driving a task
+  (:meth:`RedisStore.request_stop`), every replica's tasks listed.
 - **streams** (:class:`RedisStreams`) for what must reach another replica:
   actions to the replica holding a subscriber's WebSocket, answers to the
   replica driving a task, events to every replica. Entries read in a
@@ -144,7 +148,9 @@ ACTIONS = "actions:"
 #: Stream per lease (+ lease name): answers to the tasks held under it. Written by the
 #: replica that received the answer (RedisStreams.send_answer looks the lease up in the
 #: same script); read in the group ``DRIVER_GROUP`` by the lease's holder, then by the
-#: replica that adopted its tasks.
+#: replica that adopted its tasks. It also carries, as ``{"c": "stop"|"start", "t": id}``,
+#: the stops asked for those tasks (the stop and admission scripts) and the start of a
+#: queued run whose turn came (commit).
 ANSWERS = "answers:"
 #: Stream: events for ``/events`` listeners, in order. Written by the replica that emits
 #: the event; read by every replica without a group (RedisStreams.follow, from the last
@@ -1358,7 +1364,8 @@ class RedisStreams:
       subscriber's WebSocket reads it in the group ``subscriber`` as consumer
       ``<its name>``, and acknowledges it once the listener answered.
     - ``ANSWERS`` + lease: the replica that received an answer appends it with
-      :meth:`send_answer`; the lease's holder reads it in the group ``driver``,
+      :meth:`send_answer` (and the stop, admission and commit scripts append
+      stops and starts); the lease's holder reads it in the group ``driver``,
       and the replica that adopts its tasks once it expired takes what is left
       there (owed to the holder, or never read).
     - ``EVENTS``: the replica that emits an event appends it; every replica

@@ -12,6 +12,11 @@ tasks that the expired lease's holder had not taken (read or not, they are
 in its stream of answers) are taken first: a step they finish is not sent
 again.
 
+A stop asked for an adopted task through any replica, which went to the
+expired lease's stream, is taken with it too (and any stop kept in the store
+for it: :meth:`engine._shared.SharedRuns.take_stops`); a queued run whose
+turn came while its holder was away begins.
+
 The replica that lost them, if it wakes up, acts no more on them: every
 effect of a task waits for its state to be committed, and the store refuses
 a write to a task held under another lease. That refusal, or the check made
@@ -313,7 +318,8 @@ class ActionRelay:
     - An answer that reaches this replica for a task another replica drives
       goes to the stream of that replica's lease (looked up in the same step
       as the append); the driving replica reads its stream and takes the
-      answer as if its listener had sent it.
+      answer as if its listener had sent it. The stops and starts the store
+      appends to that stream go to :attr:`control`.
 
     Delivery is at least once, as everywhere: a replica that takes a task
     over sends its current step's action again.

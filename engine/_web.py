@@ -711,9 +711,10 @@ class PhasebusApp:
         return JSONResponse(task_json(await self._found(await self._task_id(request))))
 
     async def stop_task(self, request: Request) -> Response:
-        task_id = await self._task_id(request)
         wait = self._store_wait
+        task_id = request.path_params["id"]
         with trio.move_on_after(wait):
+            task_id = await self._task_id(request)
             try:
                 how = await self.engine.stop_task_anywhere(
                     task_id, reason="stopped through the API", wait=wait / 2

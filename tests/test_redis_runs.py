@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -41,6 +42,7 @@ from engine._rules import admission_records
 from engine._web import create_app
 from machines.__main__ import main_async
 
+from .redis_support import RedisServer
 from .test_recovery import DURABLE, action, serve
 from .test_redis_store import finished
 
@@ -408,3 +410,50 @@ async def test_a_queued_run_outlives_the_server_holding_it(redis_url: str, tmp_p
                 sent = await next_message(listener, Action)
                 assert (sent.task, sent.step) == (queued["task_id"], "a")
                 assert await store.lease_of(queued["task_id"]) == "two"
+
+
+async def test_while_redis_does_not_answer_a_start_or_a_remote_stop_answers_503(
+    redis_server: RedisServer,
+) -> None:
+    url = redis_server.url
+    async with replica(url, "one") as one, replica(url, "two") as two:
+        one.subscribe("w", "a")
+        running_id = (await one.start_run("durable")).task_id
+        assert running_id is not None
+        with trio.fail_after(5):  # "two" knows the task from its record
+            while [t.id for t in await two.fetch_tasks()] != [running_id]:
+                await trio.sleep(0.01)
+        app = create_app(two, store_wait=1.0)
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://two"
+            ) as http:
+                redis_server.kill(signal.SIGSTOP)  # connections stay open; no answer comes
+                try:
+                    started = await http.post("/workflow/waits/run")
+                    assert (started.status_code, started.json()) == (
+                        503,
+                        {
+                            "error": "the store does not answer",
+                            "problems": [
+                                "the start of a run of 'waits' was not decided within 1 s: it"
+                                " is decided once the store answers (GET /tasks shows the run"
+                                " if it starts)"
+                            ],
+                        },
+                    )
+                    stopped = await http.delete(f"/task/{running_id}")
+                    assert stopped.status_code == 503
+                    assert stopped.json()["problems"] == [
+                        f"the stop of task {running_id!r} was not confirmed within 1 s: it"
+                        " reaches the server driving the task once the store answers, if it"
+                        " was sent"
+                    ]
+                finally:
+                    redis_server.kill(signal.SIGCONT)
+                # Redis answers again: the start asked for was decided, and the run ran
+                with trio.fail_after(20):
+                    while not await two.fetch_history(workflow="waits"):
+                        await trio.sleep(0.05)
+        finally:
+            app.close()
