@@ -4,9 +4,10 @@
 (a run was asked for, an answer or an event arrived, a deadline passed, a
 command ended, a subscriber went away, a write failed) with the time as a
 number on the engine's clock (with servers sharing a Redis store, also the
-store's verdict on a run asked for: see :mod:`engine._admission`). It records the fact on the task, asks the
-task's workflow machine to move on (``transitions`` decides every state
-change) and appends what must happen to :attr:`Core.intents`; the trio
+store's verdict on a run asked for: see :mod:`engine._admission`). It
+records the fact on the task, asks the task's workflow machine to move on
+(``transitions`` decides every state change) and appends what must happen
+to :attr:`Core.intents`; the trio
 driver (:mod:`engine._driver`) carries those out in order. Nothing here
 imports trio or touches the store or the network, so every rule (surpass,
 who a step waits for and its deadline, stalls, progress, time-outs, stop,
