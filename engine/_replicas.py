@@ -190,6 +190,9 @@ class Takeover:
     def give_up(self, task_id: str) -> None:
         """Forget a task another replica drives now: no result is filed, nothing goes out."""
         core = self._core
+        registered = core.workflows.queued.pop(task_id, None)  # a queued run held there now
+        if registered is not None and registered.queued == task_id:
+            registered.queued = None
         run = core.running.pop(task_id, None)
         if run is None:
             return
@@ -202,10 +205,11 @@ class Takeover:
         logger.warning("task %s is driven by another replica now: this one let it go", task_id)
 
     async def check_held(self) -> None:
-        """Give up the running tasks held under another lease (after the lease was lost)."""
+        """Give up the running and queued tasks held under another lease (after the lease
+        was lost)."""
         lease = self._persistence.lease
         assert lease is not None
-        for task_id in list(self._core.running):
+        for task_id in [*self._core.running, *self._core.workflows.queued]:
             holder = await self._store.lease_of(task_id)
             if holder == lease.name:
                 continue
