@@ -457,3 +457,37 @@ async def test_while_redis_does_not_answer_a_start_or_a_remote_stop_answers_503(
                         await trio.sleep(0.05)
         finally:
             app.close()
+
+
+async def test_a_stop_its_server_took_but_did_not_carry_out_is_taken_with_the_task(
+    redis_url: str,
+) -> None:
+    async with open_redis_store(redis_url) as store:
+        # "one" admitted a run, took the stop asked for it from its stream, and stopped
+        # before that stop was carried out (nothing of it stored)
+        fence = await store.acquire_lease("one", LEASE)
+        assert fence is not None
+        task_id = "0d6a0d6a-0000-4000-8000-000000000001"
+        admitted = await store.admit(
+            "durable",
+            task_id,
+            "skip",
+            owner="one",
+            fence=fence,
+            records=records(task_id, "durable"),
+        )
+        assert admitted == ("start", ())
+        assert await store.request_stop(task_id, "enough") == ("sent", "one")
+        stream = store.streams.answer_stream("one")
+        taken = await store.streams.read(stream, "driver", "one")
+        assert len(taken) == 1
+        await store.streams.ack(stream, "driver", [entry for entry, _ in taken])
+        assert await store.release_lease("one", fence)
+        # "two" takes the run over: the stop kept in Redis comes with it
+        async with replica(redis_url, "two") as two:
+            with trio.fail_after(10):
+                while not isinstance(result := await two.fetch_task(task_id), TaskResult):
+                    await trio.sleep(0.05)
+        assert (result.outcome, result.error) == (Outcome.STOPPED, "enough")
+        assert await store.stop_requests([task_id]) == {}
+        assert await store.running_tasks() == []
