@@ -135,6 +135,7 @@ def start(core: Core, workflow_id: str, reason: str, now: float) -> StartResult:
     task_id = new_id()
     if verdict is Verdict.QUEUE:
         core.queue(registered, task_id)
+        registered.queued_since = core.clock.to_wall(now)
         if core.durable:  # a queued run survives a restart too
             write = queued_write(task_id, workflow_id, core.clock.to_epoch(now))
             core.intents.append(Stage(task_id, write))

@@ -3,9 +3,10 @@ marks, and the tasks that were running, which resume where they were."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._bus import Subscription
@@ -84,6 +85,8 @@ def take_up(core: Core, record: Mapping[str, Any], now: float) -> None:
     state = record.get("state")
     if registered is not None and state == QUEUED:
         core.queue(registered, record["id"])
+        with contextlib.suppress(KeyError, TypeError, ValueError, OverflowError):
+            registered.queued_since = datetime.fromtimestamp(float(record["created_at"]), UTC)
     elif registered is not None and state == ADMITTED:
         core.begin(registered, record["id"], "admitted run taken up", now)
     else:

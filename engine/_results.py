@@ -91,6 +91,15 @@ def task_info(run: Run, clock: Clock) -> TaskInfo:
     )
 
 
+def queued_infos(workflows: WorkflowTable) -> list[TaskInfo]:
+    """Describe the runs queued here whose time is known (surpass ``wait``)."""
+    return [
+        TaskInfo(task_id, r.workflow.id, r.workflow.name, QUEUED, r.queued_since, None)
+        for task_id, r in workflows.queued.items()
+        if r.queued == task_id and r.queued_since is not None
+    ]
+
+
 def stored_task_info(
     record: Mapping[str, Any], workflows: WorkflowTable, clock: Clock
 ) -> TaskInfo | None:
@@ -352,6 +361,10 @@ class ResultMethods:
         run = self._core.running.get(task_id)
         if run is not None and run in run.registered.active:
             return task_info(run, self.clock)
+        if task_id in self._workflows.queued:
+            shown = [info for info in queued_infos(self._workflows) if info.id == task_id]
+            if shown:
+                return shown[0]
         result = await self._results.fetch(task_id)
         if result is not None:
             return result

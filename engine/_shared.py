@@ -30,7 +30,7 @@ import trio
 
 from ._admission import StartResult, ask, asks_store
 from ._errors import EngineClosed, LeaseLost, UnknownTaskError
-from ._results import TaskInfo, stored_task_info
+from ._results import TaskInfo, queued_infos, stored_task_info
 
 if TYPE_CHECKING:
     from ._core import Core
@@ -265,12 +265,14 @@ class SharedRunMethods:
 
     async def fetch_tasks(self) -> list[TaskInfo]:
         """Return the running and queued tasks, oldest first: with a store shared by
-        servers, those of every server (this one's as it holds them, the others' as last
-        committed); else this one's running tasks (see :meth:`tasks`)."""
+        servers, those of every server (this one's running tasks as it holds them, the
+        others' and the queued runs as last committed); else this one's. A queued run
+        shows the state ``queued`` and no step."""
         here = self.tasks()
         if self._shared is None:
-            return here
-        found = here + await self._shared.elsewhere(self._core.running)
+            found = here + queued_infos(self._workflows)
+        else:  # this server's queued runs are stored with the others'
+            found = here + await self._shared.elsewhere(self._core.running)
         return sorted(found, key=lambda task: task.started_at)
 
     async def stop_task_anywhere(
