@@ -163,14 +163,20 @@ def admitted(
     core: Core, task_id: str, verdict: str, names: tuple[str, ...], now: float
 ) -> StartResult:
     """Take the shared store's verdict on a run asked for: ``start`` (``names``: the runs
-    it replaces, each told to stop through the store; those here stop at once), ``queue``
-    or ``skip`` (``names``: the run that made it skip)."""
+    it replaces, each told to stop through the store; those here stop at once), ``queue``,
+    ``skip`` (``names``: the run that made it skip) or ``error`` (``names``: why the store
+    could not decide; the run is skipped)."""
     registered, reason = core.asking.pop(task_id)
     workflow_id = registered.workflow.id
     promoted = task_id in core.promoted
     core.promoted.discard(task_id)
-    if verdict == "skip":
-        why = skip_reason(registered.workflow.surpass, names[0] if names else None)
+    if verdict not in ("start", "queue"):  # skipped, or the store could not decide
+        blocking = names[0] if names else None
+        why = (
+            skip_reason(registered.workflow.surpass, blocking)
+            if verdict == "skip"
+            else f"the run could not be decided, so it did not start: {blocking}"
+        )
         return StartResult(workflow_id, StartDecision.SKIPPED, reason=why)
     queued = verdict == "queue"
     if core.frozen:

@@ -302,6 +302,21 @@ def test_a_queued_run_the_store_started_before_its_verdict_came_starts_at_the_ve
     assert h.core.promoted == set()
 
 
+def test_a_run_the_store_could_not_decide_is_skipped_saying_why() -> None:
+    h = Harness(Workflow(id="w", steps=[Step("a")], surpass="skip"))
+    h.core.shared = True
+    task_id = ask(h.core, "w", "test", 0.0)
+    h.take()
+    result = h.core.admitted(task_id, "error", ("ResponseError: no script",), 0.0)
+    assert (result.decision, result.task_id, result.reason) == (
+        StartDecision.SKIPPED,
+        None,
+        "the run could not be decided, so it did not start: ResponseError: no script",
+    )
+    assert h.take() == []
+    assert h.core.running == {}
+
+
 def test_a_replacing_run_the_store_admitted_stops_the_runs_here_it_replaces() -> None:
     replacing = Workflow(id="r", steps=[Step("a")], surpass="replace")
     h = Harness(replacing)
