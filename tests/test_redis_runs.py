@@ -491,3 +491,40 @@ async def test_a_stop_its_server_took_but_did_not_carry_out_is_taken_with_the_ta
         assert (result.outcome, result.error) == (Outcome.STOPPED, "enough")
         assert await store.stop_requests([task_id]) == {}
         assert await store.running_tasks() == []
+
+
+async def test_a_run_queued_behind_a_run_whose_server_died_starts_when_that_run_ends(
+    redis_url: str, tmp_path: Path
+) -> None:
+    declarations = tmp_path / "waits.toml"
+    declarations.write_text(DURABLE.replace('surpass = "skip"', 'surpass = "wait"'))
+    options = ("--replica", "one", "--lease", "2")
+    async with serve(redis_url, declarations, options=options) as one:  # type: ignore[arg-type]
+        for step in "abc":
+            assert (await one.http.post(f"/subscriber/w/{step}")).status_code == 200
+        async with replica(redis_url, "two") as two:
+            two.add_workflow(
+                Workflow(id="durable", surpass="wait", steps=[Step(s, timeout=60) for s in "abc"]),
+                replace=True,
+            )
+            async with one.subscriber("w") as ws:
+                active = (await one.http.post("/workflow/durable/run")).json()["task_id"]
+                assert (await action(ws))["data"]["step"] == "a"
+                queued = await two.start_run("durable")
+                assert queued.decision is StartDecision.QUEUED
+                one.process.kill()  # the server driving the active run dies
+                with trio.fail_after(10):
+                    await one.process.wait()
+            with trio.fail_after(10):
+                while two.subscribers.get("w") is None:
+                    await trio.sleep(0.05)
+            async with two.open_listener(subscriber_id="w") as listener:
+                # "two" takes the active run over at a, and it runs to its end
+                for step in "abc":
+                    sent = await next_message(listener, Action)
+                    assert (sent.task, sent.step) == (active, step)
+                    listener.done(sent)
+                # then the queued run starts
+                sent = await next_message(listener, Action)
+                assert (sent.task, sent.step) == (queued.task_id, "a")
+            assert (await two.fetch_task(active)).outcome is Outcome.DONE  # type: ignore[union-attr]
