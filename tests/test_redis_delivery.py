@@ -69,7 +69,7 @@ async def test_a_step_taken_over_is_sent_again_only_to_the_subscribers_still_owi
             one.open_listener(subscriber_id="w") as w,
             one.open_listener(subscriber_id="v") as v,
         ):
-            task_id = one.start_workflow("durable").task_id
+            task_id = (await one.start_run("durable")).task_id
             assert task_id is not None
             for listener in (w, v):
                 listener.done(await next_action(listener))
@@ -115,7 +115,7 @@ async def test_a_step_taken_over_skips_a_subscriber_connected_to_another_replica
                 for step in ("a", "b", "c"):
                     one.subscribe(subscriber_id, step)
             async with one.open_listener(subscriber_id="v") as v:
-                task_id = one.start_workflow("durable").task_id
+                task_id = (await one.start_run("durable")).task_id
                 assert task_id is not None
                 for listener in (w, v):
                     listener.done(await next_action(listener))
@@ -160,7 +160,7 @@ async def test_an_answer_is_acknowledged_only_once_the_state_it_caused_is_commit
         async with replica(redis_url, "one") as (one, store):
             for step in ("a", "b", "c"):
                 one.subscribe("w", step)
-            task_id = one.start_workflow("durable").task_id
+            task_id = (await one.start_run("durable")).task_id
             sent = await next_action(w, timeout=5)
             assert (sent.task, sent.step) == (task_id, "a")
             w.done(sent)
@@ -326,7 +326,7 @@ async def test_a_subscriber_is_not_sent_twice_what_reached_it_before_its_connect
             while len(getattr(two.subscribers.get("w"), "subscriptions", ())) < 3:
                 await trio.sleep(0.01)
         async with two.open_listener(subscriber_id="w") as w:
-            task_id = one.start_workflow("durable").task_id
+            task_id = (await one.start_run("durable")).task_id
             first = await next_action(w, timeout=5)
             assert (first.task, first.step) == (task_id, "a")
             # "one" hears now (late) of w's connection to "two": it sends a again
@@ -360,7 +360,7 @@ async def test_a_subscriber_moving_between_replicas_that_do_not_drive_its_task_g
                 while len(getattr(engine.subscribers.get("w"), "subscriptions", ())) < 3:
                     await trio.sleep(0.01)
         async with two.open_listener(subscriber_id="w") as w:
-            task_id = one.start_workflow("durable").task_id
+            task_id = (await one.start_run("durable")).task_id
             first = await next_action(w, timeout=5)
             assert (first.task, first.step) == (task_id, "a")
         # it went away from "two" without answering, and comes back through "three"
@@ -388,7 +388,7 @@ async def test_answers_taken_over_by_a_replica_that_died_before_they_counted_are
         for step in ("a", "b", "c"):
             one.subscribe("w", step)
         async with one.open_listener(subscriber_id="w") as w:
-            task_id = one.start_workflow("durable").task_id
+            task_id = (await one.start_run("durable")).task_id
             assert task_id is not None
             w.done(await next_action(w))
             assert (await next_action(w)).step == "b"
