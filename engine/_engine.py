@@ -145,6 +145,7 @@ class Engine(ListenerMethods, ResultMethods, ConfigMethods):
         self._share: Callable[[str, str, Any], None] | None = None
         #: Sends an answer for a task another replica drives to it (see ActionRelay).
         self._relay: Callable[[Answer], None] | None = None
+        self._listeners_shared: Callable[[], Awaitable[None]] | None = None
         self.clock = clock
         self._commands: dict[str, Command] = dict(commands)
         self._restoring = False
@@ -623,6 +624,13 @@ def _event_elsewhere(engine: Engine, event: Event) -> None:
     engine._driver.poke()
 
 
+def _interest_of(engine: Engine) -> frozenset[str] | None:
+    """Return the event types this replica wants from the others (None: every type): those
+    its listeners and observers receive, and those its waiting steps wait for."""
+    wanted = engine._bus.wanted_events()
+    return None if wanted is None else wanted | engine._core.event_waiters.keys()
+
+
 def _always(_: str) -> bool:
     return True
 
@@ -732,13 +740,19 @@ async def open_engine(
                     nursery.start_soon(takeover.serve)
                     assert persistence.lease is not None
                     if streams is not None:  # the Redis store's: events reach every replica
+                        lease_held = persistence.lease
                         fanout = EventFanout(
                             streams,
-                            replica=persistence.lease.name,
+                            replica=lease_held.name,
                             show=functools.partial(_event_elsewhere, engine),
                             changed=functools.partial(_apply_shared, engine),
+                            interest=functools.partial(_interest_of, engine),
+                            awaited=lambda: engine._workflows.awaited,
+                            lease=lambda: lease_held.token,
                         )
                         await nursery.start(fanout.serve)
+                        nursery.start_soon(fanout.poll, lease_held.ttl.total_seconds() / 3)
+                        engine._listeners_shared = fanout.announced
                         engine._fanout = fanout.send
                         engine._share = fanout.send_change
                         engine.definitions.share = functools.partial(

@@ -150,6 +150,14 @@ ANSWERS = "answers:"
 #: the event; read by every replica without a group (RedisStreams.follow, from the last
 #: id it saw), trimmed by length.
 EVENTS = "events"
+#: Hash: replica (lease name) -> the event types its listeners, observers and waiting steps
+#: want: a JSON list, or ``*`` for every type. Written by each replica for itself when its
+#: interest grows or shrinks (RedisStreams.publish_events); counted only while the replica's
+#: LEASE key lives, so that it is renewed with the lease and gone with it.
+INTERESTS = "interests"
+#: Counter: grows on every change of INTERESTS, so that a replica knows in the same step as
+#: it appends events whether the interest it filtered them with is still the current one.
+INTERESTS_VERSION = "interests-version"
 
 #: The consumer group of an ACTIONS stream.
 SUBSCRIBER_GROUP = "subscriber"
@@ -397,6 +405,41 @@ if not lease then return false end
 return redis.call('XADD', ARGV[2] .. lease, '*', 'm', ARGV[3])
 """
 
+_LIVE_INTERESTS = """
+local found = {0, redis.call('GET', KEYS[1]) or '0'}
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if redis.call('EXISTS', ARGV[1] .. all[i]) == 1 then
+    found[#found + 1] = all[i]
+    found[#found + 1] = all[i + 1]
+  end
+end
+return found
+"""
+
+_PUBLISH_EVENTS = """
+local version = redis.call('GET', KEYS[1]) or '0'
+if version ~= ARGV[1] then
+  local stale = {0, version}
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    if redis.call('EXISTS', ARGV[5] .. all[i]) == 1 then
+      stale[#stale + 1] = all[i]
+      stale[#stale + 1] = all[i + 1]
+    end
+  end
+  return stale
+end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  version = tostring(redis.call('INCR', KEYS[1]))
+end
+for i = 6, #ARGV do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'm', ARGV[i])
+end
+return {1, version}
+"""
+
 #: Errors that mean "Redis cannot answer now": retried with backoff. (coredis reports
 #: LOADING as a BusyLoadingError, a ConnectionError.)
 _UNREACHABLE = (
@@ -543,6 +586,8 @@ class RedisConnection:
                 ("expired", _EXPIRED),
                 ("adopt", _ADOPT),
                 ("answer", _SEND_ANSWER),
+                ("interests", _LIVE_INTERESTS),
+                ("publish events", _PUBLISH_EVENTS),
             )
         }
 
@@ -1248,6 +1293,44 @@ class RedisStreams:
         if bodies:
             await self._store.call(send)
 
+    async def publish_events(
+        self,
+        bodies: Sequence[bytes],
+        *,
+        known: str,
+        replica: str,
+        interest: bytes | None = None,
+        max_length: int,
+    ) -> tuple[str, dict[str, bytes] | None]:
+        """Append ``bodies`` to the events stream, if the replicas' interest is still the one
+        the caller filtered them with (the version ``known``); all or nothing, in one step.
+
+        With ``interest``, ``replica``'s own interest is stored first (see ``INTERESTS``).
+        Returns the version now and None when appended, or the version and every live
+        replica's interest (name -> stored value) when ``known`` is out of date: nothing
+        was appended nor stored then, and the caller filters again and retries.
+        """
+        store = self._store
+        reply = await store.script(
+            "publish events",
+            [store.key(INTERESTS_VERSION), store.key(INTERESTS), store.key(EVENTS)],
+            [known, replica, interest or b"", max_length, store.key(LEASE), *bodies],
+        )
+        if reply[0] == 1:
+            return _text(reply[1]), None
+        return _interests_of(reply)
+
+    async def interests(self) -> tuple[str, dict[str, bytes]]:
+        """Return the version of the replicas' interest and each live replica's (see
+        ``INTERESTS``: those whose lease expired or was given up are left out)."""
+        store = self._store
+        reply = await store.script(
+            "interests", [store.key(INTERESTS_VERSION), store.key(INTERESTS)], [store.key(LEASE)]
+        )
+        version, interests = _interests_of(reply)
+        assert interests is not None
+        return version, interests
+
     async def last_id(self, stream: str) -> str:
         """Return the id of the last entry of ``stream`` (``0-0`` when it has none), for
         :meth:`follow` to read what comes after it."""
@@ -1413,6 +1496,12 @@ class RedisStreams:
 def _entry_id(value: Any) -> tuple[int, int]:
     milliseconds, _, sequence = _text(value).partition("-")
     return int(milliseconds), int(sequence or 0)
+
+
+def _interests_of(reply: Any) -> tuple[str, dict[str, bytes]]:
+    return _text(reply[1]), {
+        _text(reply[index]): bytes(reply[index + 1]) for index in range(2, len(reply), 2)
+    }
 
 
 def _entries(reply: Any) -> list[tuple[str, bytes]]:
