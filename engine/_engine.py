@@ -24,7 +24,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import trio
@@ -85,6 +85,9 @@ from ._store import AsyncStore, Store, StoredState
 from ._subscribers import SubscriptionChange
 from ._tasklog import TaskLog
 from ._workflows import WorkflowTable
+
+if TYPE_CHECKING:
+    from ._redis import RedisConnection  # only with a Redis store (coredis is optional)
 
 #: An async callable that an execute-command step runs by name.
 Command = Callable[["CommandContext"], Awaitable[object]]
@@ -624,6 +627,15 @@ def _event_elsewhere(engine: Engine, event: Event) -> None:
     engine._driver.poke()
 
 
+def _decided(store: RedisConnection, persistence: Persistence) -> int:
+    """Return the number of a call to Redis sent after what made an event published now
+    (see EventFanout): the commit just made when the event is an effect of the states it
+    committed, else the next call."""
+    if persistence.after_commit:
+        return store.last_commit_call
+    return store.interest_calls + 1
+
+
 def _interest_of(engine: Engine) -> frozenset[str] | None:
     """Return the event types this replica wants from the others (None: every type): those
     its listeners and observers receive, and those its waiting steps wait for."""
@@ -749,6 +761,7 @@ async def open_engine(
                             interest=functools.partial(_interest_of, engine),
                             awaited=lambda: engine._workflows.awaited,
                             lease=lambda: lease_held.token,
+                            decided=functools.partial(_decided, streams.store, persistence),
                         )
                         await nursery.start(fanout.serve)
                         nursery.start_soon(fanout.poll, lease_held.ttl.total_seconds() / 3)

@@ -284,7 +284,7 @@ for _ = 1, messages do
   redis.call('XADD', ARGV[i], '*', 'm', ARGV[i + 1])
   i = i + 2
 end
-return {1}
+return {1, redis.call('GET', KEYS[10]) or '0'}
 """.replace("DIGITS", str(_ORDER_DIGITS))
 
 _HISTORY = """
@@ -555,6 +555,12 @@ class RedisConnection:
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         #: Calls sent to Redis (each one round trip), for tests and benchmarks.
         self.round_trips = 0
+        #: Calls that read the version of the replicas' interest (INTERESTS_VERSION): how
+        #: many were sent, the last commit among them, and the last answer (the call's
+        #: number and the version then). See :meth:`ask_interests`.
+        self.interest_calls = 0
+        self.last_commit_call = 0
+        self.interests_seen: tuple[int, int] = (0, -1)
         #: Seconds a call may go unanswered before Redis counts as out of reach.
         self.answer_timeout = answer_timeout
         try:
@@ -707,6 +713,24 @@ class RedisConnection:
                 self.shown_url,
                 save,
             )
+
+    def ask_interests(self, *, commit: bool = False) -> int:
+        """Number a call about to be sent that reads the version of the replicas' interest
+        (a commit, an append of events); return its number, for :meth:`saw_interests`.
+
+        A version read by a call is at least as recent as anything that happened before
+        the call was sent: events decided before a commit was sent may be filtered with
+        the version that commit read (:class:`~engine._replicas.EventFanout`).
+        """
+        self.interest_calls += 1
+        if commit:
+            self.last_commit_call = self.interest_calls
+        return self.interest_calls
+
+    def saw_interests(self, call: int, version: bytes | str) -> None:
+        """Record the version of the replicas' interest that call number ``call`` read."""
+        if call > self.interests_seen[0]:
+            self.interests_seen = (call, int(version))
 
     async def script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script: Script[bytes] = self._scripts[name]
@@ -979,6 +1003,7 @@ class RedisStore(RedisConnection):
                 expired, was released, or was acquired again), or a task is
                 held under another lease or has ended; nothing was written.
         """
+        asked = self.ask_interests(commit=True)
         args: list[Any] = [
             fence,
             owner,
@@ -1016,11 +1041,13 @@ class RedisStore(RedisConnection):
                 self.key(HISTORY_ORDER),
                 self.key(HISTORY_ENDED),
                 self.key(TASK_IDS),
+                self.key(INTERESTS_VERSION),
             ],
             args,
         )
         if reply[0] != 1:
             raise LeaseLost(f"commit refused, nothing written: {_text(reply[1])}")
+        self.saw_interests(asked, reply[1])
 
     async def prune(self, before: datetime, *, batch: int = 500) -> int:
         """Delete finished tasks that ended before ``before`` (and their logs); return how many.
@@ -1243,6 +1270,11 @@ class RedisStreams:
         self._store = store
         self._client = store._client
 
+    @property
+    def store(self) -> RedisConnection:
+        """The connection the streams use."""
+        return self._store
+
     def action_stream(self, subscriber_id: str) -> str:
         """Return the stream of actions owed to a subscriber."""
         return self._store.key(ACTIONS, subscriber_id)
@@ -1297,11 +1329,11 @@ class RedisStreams:
         self,
         bodies: Sequence[bytes],
         *,
-        known: str,
+        known: int,
         replica: str,
         interest: bytes | None = None,
         max_length: int,
-    ) -> tuple[str, dict[str, bytes] | None]:
+    ) -> tuple[int, dict[str, bytes] | None]:
         """Append ``bodies`` to the events stream, if the replicas' interest is still the one
         the caller filtered them with (the version ``known``); all or nothing, in one step.
 
@@ -1311,22 +1343,26 @@ class RedisStreams:
         was appended nor stored then, and the caller filters again and retries.
         """
         store = self._store
+        asked = store.ask_interests()
         reply = await store.script(
             "publish events",
             [store.key(INTERESTS_VERSION), store.key(INTERESTS), store.key(EVENTS)],
-            [known, replica, interest or b"", max_length, store.key(LEASE), *bodies],
+            [str(known), replica, interest or b"", max_length, store.key(LEASE), *bodies],
         )
+        store.saw_interests(asked, reply[1])
         if reply[0] == 1:
-            return _text(reply[1]), None
+            return int(reply[1]), None
         return _interests_of(reply)
 
-    async def interests(self) -> tuple[str, dict[str, bytes]]:
+    async def interests(self) -> tuple[int, dict[str, bytes]]:
         """Return the version of the replicas' interest and each live replica's (see
         ``INTERESTS``: those whose lease expired or was given up are left out)."""
         store = self._store
+        asked = store.ask_interests()
         reply = await store.script(
             "interests", [store.key(INTERESTS_VERSION), store.key(INTERESTS)], [store.key(LEASE)]
         )
+        store.saw_interests(asked, reply[1])
         version, interests = _interests_of(reply)
         assert interests is not None
         return version, interests
@@ -1498,8 +1534,8 @@ def _entry_id(value: Any) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
-def _interests_of(reply: Any) -> tuple[str, dict[str, bytes]]:
-    return _text(reply[1]), {
+def _interests_of(reply: Any) -> tuple[int, dict[str, bytes]]:
+    return int(reply[1]), {
         _text(reply[index]): bytes(reply[index + 1]) for index in range(2, len(reply), 2)
     }
 

@@ -245,10 +245,14 @@ class EventFanout:
         interest: Callable[[], frozenset[str] | None] = lambda: None,
         awaited: Callable[[], frozenset[str]] = frozenset,
         lease: Callable[[], int] = lambda: 0,
+        decided: Callable[[], int] | None = None,
     ) -> None:
         """``interest``: the event types wanted here (None: all); ``awaited``: those a step
         of a workflow registered here waits for; ``lease``: the lease's fencing token (a
-        new token, a lease taken again, stores the interest again)."""
+        new token, a lease taken again, stores the interest again); ``decided``: the
+        number of a call to Redis reading the interest's version (see
+        :meth:`RedisConnection.ask_interests`) sent after everything that made an event
+        published now (the commit of the state that emits it); by default the next call."""
         self._streams = streams
         self._stream = streams.event_stream()
         self._replica = replica
@@ -257,10 +261,11 @@ class EventFanout:
         self._interest = interest
         self._awaited = awaited
         self._lease = lease
-        self._out: list[Event | bytes] = []
+        self._out: list[tuple[Event | bytes, int]] = []
         self._wake = trio.Event()
+        self._decided = decided or (lambda: streams.store.interest_calls + 1)
         #: The version of the interest known here, and the others' (None: every type).
-        self._version = ""
+        self._version = -1
         self._elsewhere: frozenset[str] | None = frozenset()
         #: What is stored of this replica's interest, under which lease token.
         self._stored: tuple[frozenset[str] | None, int] | None = None
@@ -282,14 +287,16 @@ class EventFanout:
 
     def send(self, event: Event) -> None:
         """Queue an event of this replica's for the others that want it (sent in order)."""
-        self._out.append(event)
+        self._out.append((event, self._decided()))
         self._wake.set()
 
     def send_change(self, kind: str, ident: str, value: Any) -> None:
         """Queue a change of this replica's (a subscriber's subscriptions, a config, a
         definition: None when deleted) for the others, which take it as it is (the store
         has it too)."""
-        self._out.append(orjson.dumps({"r": self._replica, "c": kind, "id": ident, "v": value}))
+        self._out.append(
+            (orjson.dumps({"r": self._replica, "c": kind, "id": ident, "v": value}), 0)
+        )
         self._wake.set()
 
     async def announced(self) -> None:
@@ -335,17 +342,21 @@ class EventFanout:
             self._sent.set()
             self._sent = trio.Event()
 
-    async def _publish(self, batch: list[Event | bytes]) -> None:
+    async def _publish(self, batch: list[tuple[Event | bytes, int]]) -> None:
         """Store this replica's interest if it changed, and append what others want of
-        ``batch``, filtered with the current interest of every replica."""
+        ``batch``, filtered with the current interest of every replica.
+
+        Where nothing is to be appended, no call is needed either when a call sent
+        after every filtered event was decided read the version known here (the
+        commit of the states that emit them, usually)."""
         mine = (self._interest(), self._lease())
         interest = None
         if mine != self._stored:
             types = mine[0]
             interest = _EVERY_TYPE if types is None else orjson.dumps(sorted(types))
         while True:
-            bodies, filtered = [], False
-            for item in batch:
+            bodies, filtered = [], 0
+            for item, decided in batch:
                 if isinstance(item, bytes):
                     bodies.append(item)
                 elif self.wanted_elsewhere(item.message_type):
@@ -353,9 +364,11 @@ class EventFanout:
                         orjson.dumps({"r": self._replica, "t": item.message_type, "d": item.data})
                     )
                 else:
-                    filtered = True
-            if not bodies and not filtered and interest is None:
-                return
+                    filtered = max(filtered, decided)
+            if not bodies and interest is None:
+                call, version = self._streams.store.interests_seen
+                if not filtered or (call >= filtered and version == self._version):
+                    return
             version, interests = await self._streams.publish_events(
                 bodies,
                 known=self._version,
@@ -370,7 +383,7 @@ class EventFanout:
                 return
             self._learn(version, interests)
 
-    def _learn(self, version: str, interests: dict[str, bytes]) -> None:
+    def _learn(self, version: int, interests: dict[str, bytes]) -> None:
         """Take the replicas' interest as stored at ``version``."""
         elsewhere: set[str] = set()
         for name, stored in interests.items():

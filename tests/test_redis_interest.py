@@ -21,9 +21,7 @@ from engine._redis import RedisStore, open_redis_store
 pytestmark = pytest.mark.redis
 
 LEASE = timedelta(seconds=2)
-STEPS = Workflow(
-    id="steps", steps=[Step(name, timeout=30) for name in "abc"], surpass="parallel"
-)
+STEPS = Workflow(id="steps", steps=[Step(name, timeout=30) for name in "abc"], surpass="parallel")
 WAITS = Workflow(id="waits", steps=[Step("ready", action=WaitForEvent("go", {"n": 1}))])
 
 
@@ -113,6 +111,7 @@ async def test_a_listener_connecting_later_on_another_replica_gets_what_is_publi
                         assert event.data.get("task_id", event.data.get("task")) == task_id
                         got.append(event.message_type)
             assert got == ["progress"] * 4 + ["task_end"]  # as each step starts, and at the end
+            assert ("one", "progress") in await sent(store)
         # a listener for every type wants everything, a user's events too
         async with two.open_listener() as everything:
             one.publish(Event("hello", {"n": 1}))
@@ -120,6 +119,36 @@ async def test_a_listener_connecting_later_on_another_replica_gets_what_is_publi
                 while (message := await everything.receive()).message_type != "hello":
                     pass
             assert message.data == {"n": 1}
+
+
+async def test_events_nobody_wants_cost_no_call_to_redis_beyond_the_commits(
+    redis_url: str,
+) -> None:
+    async with replica(redis_url, "one") as (one, store), replica(redis_url, "two") as (two, _):
+        streams = store.streams
+        appends: list[int] = []
+        publish_events = streams.publish_events
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            appends.append(1)
+            return await publish_events(*args, **kwargs)
+
+        streams.publish_events = counted  # type: ignore[method-assign]
+        for step in "abc":
+            one.subscribe("w", step)
+        async with one.open_listener(subscriber_id="w") as worker:
+            await run_answered(one, worker)
+            await trio.sleep(0.3)
+            appends.clear()
+            commits = store.last_commit_call
+            await run_answered(one, worker)
+            await trio.sleep(0.3)
+            # each commit read the interest's version: the events it caused needed no check
+            assert store.last_commit_call > commits
+            assert appends == []
+            async with two.open_listener(message_types=["progress"]):
+                await run_answered(one, worker)  # "two" wants them now: they are appended
+            assert appends
 
 
 async def test_a_step_waiting_on_another_replica_gets_the_event(redis_url: str) -> None:
