@@ -273,6 +273,7 @@ class EventFanout:
         self._asked = 0
         self._done = 0
         self._sent = trio.Event()
+        self._stopped = False
 
     def wanted_elsewhere(self, message_type: str) -> bool:
         """Tell whether another replica may want events of ``message_type``, as far as
@@ -308,17 +309,21 @@ class EventFanout:
         self._asked += 1
         asked = self._asked
         self._wake.set()
-        while self._done < asked:
+        while self._done < asked and not self._stopped:
             await self._sent.wait()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send this replica's events and show the others', until cancelled."""
-        after = await self._streams.last_id(self._stream)
-        await self._publish([])  # this replica's interest, before anything is published
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_out)
-            nursery.start_soon(self._follow, after)
-            task_status.started()
+        try:
+            after = await self._streams.last_id(self._stream)
+            await self._publish([])  # this replica's interest, before anything is published
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_out)
+                nursery.start_soon(self._follow, after)
+                task_status.started()
+        finally:
+            self._stopped = True  # nobody waits for an announcement any more
+            self._sent.set()
 
     async def poll(self, period: float) -> None:
         """Read the replicas' interest every ``period`` seconds (a replica whose lease
