@@ -147,8 +147,9 @@ ACTIONS = "actions:"
 #: replica that adopted its tasks.
 ANSWERS = "answers:"
 #: Stream: events for ``/events`` listeners, in order. Written by the replica that emits
-#: the event; read by every replica without a group (RedisStreams.follow, from the last
-#: id it saw), trimmed by length.
+#: the event, when another replica wants its type (INTERESTS; RedisStreams.publish_events);
+#: read by every replica without a group (RedisStreams.follow, from the last id it saw),
+#: trimmed by length.
 EVENTS = "events"
 #: Hash: replica (lease name) -> the event types its listeners, observers and waiting steps
 #: want: a JSON list, or ``*`` for every type. Written by each replica for itself when its
@@ -405,31 +406,27 @@ if not lease then return false end
 return redis.call('XADD', ARGV[2] .. lease, '*', 'm', ARGV[3])
 """
 
-_LIVE_INTERESTS = """
-local found = {0, redis.call('GET', KEYS[1]) or '0'}
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  if redis.call('EXISTS', ARGV[1] .. all[i]) == 1 then
-    found[#found + 1] = all[i]
-    found[#found + 1] = all[i + 1]
-  end
-end
-return found
-"""
-
-_PUBLISH_EVENTS = """
-local version = redis.call('GET', KEYS[1]) or '0'
-if version ~= ARGV[1] then
-  local stale = {0, version}
+_LIVE = """
+local function live(version, leases)
+  local found = {0, version}
   local all = redis.call('HGETALL', KEYS[2])
   for i = 1, #all, 2 do
-    if redis.call('EXISTS', ARGV[5] .. all[i]) == 1 then
-      stale[#stale + 1] = all[i]
-      stale[#stale + 1] = all[i + 1]
+    if redis.call('EXISTS', leases .. all[i]) == 1 then
+      found[#found + 1] = all[i]
+      found[#found + 1] = all[i + 1]
     end
   end
-  return stale
+  return found
 end
+"""
+
+_LIVE_INTERESTS = _LIVE + "return live(redis.call('GET', KEYS[1]) or '0', ARGV[1])\n"
+
+_PUBLISH_EVENTS = (
+    _LIVE
+    + """
+local version = redis.call('GET', KEYS[1]) or '0'
+if version ~= ARGV[1] then return live(version, ARGV[5]) end
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
   version = tostring(redis.call('INCR', KEYS[1]))
@@ -439,6 +436,7 @@ for i = 6, #ARGV do
 end
 return {1, version}
 """
+)
 
 #: Errors that mean "Redis cannot answer now": retried with backoff. (coredis reports
 #: LOADING as a BusyLoadingError, a ConnectionError.)
@@ -1255,8 +1253,9 @@ class RedisStreams:
       :meth:`send_answer`; the lease's holder reads it in the group ``driver``,
       and the replica that adopts its tasks once it expired takes what is left
       there (owed to the holder, or never read).
-    - ``EVENTS``: the replica that emits an event appends it; every replica
-      :meth:`follow`\\ s it from the last id it saw.
+    - ``EVENTS``: the replica that emits an event appends it when another
+      replica wants its type (:meth:`publish_events`, checking ``INTERESTS``);
+      every replica :meth:`follow`\\ s it from the last id it saw.
 
     Reads in a group never lose an entry: an entry read stays owed to its
     reader until acknowledged, and :meth:`owed` hands it back after a
@@ -1305,25 +1304,6 @@ class RedisStreams:
         )
         assert entry_id is not None
         return _text(entry_id)
-
-    async def append_many(
-        self, stream: str, bodies: Sequence[bytes], *, max_length: int | None = None
-    ) -> None:
-        """Append ``bodies`` to ``stream`` in order, in one round trip (see :meth:`append`)."""
-
-        async def send() -> None:
-            async with self._client.pipeline(transaction=False) as pipeline:
-                for body in bodies:
-                    pipeline.xadd(
-                        stream,
-                        {BODY: body},
-                        trim_strategy=None if max_length is None else PureToken.MAXLEN,
-                        threshold=max_length,
-                        trim_operator=None if max_length is None else PureToken.APPROXIMATELY,
-                    )
-
-        if bodies:
-            await self._store.call(send)
 
     async def publish_events(
         self,
