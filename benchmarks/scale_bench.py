@@ -263,7 +263,7 @@ async def victim(url: str, lease: float) -> None:
         for step in VICTIM.steps:
             engine.subscribe("w", step.message_type, timeout=600)
         async with engine.open_listener(subscriber_id="w") as listener:
-            task_id = engine.start_workflow(VICTIM.id).task_id
+            task_id = (await engine.start_run(VICTIM.id)).task_id
             while True:
                 message = await listener.receive()
                 if isinstance(message, Action):

@@ -35,8 +35,8 @@ from ._engine import open_engine as open_engine
 from ._registry import Definition as Definition
 
 # What the engine answers: start decisions, running tasks, finished results.
-from ._core import StartDecision as StartDecision
-from ._core import StartResult as StartResult
+from ._admission import StartDecision as StartDecision
+from ._admission import StartResult as StartResult
 from ._machine import Outcome as Outcome
 from ._machine import StepEnd as StepEnd
 from ._records import StepResult as StepResult

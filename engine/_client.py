@@ -136,7 +136,8 @@ def render_running(tasks: Sequence[Mapping[str, Any]], now: datetime, out: TextI
         out.write(f"{task['id']}  {task['workflow']}  started {task['started_at']}\n")
         step = task.get("step")
         if step is None:
-            out.write("  starting\n")
+            queued = task.get("state") == "queued"
+            out.write("  queued: starts when the active run ends\n" if queued else "  starting\n")
             continue
         stalled = "  STALLED" if step.get("stalled") else ""
         out.write(

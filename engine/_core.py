@@ -3,9 +3,11 @@
 :class:`Core` holds the running tasks. Each of its public methods is a fact
 (a run was asked for, an answer or an event arrived, a deadline passed, a
 command ended, a subscriber went away, a write failed) with the time as a
-number on the engine's clock. It records the fact on the task, asks the
-task's workflow machine to move on (``transitions`` decides every state
-change) and appends what must happen to :attr:`Core.intents`; the trio
+number on the engine's clock (with servers sharing a Redis store, also the
+store's verdict on a run asked for: see :mod:`engine._admission`). It
+records the fact on the task, asks the task's workflow machine to move on
+(``transitions`` decides every state change) and appends what must happen
+to :attr:`Core.intents`; the trio
 driver (:mod:`engine._driver`) carries those out in order. Nothing here
 imports trio or touches the store or the network, so every rule (surpass,
 who a step waits for and its deadline, stalls, progress, time-outs, stop,
@@ -16,17 +18,15 @@ Every fact is handled without awaiting anything, so each is atomic.
 
 from __future__ import annotations
 
-import enum
 import logging
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 
+from ._admission import StartDecision as StartDecision
+from ._admission import StartResult, admitted, ask, asks_store, start
 from ._clock import Clock
-from ._definitions import Surpass
-from ._errors import EngineClosed
 from ._intents import Dequeued, Emit, Ended, Hold, Intent, Log, Stage, Start, Wake
 from ._machine import END, Answer, Outcome, StepRun, Task
 from ._messages import (
@@ -43,13 +43,10 @@ from ._rules import QUEUED as QUEUED
 from ._rules import TASK_END as TASK_END
 from ._rules import TASK_STARTED as TASK_STARTED
 from ._rules import (
-    Admit,
-    admit,
     error_event,
     finish_write,
     never_ran,
     progress_event,
-    queued_write,
     result_of,
     stall_message,
     stall_window,
@@ -69,44 +66,6 @@ logger = logging.getLogger("engine._engine")
 
 #: Characters of a failed command's output kept in its task's log.
 COMMAND_OUTPUT_TAIL = 1500
-
-
-class StartDecision(enum.StrEnum):
-    """What a start request did."""
-
-    STARTED = "started"
-    QUEUED = "queued"
-    SKIPPED = "skipped"
-
-
-@attrs.frozen
-class StartResult:
-    """The answer to a start request.
-
-    ``task_id`` is set when a task was started or queued; ``replaced`` lists
-    the tasks that the new one replaces (surpass ``replace``).
-    """
-
-    workflow: str
-    decision: StartDecision
-    task_id: str | None = None
-    replaced: tuple[str, ...] = ()
-    reason: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the JSON of the answer to ``POST /workflow/{id}/run``."""
-        return {
-            "workflow": self.workflow,
-            "decision": self.decision.value,
-            "task_id": self.task_id,
-            "replaced": list(self.replaced),
-            "reason": self.reason,
-        }
-
-
-def new_id() -> str:
-    """Return a new task id."""
-    return str(uuid.uuid4())
 
 
 def _waiting_for(waiters: dict[str, set[Run]], event: Event) -> Iterator[tuple[Run, StepRun]]:
@@ -151,52 +110,42 @@ class Core:
         self.durable = False
         #: Set when the program stops: no fact changes anything any more.
         self.frozen = False
+        #: Whether the store shared with other replicas admits runs (see :meth:`ask`).
+        self.shared = False
+        #: Runs asked of the shared store, not decided yet: id -> (workflow, reason).
+        self.asking: dict[str, tuple[Registered, str]] = {}
+        #: Runs asked for that the store started before its verdict came here.
+        self.promoted: set[str] = set()
 
     # ------------------------------------------------------------ facts
 
     def start(self, workflow_id: str, reason: str, now: float) -> StartResult:
-        """A run was asked for: start, queue or skip it, as its surpass behaviour says."""
-        registered = self.workflows.get(workflow_id)
-        if self.frozen:
-            raise EngineClosed(f"the engine is stopping: workflow {workflow_id!r} not started")
-        surpass = registered.workflow.surpass
-        active = (
-            []  # whatever runs, a parallel workflow starts (and its active runs are not walked)
-            if surpass is Surpass.PARALLEL
-            else [run for run in registered.active if run.stop_request is None]
-        )
-        verdict, why = admit(surpass, active, registered.queued)
-        if verdict is Admit.SKIP:
-            return StartResult(workflow_id, StartDecision.SKIPPED, reason=why)
-        task_id = new_id()
-        if verdict is Admit.QUEUE:
-            self.queue(registered, task_id)
-            if self.durable:  # a queued run survives a restart too
-                write = queued_write(task_id, workflow_id, self.clock.to_epoch(now))
-                self.intents.append(Stage(task_id, write))
-            logger.info("queued a run of %s (%s)", workflow_id, reason)
-            return StartResult(workflow_id, StartDecision.QUEUED, task_id)
-        replaced = tuple(active) if surpass is Surpass.REPLACE else ()
-        for run in replaced:
-            self._request_stop(run, True, f"replaced by task {task_id}", now)
-        self._begin(registered, task_id, reason, now)
-        return StartResult(
-            workflow_id, StartDecision.STARTED, task_id, replaced=tuple(r.task.id for r in replaced)
-        )
+        """A run was asked for: start, queue or skip it, as its surpass behaviour says
+        (see :func:`engine._admission.start`)."""
+        return start(self, workflow_id, reason, now)
 
-    def stop(self, task_id: str, reason: str | None, now: float) -> bool | None:
+    def admitted(
+        self, task_id: str, verdict: str, names: tuple[str, ...], now: float
+    ) -> StartResult:
+        """The shared store decided on a run asked for (see :func:`admitted`)."""
+        return admitted(self, task_id, verdict, names, now)
+
+    def stop(
+        self, task_id: str, reason: str | None, now: float, *, replaced: bool = False
+    ) -> bool | None:
         """A stop was asked for: True if the task stops, False if it had ended, None if the
-        core does not know it (it may be in the history)."""
+        core does not know it (it may be in the history). ``replaced``: by a new run."""
         run = self.running.get(task_id)
         if run is not None:
             if run.stop_request is not None or run.task.state == END:
                 return False
-            self._request_stop(run, False, reason, now)
+            self._request_stop(run, replaced, reason, now)
             return True
         registered = self.workflows.queued.pop(task_id, None)
         if registered is None:
             return None
-        registered.queued = None
+        if registered.queued == task_id:
+            registered.queued = None
         self.record(never_ran(task_id, registered.workflow.id, reason, self.clock.to_wall(now)))
         self.intents.append(Dequeued(task_id))
         return True
@@ -253,11 +202,13 @@ class Core:
         message_type = event.message_type
         table = self.workflows
         workflow_id = table.start_events.get(message_type)
-        if workflow_id is not None:
-            self.start(workflow_id, f"event {message_type}", now)
+        started = [] if workflow_id is None else [workflow_id]
         for trigger, workflow_id in table.event_triggers.get(message_type, ()):
             if trigger.matches(message_type, event.data):
-                self.start(workflow_id, f"event {message_type}", now)
+                started.append(workflow_id)
+        for workflow_id in started:
+            start_it = ask if asks_store(self, workflow_id) else start
+            start_it(self, workflow_id, f"event {message_type}", now)
 
     def event_elsewhere(self, event: Event, now: float) -> None:
         """An event was published through another replica: it may finish the steps waiting
@@ -366,13 +317,16 @@ class Core:
         registered.queued = task_id
         self.workflows.queued[task_id] = registered
 
-    def start_queued(self, registered: Registered, now: float) -> None:
-        """Start a workflow's queued run."""
-        task_id = registered.queued
-        assert task_id is not None
-        registered.queued = None
-        del self.workflows.queued[task_id]
-        self._begin(registered, task_id, "queued run", now)
+    def start_queued(self, task_id: str, now: float) -> None:
+        """Start a queued run (with a shared store: as it says); one not queued is left."""
+        registered = self.workflows.queued.pop(task_id, None)
+        if registered is None:
+            if task_id in self.asking:
+                self.promoted.add(task_id)
+            return
+        if registered.queued == task_id:
+            registered.queued = None
+        self.begin(registered, task_id, "queued run", now)
         self.intents.append(Dequeued(task_id))
 
     def adopt(self, task: Task, registered: Registered) -> Run:
@@ -385,7 +339,8 @@ class Core:
         self._run(run)
         return run
 
-    def _begin(self, registered: Registered, task_id: str, reason: str, now: float) -> None:
+    def begin(self, registered: Registered, task_id: str, reason: str, now: float) -> None:
+        """Begin a new run (started, dequeued, or admitted by the shared store)."""
         task = registered.machine.new_task(task_id, now=now)
         logger.info("starting task %s of %s (%s)", task_id, registered.workflow.id, reason)
         self._run(Run(task, registered, registered.routing))
@@ -564,8 +519,9 @@ class Core:
             and current.queued is not None
             and not current.active
             and not registered.active
+            and not self.shared  # else the store starts it (see RedisStore.commit)
         ):
-            self.start_queued(current, now)
+            self.start_queued(current.queued, now)
 
     def _file(self, run: Run) -> None:
         """Keep an ended task's result, and announce its end."""

@@ -30,6 +30,7 @@ from ._bus import Bus
 from ._core import Core
 from ._definitions import ExecuteCommand
 from ._intents import (
+    Admit,
     CancelCommand,
     Dequeued,
     Emit,
@@ -82,7 +83,10 @@ class Driver:
         self._busy = False
         #: Task id -> an event set when the task ends or its queued run starts or stops.
         self._waiters: dict[str, trio.Event] = {}
+        #: Carries a run asked for to the store shared with other servers (SharedRuns).
+        self.admit: Callable[[Admit], None] | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
+            Admit: self._admit,
             Stage: self._stage,
             Publish: self._publish,
             Emit: self._emit_intent,
@@ -208,6 +212,11 @@ class Driver:
                 self._core.failed(task_id, error, trio.current_time())
 
     # ------------------------------------------------------------ intents
+
+    def _admit(self, intent: Admit) -> None:
+        if self.admit is None:
+            raise RuntimeError("no store shared with other servers admits runs here")
+        self.admit(intent)
 
     def _stage(self, intent: Stage) -> None:
         self._persistence.stage(intent.write)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import trio
 
+from ._admission import StartDecision as StartDecision
+from ._admission import StartResult
 from ._bus import (
     DEFAULT_BUFFER,
     ENGINE_CLOSED,
@@ -46,8 +48,7 @@ from ._core import ERROR as ERROR
 from ._core import PROGRESS as PROGRESS
 from ._core import TASK_END as TASK_END
 from ._core import TASK_STARTED as TASK_STARTED
-from ._core import Core, StartResult
-from ._core import StartDecision as StartDecision
+from ._core import Core
 from ._definitions import CronTrigger, Job, Workflow
 from ._driver import Driver, run_command
 from ._engine_configs import ConfigMethods
@@ -80,6 +81,7 @@ from ._runs import Run
 from ._schedules import SCHEDULE_FIRED as SCHEDULE_FIRED
 from ._schedules import MarkKey, Schedules
 from ._schedules import ScheduleFiring as ScheduleFiring
+from ._shared import RunsStore, SharedRunMethods, SharedRuns, shares_runs
 from ._steps import action_of
 from ._store import AsyncStore, Store, StoredState
 from ._subscribers import SubscriptionChange
@@ -123,7 +125,7 @@ class CommandContext:
     step: str
 
 
-class Engine(ListenerMethods, ResultMethods, ConfigMethods):
+class Engine(ListenerMethods, ResultMethods, SharedRunMethods, ConfigMethods):
     """A running engine. Make one with :func:`open_engine`."""
 
     def __init__(
@@ -197,6 +199,18 @@ class Engine(ListenerMethods, ResultMethods, ConfigMethods):
             nursery=nursery,
         )
         self._persistence.before_read = self._driver.run_pending
+        #: Runs admitted, stopped and listed across the servers sharing the store (Redis).
+        self._shared: SharedRuns | None = None
+        if self._persistence.asynchronous and shares_runs(store):
+            self._core.shared = True
+            self._shared = SharedRuns(
+                core=self._core,
+                driver=self._driver,
+                persistence=self._persistence,
+                store=cast("RunsStore", store),
+                nursery=nursery,
+            )
+            self._driver.admit = self._shared.admit
         nursery.start_soon(self._driver.serve)
         nursery.start_soon(self._driver.timers.serve)
         nursery.start_soon(self._persistence.serve, self._driver.write_failed)
@@ -310,10 +324,10 @@ class Engine(ListenerMethods, ResultMethods, ConfigMethods):
         self._workflows.get(workflow_id)
         return self._schedules.ledger(workflow_id)
 
-    def _fire(self, workflow_id: str, reason: str) -> tuple[str, str | None]:
+    async def _fire(self, workflow_id: str, reason: str) -> tuple[str, str | None]:
         if self._core.frozen:  # a firing that woke in the same pass as the shutdown
             return "stopped", None
-        started = self.start_workflow(workflow_id, reason=reason)
+        started = await self.start_run(workflow_id, reason=reason)
         if started.decision is StartDecision.SKIPPED:
             return "skipped_overlap", None
         if started.decision is StartDecision.QUEUED:
@@ -459,8 +473,13 @@ class Engine(ListenerMethods, ResultMethods, ConfigMethods):
     def start_workflow(self, workflow_id: str, *, reason: str = "manual") -> StartResult:
         """Start a run of a workflow or job, as its surpass behaviour allows.
 
+        Servers sharing a Redis store weigh every server's runs: there a run
+        of a workflow whose surpass is not ``parallel`` is decided by the
+        store, which takes a round trip: use :meth:`start_run`.
+
         Raises:
             UnknownWorkflowError: nothing is registered under ``workflow_id``.
+            StoreError: the store shared with other servers decides this start.
         """
         started = self._core.start(workflow_id, reason, trio.current_time())
         self._driver.poke()
@@ -510,7 +529,7 @@ class Engine(ListenerMethods, ResultMethods, ConfigMethods):
         Raises:
             PhasebusError: the surpass behaviour skipped the run.
         """
-        started = self.start_workflow(workflow_id)
+        started = await self.start_run(workflow_id)
         if started.task_id is None:
             raise PhasebusError(f"workflow {workflow_id!r} was not started: {started.reason}")
         return await self.wait_task(started.task_id)
@@ -588,6 +607,8 @@ class Engine(ListenerMethods, ResultMethods, ConfigMethods):
     def _close(self) -> None:
         self.freeze()
         self._closed = True
+        if self._shared is not None:
+            self._shared.close()
         self._driver.close()
         for listener in list(self._bus.listeners):
             self._bus.detach(listener, ENGINE_CLOSED)
@@ -748,6 +769,11 @@ async def open_engine(
                     )
                     persistence.on_taken = takeover.give_up
                     persistence.on_regained = takeover.check_held
+                    shared = engine._shared
+                    if shared is not None:  # stops asked for before the restart or takeover
+                        await shared.take_stops([*engine._core.running, *engine._workflows.queued])
+                        takeover.adopted = shared.take_stops
+                        takeover.control = shared.take
                     nursery.start_soon(persistence.keep_lease)
                     nursery.start_soon(takeover.serve)
                     assert persistence.lease is not None
@@ -784,6 +810,8 @@ async def open_engine(
                         engine._bus.observers.append(
                             (relay.listeners_changed, _LISTENER_EVENTS, _EVENT_KIND)
                         )
+                        if shared is not None:
+                            relay.control = shared.take
                         await nursery.start(relay.serve)
                         engine._relay = relay.send_answer
                 nursery.start_soon(engine._prune_history)

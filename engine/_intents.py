@@ -137,8 +137,23 @@ class Start:
     effect: ClassVar[bool] = False
 
 
+@attrs.define(slots=True, eq=False)
+class Admit:
+    """Ask the store shared with other replicas whether a new run starts, is queued or is
+    skipped: its surpass weighs every replica's runs there, in one atomic step. The
+    verdict comes back as a fact (:meth:`Core.admitted`). ``records``: the run's first
+    record if it starts (state ``admitted``) and if it is queued."""
+
+    task_id: str
+    workflow: str
+    surpass: str
+    records: tuple[bytes, bytes]
+    effect: ClassVar[bool] = False
+
+
 Intent = (
-    Stage
+    Admit
+    | Stage
     | Publish
     | Emit
     | RunCommand

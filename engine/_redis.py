@@ -16,6 +16,10 @@ sharing needs:
   takes their tasks over (:meth:`RedisStore.adopt`).
 - **claims**: :meth:`RedisStore.claim_firing` lets exactly one replica start
   a schedule's firing (``SET NX PX``).
+- **runs of every replica** (:class:`SharedRunsMethods`): surpass decided
+  atomically over a workflow's active and queued runs on every replica
+  (:meth:`RedisStore.admit`), a stop carried to the replica driving a task
+  (:meth:`RedisStore.request_stop`), every replica's tasks listed.
 - **streams** (:class:`RedisStreams`) for what must reach another replica:
   actions to the replica holding a subscriber's WebSocket, answers to the
   replica driving a task, events to every replica. Entries read in a
@@ -144,13 +148,26 @@ ACTIONS = "actions:"
 #: Stream per lease (+ lease name): answers to the tasks held under it. Written by the
 #: replica that received the answer (RedisStreams.send_answer looks the lease up in the
 #: same script); read in the group ``DRIVER_GROUP`` by the lease's holder, then by the
-#: replica that adopted its tasks.
+#: replica that adopted its tasks. It also carries, as ``{"c": "stop"|"start", "t": id}``,
+#: the stops asked for those tasks (the stop and admission scripts) and the start of a
+#: queued run whose turn came (commit).
 ANSWERS = "answers:"
 #: Stream: events for ``/events`` listeners, in order. Written by the replica that emits
 #: the event, when another replica wants its type (INTERESTS; RedisStreams.publish_events);
 #: read by every replica without a group (RedisStreams.follow, from the last id it saw),
 #: trimmed by length.
 EVENTS = "events"
+#: Hash per workflow (+ workflow id): its runs that surpass weighs, task id -> ``a``
+#: (active), ``s`` (active, asked to stop) or ``q`` (queued). Written by the admission
+#: script (a run admitted or queued, runs replaced), the stop script, and commit (a task
+#: filed in the history leaves it; the queued run becomes active once no other is). It
+#: names no lease: the holder of each is looked up in TASK_LEASE, which adopt moves.
+WORKFLOW_RUNS = "workflow-runs:"
+#: Hash: running task id -> the stop asked for it (JSON ``{"c": "stop", "t", "why", "r"}``,
+#: ``r``: replaced), through any replica or by a replacing run, until the task is filed
+#: (commit removes it). Written by the admission and stop scripts; read by a replica that
+#: takes the task over or resumes it, so that a stop outlives the replica it was sent to.
+STOPS = "stops"
 #: Hash: replica (lease name) -> the event types its listeners, observers and waiting steps
 #: want: a JSON list, or ``*`` for every type. Written by each replica for itself when its
 #: interest grows or shrinks (RedisStreams.publish_events); counted only while the replica's
@@ -231,7 +248,7 @@ if token ~= ARGV[1] then
   return {0, 'lease ' .. ARGV[2] .. ' is not held (expired or released)'}
 end
 local writes, messages = tonumber(ARGV[6]), tonumber(ARGV[7])
-local i = 8
+local i = 10
 for _ = 1, writes do
   local holder = redis.call('HGET', KEYS[3], ARGV[i + 1])
   if holder and holder ~= ARGV[2] then
@@ -246,7 +263,7 @@ for _ = 1, writes do
   end
   if ARGV[i] == 'S' then i = i + 3 else i = i + 7 end
 end
-i = 8
+i = 10
 for _ = 1, writes do
   local id = ARGV[i + 1]
   if ARGV[i] == 'S' then
@@ -278,6 +295,25 @@ for _ = 1, writes do
     redis.call('ZADD', ARGV[3] .. workflow, ended, member)
     redis.call('ZADD', ARGV[4] .. outcome, ended, member)
     redis.call('ZADD', ARGV[5] .. errors, ended, member)
+    redis.call('HDEL', KEYS[10], id)
+    if redis.call('HDEL', ARGV[8] .. workflow, id) == 1 then
+      local runs, busy, queued = redis.call('HGETALL', ARGV[8] .. workflow), false, nil
+      for j = 1, #runs, 2 do
+        if runs[j + 1] == 'q' then queued = runs[j] else busy = true end
+      end
+      if queued and not busy then
+        redis.call('HSET', ARGV[8] .. workflow, queued, 'a')
+        local record = redis.call('HGET', KEYS[2], queued)
+        if record then
+          record = string.gsub(record, '"state":"queued"', '"state":"admitted"', 1)
+          redis.call('HSET', KEYS[2], queued, record)
+        end
+        local holder = redis.call('HGET', KEYS[3], queued)
+        if holder then
+          redis.call('XADD', ARGV[9] .. holder, '*', 'm', cjson.encode({c = 'start', t = queued}))
+        end
+      end
+    end
     i = i + 7
   end
 end
@@ -285,7 +321,7 @@ for _ = 1, messages do
   redis.call('XADD', ARGV[i], '*', 'm', ARGV[i + 1])
   i = i + 2
 end
-return {1, redis.call('GET', KEYS[10]) or '0'}
+return {1, redis.call('GET', KEYS[11]) or '0'}
 """.replace("DIGITS", str(_ORDER_DIGITS))
 
 _HISTORY = """
@@ -398,6 +434,61 @@ end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[7], ARGV[3])
 return records
+"""
+
+_ADMIT = """
+local token = redis.call('GET', KEYS[1])
+if token ~= ARGV[1] then
+  return {'lost', 'lease ' .. ARGV[2] .. ' is not held with token ' .. ARGV[1]}
+end
+local id = ARGV[3]
+local decided = redis.call('HGET', KEYS[2], id)
+if decided then return {decided == 'q' and 'queue' or 'start'} end
+local runs, active, queued = redis.call('HGETALL', KEYS[2]), {}, nil
+for j = 1, #runs, 2 do
+  if runs[j + 1] == 'a' then active[#active + 1] = runs[j] end
+  if runs[j + 1] == 'q' then queued = runs[j] end
+end
+local verdict = 'start'
+if #active > 0 and ARGV[4] == 'skip' then return {'skip', active[1]} end
+if #active > 0 and ARGV[4] == 'wait' then
+  if queued then return {'skip', queued} end
+  verdict = 'queue'
+end
+redis.call('HSET', KEYS[2], id, verdict == 'queue' and 'q' or 'a')
+redis.call('HSET', KEYS[3], id, verdict == 'queue' and ARGV[6] or ARGV[5])
+redis.call('HSET', KEYS[4], id, ARGV[2])
+redis.call('SADD', KEYS[5], id)
+redis.call('ZADD', KEYS[6], 0, id)
+local reply = {verdict}
+if ARGV[4] == 'replace' then
+  for _, other in ipairs(active) do
+    local body = cjson.encode({c = 'stop', t = other, why = 'replaced by task ' .. id, r = true})
+    redis.call('HSET', KEYS[2], other, 's')
+    redis.call('HSETNX', KEYS[7], other, body)
+    local holder = redis.call('HGET', KEYS[4], other)
+    if holder then redis.call('XADD', ARGV[7] .. holder, '*', 'm', body) end
+    reply[#reply + 1] = other
+  end
+end
+return reply
+"""
+
+_STOP = """
+local id = ARGV[1]
+local lease = redis.call('HGET', KEYS[1], id)
+if not lease then
+  return {redis.call('HEXISTS', KEYS[2], id) == 1 and 'ended' or 'unknown'}
+end
+local body = cjson.encode({c = 'stop', t = id, why = ARGV[4], r = false})
+redis.call('HSETNX', KEYS[3], id, body)
+local record = redis.call('HGET', KEYS[4], id)
+local workflow = record and cjson.decode(record)['workflow']
+if workflow and redis.call('HGET', ARGV[3] .. workflow, id) == 'a' then
+  redis.call('HSET', ARGV[3] .. workflow, id, 's')
+end
+redis.call('XADD', ARGV[2] .. lease, '*', 'm', body)
+return {'sent', lease}
 """
 
 _SEND_ANSWER = """
@@ -590,6 +681,8 @@ class RedisConnection:
                 ("expired", _EXPIRED),
                 ("adopt", _ADOPT),
                 ("answer", _SEND_ANSWER),
+                ("admit", _ADMIT),
+                ("stop", _STOP),
                 ("interests", _LIVE_INTERESTS),
                 ("publish events", _PUBLISH_EVENTS),
             )
@@ -734,8 +827,110 @@ class RedisConnection:
         script: Script[bytes] = self._scripts[name]
         return await self.call(lambda: script(keys=list(keys), args=list(args)))
 
+    async def commit_script(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the commit script (see :meth:`RedisStore.commit`); record the version of the
+        replicas' interest it read (:meth:`saw_interests`)."""
+        asked = self.ask_interests(commit=True)
+        reply = await self.script("commit", keys, args)
+        if reply[0] == 1:
+            self.saw_interests(asked, reply[1])
+        return reply
 
-class RedisStore(RedisConnection):
+
+class SharedRunsMethods(RedisConnection):
+    """The runs of every replica, weighed and stopped in Redis (a part of
+    :class:`RedisStore`): surpass decided atomically over a workflow's runs
+    (WORKFLOW_RUNS), a stop carried to the replica driving a task (STOPS and
+    its lease's ANSWERS stream), and every replica's running tasks listed."""
+
+    async def admit(
+        self,
+        workflow: str,
+        task_id: str,
+        surpass: str,
+        *,
+        owner: str,
+        fence: int,
+        records: tuple[bytes, bytes],
+    ) -> tuple[str, tuple[str, ...]]:
+        """Decide whether a new run of ``workflow`` starts, is queued or is skipped, weighing
+        the runs of every replica, in one atomic step; return the verdict and what it names.
+
+        ``surpass`` is ``skip``, ``wait`` or ``replace``. The verdict is
+        ``start`` (with ``replace``: and the runs it replaces, each asked to
+        stop through its holder's ANSWERS stream and in STOPS), ``queue``, or
+        ``skip`` (with the run that made it skip: the active one, or with
+        ``wait`` the one already queued). A run started or queued is held under
+        ``owner`` at once, with ``records``' first (started: state
+        ``admitted``) or second (queued), so that a replica taking its tasks
+        over finds it. Asked again for the same ``task_id`` (sent again after
+        no answer), the first verdict stands.
+
+        Raises:
+            LeaseLost: ``owner`` is not held with ``fence``; nothing was decided.
+        """
+        reply = await self.script(
+            "admit",
+            [
+                self.key(LEASE, owner),
+                self.key(WORKFLOW_RUNS, workflow),
+                self.key(RUNNING),
+                self.key(TASK_LEASE),
+                self.key(LEASE_TASKS, owner),
+                self.key(TASK_IDS),
+                self.key(STOPS),
+            ],
+            [fence, owner, task_id, surpass, records[0], records[1], self.key(ANSWERS)],
+        )
+        verdict = _text(reply[0])
+        if verdict == "lost":
+            raise LeaseLost(f"admission refused, nothing decided: {_text(reply[1])}")
+        return verdict, tuple(_text(part) for part in reply[1:])
+
+    async def request_stop(self, task_id: str, reason: str) -> tuple[str, str | None]:
+        """Ask the replica driving a running task to stop it, through Redis, whichever it is.
+
+        One atomic step looks the task's lease up, keeps the request in STOPS
+        (the first reason stands) and appends it to that lease's ANSWERS
+        stream, so that the request reaches the lease's holder, or the replica
+        that takes its tasks over. Return ``("sent", lease)``, ``("ended",
+        None)`` (the task is in the history) or ``("unknown", None)``.
+        """
+        reply = await self.script(
+            "stop",
+            [self.key(TASK_LEASE), self.key(HISTORY), self.key(STOPS), self.key(RUNNING)],
+            [task_id, self.key(ANSWERS), self.key(WORKFLOW_RUNS), reason],
+        )
+        return _text(reply[0]), _text(reply[1]) if len(reply) > 1 else None
+
+    async def stop_requests(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Return the stops asked for these running tasks (see :meth:`request_stop`), by id."""
+        if not task_ids:
+            return {}
+        values = await self.call(lambda: self._client.hmget(self.key(STOPS), list(task_ids)))
+        return {
+            task_id: orjson.loads(value)
+            for task_id, value in zip(task_ids, values, strict=True)
+            if value is not None
+        }
+
+    async def running_task(self, task_id: str) -> dict[str, Any] | None:
+        """Return a running task's record, whoever drives it, or None."""
+        record = await self.call(lambda: self._client.hget(self.key(RUNNING), task_id))
+        return None if record is None else orjson.loads(record)
+
+    async def lease_of(self, task_id: str) -> str | None:
+        """Return the lease a running task is held under, or None."""
+        lease = await self.call(lambda: self._client.hget(self.key(TASK_LEASE), task_id))
+        return None if lease is None else _text(lease)
+
+    async def running_tasks(self) -> list[dict[str, Any]]:
+        """Return the records of every replica's running and queued tasks (as last committed)."""
+        records = await self.call(lambda: self._client.hvals(self.key(RUNNING)))
+        return [orjson.loads(record) for record in records]
+
+
+class RedisStore(SharedRunsMethods):
     """The store on a Redis server (``redis://HOST:PORT/DB``), for one or several replicas.
 
     Use it as an async context manager (or :func:`open_redis_store`), see
@@ -853,16 +1048,6 @@ class RedisStore(RedisConnection):
         """Return one finished task, or None."""
         record = await self.call(lambda: self._client.hget(self.key(HISTORY), task_id))
         return None if record is None else orjson.loads(record)
-
-    async def running_task(self, task_id: str) -> dict[str, Any] | None:
-        """Return a running task's record, whoever drives it, or None."""
-        record = await self.call(lambda: self._client.hget(self.key(RUNNING), task_id))
-        return None if record is None else orjson.loads(record)
-
-    async def lease_of(self, task_id: str) -> str | None:
-        """Return the lease a running task is held under, or None."""
-        lease = await self.call(lambda: self._client.hget(self.key(TASK_LEASE), task_id))
-        return None if lease is None else _text(lease)
 
     # ------------------------------------------------------------ configs, subscribers
 
@@ -996,12 +1181,16 @@ class RedisStore(RedisConnection):
         lease has ended there (another replica finished it after taking it
         over): writes to it are refused.
 
+        A task filed leaves its workflow's runs (see :meth:`admit`) and its
+        stop request; when no active run of the workflow is left, its queued
+        run becomes active in the same step, and the replica holding it is
+        told to start it (a ``start`` entry in its ANSWERS stream).
+
         Raises:
             LeaseLost: ``owner`` is not held with the token ``fence`` (it
                 expired, was released, or was acquired again), or a task is
                 held under another lease or has ended; nothing was written.
         """
-        asked = self.ask_interests(commit=True)
         args: list[Any] = [
             fence,
             owner,
@@ -1010,6 +1199,8 @@ class RedisStore(RedisConnection):
             self.key(HISTORY_BY_ERRORS),
             len(writes),
             len(messages),
+            self.key(WORKFLOW_RUNS),
+            self.key(ANSWERS),
         ]
         for write in writes:
             if isinstance(write, SaveTask):
@@ -1027,8 +1218,7 @@ class RedisStore(RedisConnection):
                 )
         for stream, body in messages:
             args += (stream, body)
-        reply = await self.script(
-            "commit",
+        reply = await self.commit_script(
             [
                 self.key(LEASE, owner),
                 self.key(RUNNING),
@@ -1039,13 +1229,13 @@ class RedisStore(RedisConnection):
                 self.key(HISTORY_ORDER),
                 self.key(HISTORY_ENDED),
                 self.key(TASK_IDS),
+                self.key(STOPS),
                 self.key(INTERESTS_VERSION),
             ],
             args,
         )
         if reply[0] != 1:
             raise LeaseLost(f"commit refused, nothing written: {_text(reply[1])}")
-        self.saw_interests(asked, reply[1])
 
     async def prune(self, before: datetime, *, batch: int = 500) -> int:
         """Delete finished tasks that ended before ``before`` (and their logs); return how many.
@@ -1250,7 +1440,8 @@ class RedisStreams:
       subscriber's WebSocket reads it in the group ``subscriber`` as consumer
       ``<its name>``, and acknowledges it once the listener answered.
     - ``ANSWERS`` + lease: the replica that received an answer appends it with
-      :meth:`send_answer`; the lease's holder reads it in the group ``driver``,
+      :meth:`send_answer` (and the stop, admission and commit scripts append
+      stops and starts); the lease's holder reads it in the group ``driver``,
       and the replica that adopts its tasks once it expired takes what is left
       there (owed to the holder, or never read).
     - ``EVENTS``: the replica that emits an event appends it when another

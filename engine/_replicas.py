@@ -12,6 +12,11 @@ tasks that the expired lease's holder had not taken (read or not, they are
 in its stream of answers) are taken first: a step they finish is not sent
 again.
 
+A stop asked for an adopted task through any replica, which went to the
+expired lease's stream, is taken with it too (and any stop kept in the store
+for it: :meth:`engine._shared.SharedRuns.take_stops`); a queued run whose
+turn came while its holder was away begins.
+
 The replica that lost them, if it wakes up, acts no more on them: every
 effect of a task waits for its state to be committed, and the store refuses
 a write to a task held under another lease. That refusal, or the check made
@@ -23,7 +28,7 @@ replica's now.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +49,7 @@ from ._messages import (
     Event,
     Message,
 )
-from ._restore import resume
+from ._restore import resume, take_up
 from ._rules import QUEUED
 
 if TYPE_CHECKING:
@@ -80,6 +85,10 @@ class Takeover:
         self._store = store
         self._streams = streams
         self._publish = publish
+        #: Takes up the stops asked for the tasks just adopted (SharedRuns.take_stops).
+        self.adopted: Callable[[list[str]], Awaitable[None]] | None = None
+        #: Takes an entry of an answer stream that is not an answer (SharedRuns.take).
+        self.control: Callable[[dict[str, Any]], None] | None = None
 
     async def serve(self) -> None:
         """Look for expired leases four times per lease period, until cancelled."""
@@ -116,6 +125,8 @@ class Takeover:
                 self._resume(record, now)
                 resumed += 1
             self._take_answers(name, answers, adopted)
+            if self.adopted is not None and adopted:
+                await self.adopted(sorted(adopted))
             logger.warning(
                 "took over %d task(s) of replica %r (its lease expired)", len(records), name
             )
@@ -123,13 +134,16 @@ class Takeover:
             self._driver.poke()
         return resumed
 
-    def _resume(self, record: dict[str, object], now: float) -> None:
+    def _resume(self, record: dict[str, Any], now: float) -> None:
         core = self._core
+        if core.shared:  # its queued runs start when the store says so
+            take_up(core, record, now)
+            return
         registered = core.workflows.by_id.get(str(record.get("workflow")))
         if record.get("state") == QUEUED and registered is not None and registered.queued is None:
             core.queue(registered, str(record["id"]))
             if not registered.active:
-                core.start_queued(registered, now)
+                core.start_queued(str(record["id"]), now)
             return
         resume(core, record, now)
 
@@ -160,6 +174,10 @@ class Takeover:
         for entry_id, body in entries:
             try:
                 data = orjson.loads(body)
+                if "c" in data:  # a stop or a start (SharedRuns.take)
+                    if self.control is not None and data.get("t") in adopted:
+                        self.control(data)
+                    continue
                 answer = message_from_json(data["m"])
                 if publish is not None and isinstance(answer, _ANSWERS) and answer.task in adopted:
                     publish(attrs.evolve(answer, subscriber_id=data["s"]))
@@ -172,6 +190,9 @@ class Takeover:
     def give_up(self, task_id: str) -> None:
         """Forget a task another replica drives now: no result is filed, nothing goes out."""
         core = self._core
+        registered = core.workflows.queued.pop(task_id, None)  # a queued run held there now
+        if registered is not None and registered.queued == task_id:
+            registered.queued = None
         run = core.running.pop(task_id, None)
         if run is None:
             return
@@ -184,10 +205,11 @@ class Takeover:
         logger.warning("task %s is driven by another replica now: this one let it go", task_id)
 
     async def check_held(self) -> None:
-        """Give up the running tasks held under another lease (after the lease was lost)."""
+        """Give up the running and queued tasks held under another lease (after the lease
+        was lost)."""
         lease = self._persistence.lease
         assert lease is not None
-        for task_id in list(self._core.running):
+        for task_id in [*self._core.running, *self._core.workflows.queued]:
             holder = await self._store.lease_of(task_id)
             if holder == lease.name:
                 continue
@@ -442,7 +464,8 @@ class ActionRelay:
     - An answer that reaches this replica for a task another replica drives
       goes to the stream of that replica's lease (looked up in the same step
       as the append); the driving replica reads its stream and takes the
-      answer as if its listener had sent it.
+      answer as if its listener had sent it. The stops and starts the store
+      appends to that stream go to :attr:`control`.
 
     Delivery is at least once, as everywhere: a replica that takes a task
     over sends its current step's action again.
@@ -472,6 +495,9 @@ class ActionRelay:
         self._delivering = False
         self._readers: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        #: Takes an entry of this replica's answer stream that is not an answer: a stop
+        #: or the start of a queued run (SharedRuns.take).
+        self.control: Callable[[dict[str, Any]], None] | None = None
 
     # ------------------------------------------------------------ seen here
 
@@ -580,6 +606,10 @@ class ActionRelay:
             for entry_id, body in entries:
                 try:
                     data = orjson.loads(body)
+                    if "c" in data:  # a stop or a start (SharedRuns.take)
+                        if self.control is not None:
+                            self.control(data)
+                        continue
                     answer = message_from_json(data["m"])
                     if isinstance(answer, _ANSWERS) and answer.task in self._core.running:
                         self._publish(attrs.evolve(answer, subscriber_id=data["s"]))

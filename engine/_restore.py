@@ -3,9 +3,10 @@ marks, and the tasks that were running, which resume where they were."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._bus import Subscription
@@ -15,6 +16,7 @@ from ._errors import InvalidInputError
 from ._intents import Log
 from ._machine import Outcome
 from ._records import RestoreError, TaskResult, restore_task
+from ._rules import ADMITTED
 from ._steps import step_kind
 from ._tasklog import LogKind
 
@@ -70,13 +72,25 @@ def restore_state(
         else:
             table.config_changed(CORE_CONFIG, stored.data)
     for record in state.tasks:
-        if record.get("state") == QUEUED and record.get("workflow") in table.by_id:
-            core.queue(table.by_id[record["workflow"]], record["id"])
-        else:
-            resume(core, record, now)
-    for registered in table.by_id.values():
+        take_up(core, record, now)
+    for registered in () if core.shared else table.by_id.values():
         if registered.queued is not None and not registered.active:
-            core.start_queued(registered, now)
+            core.start_queued(registered.queued, now)
+
+
+def take_up(core: Core, record: Mapping[str, Any], now: float) -> None:
+    """Take up a stored task: a queued run is queued again (with a shared store, it starts
+    when the store says so), a run the shared store admitted begins, any other resumes."""
+    registered = core.workflows.by_id.get(record.get("workflow"))  # type: ignore[arg-type]
+    state = record.get("state")
+    if registered is not None and state == QUEUED:
+        core.queue(registered, record["id"])
+        with contextlib.suppress(KeyError, TypeError, ValueError, OverflowError):
+            registered.queued_since = datetime.fromtimestamp(float(record["created_at"]), UTC)
+    elif registered is not None and state == ADMITTED:
+        core.begin(registered, record["id"], "admitted run taken up", now)
+    else:
+        resume(core, record, now)
 
 
 def resume(core: Core, record: Mapping[str, Any], now: float) -> None:

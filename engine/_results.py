@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._clock import Clock
 from ._errors import StoreError, UnknownTaskError
-from ._machine import Outcome
+from ._machine import START, Outcome
 from ._messages import Progress
 from ._persistence import Persistence
 from ._records import RestoreError, StepResult, TaskResult, restore_task, step_results
-from ._rules import QUEUED
+from ._rules import ADMITTED, QUEUED
 from ._runs import Run
 
 if TYPE_CHECKING:
@@ -89,6 +89,39 @@ def task_info(run: Run, clock: Clock) -> TaskInfo:
         step_info,
         step_results(task, clock),
     )
+
+
+def queued_infos(workflows: WorkflowTable) -> list[TaskInfo]:
+    """Describe the runs queued here whose time is known (surpass ``wait``)."""
+    return [
+        TaskInfo(task_id, r.workflow.id, r.workflow.name, QUEUED, r.queued_since, None)
+        for task_id, r in workflows.queued.items()
+        if r.queued == task_id and r.queued_since is not None
+    ]
+
+
+def stored_task_info(
+    record: Mapping[str, Any], workflows: WorkflowTable, clock: Clock
+) -> TaskInfo | None:
+    """Describe a running or queued task from its stored record (another server's, say);
+    None if its workflow is not registered here or the record cannot be read.
+
+    A queued run shows the state ``queued``; a run admitted by the shared store
+    that has not begun yet shows ``start``.
+    """
+    registered = workflows.by_id.get(record.get("workflow"))  # type: ignore[arg-type]
+    if registered is None:
+        return None
+    try:
+        if record.get("state") in (QUEUED, ADMITTED):
+            workflow = registered.workflow
+            created = datetime.fromtimestamp(float(record["created_at"]), UTC)
+            state = QUEUED if record["state"] == QUEUED else START
+            return TaskInfo(record["id"], workflow.id, workflow.name, state, created, None)
+        task = restore_task(record, registered.workflow, clock)
+    except (RestoreError, KeyError, TypeError, ValueError, OverflowError):
+        return None
+    return task_info(Run(task, registered), clock)
 
 
 class Results:
@@ -328,6 +361,10 @@ class ResultMethods:
         run = self._core.running.get(task_id)
         if run is not None and run in run.registered.active:
             return task_info(run, self.clock)
+        if task_id in self._workflows.queued:
+            shown = [info for info in queued_infos(self._workflows) if info.id == task_id]
+            if shown:
+                return shown[0]
         result = await self._results.fetch(task_id)
         if result is not None:
             return result
@@ -339,14 +376,7 @@ class ResultMethods:
     async def _running_elsewhere(self, task_id: str) -> TaskInfo | None:
         """Describe a task another engine sharing the store drives, from its last record."""
         record = await self._persistence.running_task(task_id)
-        registered = None if record is None else self._workflows.by_id.get(record["workflow"])
-        if record is None or registered is None or record.get("state") == QUEUED:
-            return None
-        try:
-            task = restore_task(record, registered.workflow, self.clock)
-        except (RestoreError, KeyError, TypeError, ValueError):
-            return None
-        return task_info(Run(task, registered), self.clock)
+        return None if record is None else stored_task_info(record, self._workflows, self.clock)
 
     def task_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
         """Return up to ``limit`` ids of known tasks (running, queued, finished) with ``prefix``.

@@ -33,6 +33,8 @@ ERROR = "error"
 
 #: The stored state of a run queued behind an active one (surpass ``wait``).
 QUEUED = "queued"
+#: The stored state of a run the shared store admitted (replicas), before its first step.
+ADMITTED = "admitted"
 
 
 class Admit(enum.Enum):
@@ -52,12 +54,28 @@ def admit(surpass: Surpass, active: Iterable[Run], queued: str | None) -> tuple[
     if surpass is Surpass.PARALLEL or not any(True for _ in active):
         return Admit.START, ""
     if surpass is Surpass.SKIP:
-        return Admit.SKIP, "a run is active (surpass skip)"
+        return Admit.SKIP, skip_reason(surpass)
     if surpass is Surpass.WAIT:
         if queued is not None:
-            return Admit.SKIP, "a run is active and another is already queued (surpass wait)"
+            return Admit.SKIP, skip_reason(surpass)
         return Admit.QUEUE, ""
     return Admit.START, ""  # replace
+
+
+def skip_reason(surpass: Surpass, blocking: str | None = None) -> str:
+    """Say why surpass skipped a run (``blocking``: the run that made it skip, if known)."""
+    which = "" if blocking is None else f": task {blocking}"
+    if surpass is Surpass.WAIT:
+        return f"a run is active and another is already queued (surpass wait){which}"
+    return f"a run is active (surpass skip){which}"
+
+
+def admission_records(task_id: str, workflow_id: str, created_at: float) -> tuple[bytes, bytes]:
+    """Return the first records of a run the shared store admits: started, and queued."""
+    return (
+        queued_record(task_id, workflow_id, created_at, ADMITTED),
+        queued_record(task_id, workflow_id, created_at, QUEUED),
+    )
 
 
 def stall_window(step: StepRun, fraction: float) -> float:

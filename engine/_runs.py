@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -25,6 +26,8 @@ class Registered:
     active: dict[Run, None] = attrs.Factory(dict)  # insertion-ordered set
     #: The id of the run waiting for the active ones to end (surpass ``wait``).
     queued: str | None = None
+    #: When that run was asked for (wall clock), to show it (None: not known).
+    queued_since: datetime | None = None
     #: Data sent with every action of the workflow, shared (messages never change it).
     routing: Mapping[str, Any] = attrs.field(init=False)
 

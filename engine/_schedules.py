@@ -10,6 +10,7 @@ recent firings.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -99,8 +100,9 @@ def catch_up(trigger: CronTrigger, due: list[datetime], now: datetime) -> CatchU
 
 _DECLARED = object()
 
-#: Starts a workflow for a schedule: (workflow id, reason) -> (outcome, task id).
-Fire = Callable[[str, str], tuple[str, "str | None"]]
+#: Starts a workflow for a schedule: (workflow id, reason) -> (outcome, task id), or an
+#: awaitable of it (servers sharing a store wait for the store's decision).
+Fire = Callable[[str, str], "tuple[str, str | None] | Awaitable[tuple[str, str | None]]"]
 
 #: Takes a schedule's firing for this engine: (workflow id, cron, time zone, planned time)
 #: -> whether it is this engine's to start (exactly one of the replicas sharing a store).
@@ -225,9 +227,10 @@ class Schedules:
                     self._record(workflow_id, trigger, planned, now, "another_replica", None)
                     continue
                 try:
-                    outcome, task_id = self._fire(
+                    fired = self._fire(
                         workflow_id, f"schedule {trigger.cron} ({trigger.timezone}) for {planned}"
                     )
+                    outcome, task_id = await fired if inspect.isawaitable(fired) else fired
                 except Exception:  # one schedule's failure stops neither it nor the engine
                     logger.exception("schedule %s of %s failed to fire", trigger.cron, workflow_id)
                     outcome, task_id = "failed", None

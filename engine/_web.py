@@ -41,7 +41,6 @@ from ._errors import (
     StoreError,
     TaskLookupError,
     UnknownTaskError,
-    UnknownWorkflowError,
 )
 from ._http import read_json
 from ._machine import Outcome
@@ -51,7 +50,7 @@ from ._resoto_api import REVISION_HEADER as REVISION_HEADER
 from ._resoto_api import ResotoRoutes
 from ._shapes import StepInfoView, StepResultView, TaskInfoView, TaskResultView
 from ._tls import Authority, CertificateRoutes
-from ._web_definitions import DefinitionRoutes, resolve_task_id
+from ._web_definitions import DefinitionRoutes, not_decided, resolve_task_id, start_answer
 from ._websocket import (
     DEFAULT_MAX_PENDING_AGE,
     DEFAULT_MAX_PENDING_BYTES,
@@ -178,6 +177,52 @@ def task_json(task: TaskInfo | TaskResult) -> dict[str, Any]:
     return cast("dict[str, Any]", unstructure_shape(task_view(task)))
 
 
+def task_query(
+    params: Mapping[str, str],
+) -> tuple[str | None, str | None, datetime | None, bool | None, int]:
+    """Return the filters of ``GET /tasks``: workflow, outcome, since, has_errors, limit.
+
+    Query: ``workflow``, ``outcome`` (only finished tasks then), ``since``
+    (ISO 8601 with a UTC offset: finished tasks that ended then or later),
+    ``has_errors`` (``true`` or ``false``: only finished tasks whose steps
+    met errors or were released, or only the others) and ``limit``
+    (finished tasks, default 100, at most 10000).
+
+    Raises:
+        BadInput: 400 naming every parameter that is wrong.
+    """
+    problems = [f"{key}: unknown query parameter" for key in params if key not in _TASK_QUERY]
+    workflow = params.get("workflow") or None
+    outcome = params.get("outcome") or None
+    if outcome is not None and outcome not in _OUTCOMES:
+        problems.append(f"outcome: must be one of {', '.join(_OUTCOMES)}, got {outcome!r}")
+    since = None
+    if params.get("since"):
+        try:
+            since = datetime.fromisoformat(params["since"])
+        except ValueError:
+            problems.append(f"since: not an ISO 8601 time: {params['since']!r}")
+        else:
+            if since.tzinfo is None:
+                problems.append(f"since: needs a UTC offset: {params['since']!r}")
+    has_errors = None
+    if params.get("has_errors"):
+        text = params["has_errors"].lower()
+        if text not in ("true", "false"):
+            problems.append(f"has_errors: must be true or false, got {params['has_errors']!r}")
+        has_errors = text == "true"
+    limit = 100
+    if params.get("limit"):
+        text = params["limit"]
+        if not (text.isascii() and text.isdigit()) or int(text) > 10_000:
+            problems.append(f"limit: must be a whole number from 0 to 10000, got {text!r}")
+        else:
+            limit = int(text)
+    if problems:
+        raise BadInput(400, "bad query", problems)
+    return workflow, outcome, since, has_errors, limit
+
+
 # ---------------------------------------------------------------- connections
 
 
@@ -269,6 +314,7 @@ class PhasebusApp:
         self.engine = engine
         #: Holds answers to changes back until an asynchronous store keeps them.
         self._once_stored = _OnceStored.of(engine, store_wait)
+        self._store_wait = store_wait
         self._serve_metrics = metrics
         self.metrics = EngineMetrics(engine)
         self.max_body_size = max_body_size
@@ -294,7 +340,7 @@ class PhasebusApp:
             engine, max_message_size=max_message_size, policy=slow_consumer
         )
         self._router = Starlette(
-            routes=DefinitionRoutes(engine, self._json_body).routes() + self._routes(),
+            routes=DefinitionRoutes(engine, self._json_body, store_wait).routes() + self._routes(),
             exception_handlers={
                 BadInput: self._bad_input,
                 HTTPException: self._http_exception,
@@ -623,57 +669,20 @@ class PhasebusApp:
 
     async def run_workflow(self, request: Request) -> Response:
         workflow_id = request.path_params["id"]
-        try:
-            result = self.engine.start_workflow(workflow_id, reason="api")
-        except UnknownWorkflowError:
-            raise BadInput(404, f"unknown workflow {workflow_id!r}") from None
-        return JSONResponse(result.to_json(), 202 if result.task_id is not None else 200)
+        if workflow_id not in self.engine.workflows:
+            raise BadInput(404, f"unknown workflow {workflow_id!r}")
+        return await start_answer(self.engine, workflow_id, self._store_wait)
 
     async def list_tasks(self, request: Request) -> Response:
-        """The running tasks, then finished ones (newest first), filtered by the query.
-
-        Query: ``workflow``, ``outcome`` (only finished tasks then), ``since``
-        (ISO 8601 with a UTC offset: finished tasks that ended then or later),
-        ``has_errors`` (``true`` or ``false``: only finished tasks whose steps
-        met errors or were released, or only the others) and ``limit``
-        (finished tasks, default 100, at most 10000).
-        """
-        params = request.query_params
-        problems = [f"{key}: unknown query parameter" for key in params if key not in _TASK_QUERY]
-        workflow = params.get("workflow") or None
-        outcome = params.get("outcome") or None
-        if outcome is not None and outcome not in _OUTCOMES:
-            problems.append(f"outcome: must be one of {', '.join(_OUTCOMES)}, got {outcome!r}")
-        since = None
-        if params.get("since"):
-            try:
-                since = datetime.fromisoformat(params["since"])
-            except ValueError:
-                problems.append(f"since: not an ISO 8601 time: {params['since']!r}")
-            else:
-                if since.tzinfo is None:
-                    problems.append(f"since: needs a UTC offset: {params['since']!r}")
-        has_errors = None
-        if params.get("has_errors"):
-            text = params["has_errors"].lower()
-            if text not in ("true", "false"):
-                problems.append(f"has_errors: must be true or false, got {params['has_errors']!r}")
-            has_errors = text == "true"
-        limit = 100
-        if params.get("limit"):
-            text = params["limit"]
-            if not (text.isascii() and text.isdigit()) or int(text) > 10_000:
-                problems.append(f"limit: must be a whole number from 0 to 10000, got {text!r}")
-            else:
-                limit = int(text)
-        if problems:
-            raise BadInput(400, "bad query", problems)
+        """The running and queued tasks (of every server sharing the store), then finished
+        ones (newest first), filtered by the query (see :func:`task_query`)."""
+        workflow, outcome, since, has_errors, limit = task_query(request.query_params)
         running = (
             []
             if outcome is not None or has_errors is not None
             else [
                 task_json(task)
-                for task in self.engine.tasks()
+                for task in await self.engine.fetch_tasks()
                 if workflow is None or task.workflow == workflow
             ]
         )
@@ -702,15 +711,23 @@ class PhasebusApp:
         return JSONResponse(task_json(await self._found(await self._task_id(request))))
 
     async def stop_task(self, request: Request) -> Response:
-        task_id = await self._task_id(request)
-        try:
-            stopped = self.engine.stop_task(task_id, reason="stopped through the API")
-        except UnknownTaskError:  # not in memory here: it ended long ago, or runs elsewhere
-            if isinstance(await self._found(task_id), TaskInfo):
-                why = f"task {task_id!r} runs on another server: stop it there"
-                raise BadInput(409, why) from None
-            stopped = False
-        return JSONResponse({"task_id": task_id, "stopped": stopped})
+        wait = self._store_wait
+        task_id = request.path_params["id"]
+        with trio.move_on_after(wait):
+            task_id = await self._task_id(request)
+            try:
+                how = await self.engine.stop_task_anywhere(
+                    task_id, reason="stopped through the API", wait=wait / 2
+                )
+            except UnknownTaskError:
+                raise BadInput(404, f"unknown task {task_id!r}") from None
+            if how == "requested":  # with the server driving it, which has not ended it yet
+                return JSONResponse({"task_id": task_id, "stopped": True, "pending": True}, 202)
+            return JSONResponse({"task_id": task_id, "stopped": how != "ended"})
+        return not_decided(
+            f"the stop of task {task_id!r} was not confirmed within {wait:g} s: it reaches"
+            " the server driving the task once the store answers, if it was sent"
+        )
 
     # ------------------------------------------------------------ WebSockets
 

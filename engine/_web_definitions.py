@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -63,12 +64,36 @@ async def resolve_task_id(engine: Engine, given: str) -> str:
     return found[0]
 
 
+def not_decided(problem: str) -> Response:
+    """Return the 503 of a request the store shared by servers did not answer in time."""
+    body = {"error": "the store does not answer", "problems": [problem]}
+    return JSONResponse(body, 503, {"Retry-After": "1"})
+
+
+async def start_answer(engine: Engine, workflow_id: str, wait: float) -> Response:
+    """Start a run as its surpass allows (weighing every server's runs) and answer
+    ``POST /workflow/{id}/run`` or ``/job/{id}/run``: 202 with the task id when it started
+    or is queued, 200 when skipped (saying why), 503 when the store did not decide within
+    ``wait`` seconds (it decides once it answers)."""
+    with trio.move_on_after(wait):
+        try:
+            result = await engine.start_run(workflow_id, reason="api")
+        except UnknownWorkflowError:
+            raise BadInput(404, f"unknown workflow {workflow_id!r}") from None
+        return JSONResponse(result.to_json(), 202 if result.task_id is not None else 200)
+    return not_decided(
+        f"the start of a run of {workflow_id!r} was not decided within {wait:g} s: it is"
+        " decided once the store answers (GET /tasks shows the run if it starts)"
+    )
+
+
 class DefinitionRoutes:
     """The handlers of the run-time definition routes of one engine."""
 
-    def __init__(self, engine: Engine, read_json: BodyReader) -> None:
+    def __init__(self, engine: Engine, read_json: BodyReader, store_wait: float = 10.0) -> None:
         self.engine = engine
         self._read_json = read_json
+        self._store_wait = store_wait
 
     def routes(self) -> list[BaseRoute]:
         """Return the routes to mount."""
@@ -102,8 +127,7 @@ class DefinitionRoutes:
         job_id = request.path_params["id"]
         if self.engine.job(job_id) is None:
             raise BadInput(404, f"unknown job {job_id!r}")
-        result = self.engine.start_workflow(job_id, reason="api")
-        return JSONResponse(result.to_json(), 202 if result.task_id is not None else 200)
+        return await start_answer(self.engine, job_id, self._store_wait)
 
     # ------------------------------------------------------------ changes
 

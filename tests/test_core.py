@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
 import pytest
 
 from engine import (
@@ -30,8 +31,11 @@ from engine import (
     WaitForEvent,
     Workflow,
 )
+from engine._admission import ask
 from engine._clock import Clock
 from engine._core import Core, StartDecision
+from engine._errors import StoreError
+from engine._intents import Admit as AdmitIntent
 from engine._intents import (
     CancelCommand,
     Dequeued,
@@ -245,6 +249,93 @@ def test_surpass_replace_stops_the_active_run_with_an_abort() -> None:
     assert isinstance(abort.message, ActionAbort)
     assert abort.subscribers == frozenset({"s"})
     assert h.kept[-1].outcome is Outcome.REPLACED
+
+
+def test_with_a_shared_store_the_core_asks_and_takes_the_verdict_as_a_fact() -> None:
+    waiting = Workflow(id="w", steps=[Step("a")], surpass="wait")
+    h = Harness(waiting, durable=True)
+    h.core.shared = True
+    h.subscribers.add("s", "a")
+    with pytest.raises(StoreError, match=r"^workflow 'w' \(surpass wait\) starts as the store"):
+        h.core.start("w", "test", 0.0)
+    first = ask(h.core, "w", "test", 0.0)
+    (asked,) = h.take()
+    assert isinstance(asked, AdmitIntent)
+    assert (asked.task_id, asked.workflow, asked.surpass) == (first, "w", "wait")
+    assert [orjson.loads(r)["state"] for r in asked.records] == ["admitted", "queued"]
+    assert h.core.running == {}  # nowhere until the store says so
+    started = h.core.admitted(first, "start", (), 0.0)
+    assert (started.decision, started.task_id) == (StartDecision.STARTED, first)
+    (start,) = h.take()
+    assert isinstance(start, Start)
+    h.core.kick(start.run, 0.0)
+    h.take()
+    second = ask(h.core, "w", "test", 1.0)
+    h.take()
+    queued = h.core.admitted(second, "queue", (), 1.0)
+    assert (queued.decision, queued.task_id) == (StartDecision.QUEUED, second)
+    assert h.take() == []  # the store holds its record already
+    third = ask(h.core, "w", "test", 1.0)
+    h.take()
+    skipped = h.core.admitted(third, "skip", (second,), 1.0)
+    assert (skipped.decision, skipped.task_id) == (StartDecision.SKIPPED, None)
+    assert skipped.reason == (
+        f"a run is active and another is already queued (surpass wait): task {second}"
+    )
+    # the active run ends: the queued one waits for the store to say it starts
+    intents = h.done(first, "a", "s")
+    assert not any(isinstance(i, Start) for i in intents)
+    h.core.start_queued(second, 2.0)
+    assert [type(i) for i in h.take()] == [Start, Dequeued]
+
+
+def test_a_queued_run_the_store_started_before_its_verdict_came_starts_at_the_verdict() -> None:
+    waiting = Workflow(id="w", steps=[Step("a")], surpass="wait")
+    h = Harness(waiting)
+    h.core.shared = True
+    task_id = ask(h.core, "w", "test", 0.0)
+    h.take()
+    h.core.start_queued(task_id, 0.0)  # the start entry came first
+    assert h.take() == []
+    h.core.admitted(task_id, "queue", (), 0.0)
+    assert [type(i) for i in h.take()] == [Start, Dequeued]
+    assert h.core.promoted == set()
+
+
+def test_a_run_the_store_could_not_decide_is_skipped_saying_why() -> None:
+    h = Harness(Workflow(id="w", steps=[Step("a")], surpass="skip"))
+    h.core.shared = True
+    task_id = ask(h.core, "w", "test", 0.0)
+    h.take()
+    result = h.core.admitted(task_id, "error", ("ResponseError: no script",), 0.0)
+    assert (result.decision, result.task_id, result.reason) == (
+        StartDecision.SKIPPED,
+        None,
+        "the run could not be decided, so it did not start: ResponseError: no script",
+    )
+    assert h.take() == []
+    assert h.core.running == {}
+
+
+def test_a_replacing_run_the_store_admitted_stops_the_runs_here_it_replaces() -> None:
+    replacing = Workflow(id="r", steps=[Step("a")], surpass="replace")
+    h = Harness(replacing)
+    h.core.shared = True
+    h.subscribers.add("s", "a")
+    old = ask(h.core, "r", "test", 0.0)
+    h.take()
+    h.core.admitted(old, "start", (), 0.0)
+    (start,) = h.take()
+    h.core.kick(start.run, 0.0)
+    h.take()
+    new = ask(h.core, "r", "test", 1.0)
+    h.take()
+    started = h.core.admitted(new, "start", (old, "elsewhere"), 1.0)
+    assert started.replaced == (old, "elsewhere")
+    assert h.kept[-1].outcome is Outcome.REPLACED
+    assert h.kept[-1].error == f"replaced by task {new}"
+    # a stop asked through the store of a run it does not know changes nothing
+    assert h.core.stop("elsewhere", "why", 1.0, replaced=True) is None
 
 
 # ---------------------------------------------------------------- answers
@@ -521,7 +612,7 @@ def test_once_frozen_no_fact_changes_anything() -> None:
 
 
 def test_the_core_imports_neither_trio_nor_a_store() -> None:
-    for name in ("_core", "_rules", "_steps", "_intents", "_runs", "_workflows"):
+    for name in ("_core", "_admission", "_rules", "_steps", "_intents", "_runs", "_workflows"):
         tree = ast.parse((ENGINE / f"{name}.py").read_text())
         imported = {
             alias.name.split(".")[0]

@@ -102,7 +102,7 @@ async def test_a_restart_resumes_where_it_was_and_sends_the_owed_action_again(
         engine.subscribe("w", "a")
         engine.subscribe("w", "b")
         await nursery.start(functools.partial(answer, engine, "w", hold=frozenset({"b"})))
-        task_id = engine.start_workflow("wf").task_id
+        task_id = (await engine.start_run("wf")).task_id
         assert task_id is not None
         while engine.tasks()[0].step is None or engine.tasks()[0].step.name != "b":  # type: ignore[union-attr]
             await trio.sleep(0.01)

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
@@ -29,10 +28,8 @@ from engine import (
     Workflow,
     open_engine,
 )
-from engine._errors import LeaseLost, UnknownTaskError
+from engine._errors import LeaseLost
 from engine._redis import RedisStore, open_redis_store
-from engine._results import TaskInfo
-from engine._web import create_app
 
 from .test_recovery import DURABLE, action, answer, serve
 from .test_redis_store import finished, running
@@ -72,7 +69,7 @@ async def test_a_stopped_replica_hands_its_tasks_to_another(redis_url: str) -> N
                 one.subscribe("w", step)
                 two.subscribe("w", step)
             async with one.open_listener(subscriber_id="w") as listener:
-                task_id = one.start_workflow("durable").task_id
+                task_id = (await one.start_run("durable")).task_id
                 first = await next_action(listener)
                 listener.done(first)
                 assert (await next_action(listener)).step == "b"  # owed, unanswered
@@ -225,7 +222,7 @@ async def test_actions_and_answers_cross_replicas(redis_url: str) -> None:
                 engine.subscribe("w", step)
         # the subscriber is connected to "two"; the task runs on "one"
         async with two.open_listener(subscriber_id="w") as listener:
-            started = one.start_workflow("durable")
+            started = await one.start_run("durable")
             assert started.task_id is not None
             for step in ("a", "b", "c"):
                 sent = await next_action(listener, timeout=5)
@@ -369,7 +366,7 @@ async def test_a_step_waiting_on_one_replica_is_finished_by_an_event_published_o
         open_engine(workflows=declared, store=store_two, replica="two", lease=LEASE) as two,
         one.open_listener(message_types=["go"]) as heard,
     ):
-        task_id = one.start_workflow("waits").task_id
+        task_id = (await one.start_run("waits")).task_id
         assert task_id is not None
         two.publish(Event("go", {"n": 2}))  # not the event the step waits for
         with trio.fail_after(5):
@@ -445,7 +442,7 @@ async def test_a_subscriber_that_moves_to_another_replica_gets_what_it_is_owed_t
             while len(getattr(two.subscribers.get("w"), "subscriptions", ())) < 3:
                 await trio.sleep(0.01)
         async with one.open_listener(subscriber_id="w") as listener:
-            task_id = one.start_workflow("durable").task_id
+            task_id = (await one.start_run("durable")).task_id
             first = await next_action(listener)
             assert (first.task, first.step) == (task_id, "a")
         # it went away without answering, and comes back through the other replica
@@ -460,42 +457,6 @@ async def test_a_subscriber_that_moves_to_another_replica_gets_what_it_is_owed_t
             assert task_id is not None
             result = await one.wait_task(task_id)
     assert result.outcome is Outcome.DONE
-
-
-async def test_a_task_running_on_another_replica_is_shown_and_stopped_only_there(
-    redis_url: str,
-) -> None:
-    async with replica(redis_url, "one") as (one, _), replica(redis_url, "two") as (two, _):
-        one.subscribe("w", "a")
-        task_id = one.start_workflow("durable").task_id
-        assert task_id is not None
-        with trio.fail_after(5):
-            while not isinstance(shown := await _fetched(two, task_id), TaskInfo):
-                await trio.sleep(0.01)
-        assert shown.step is not None
-        assert (shown.workflow, shown.step.name, shown.step.waiting_for) == ("durable", "a", ("w",))
-        app = create_app(two)
-        try:
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://two"
-            ) as http:
-                got = await http.get(f"/task/{task_id[:8]}")
-                assert (got.status_code, got.json()["running"]) == (200, True)
-                refused = await http.delete(f"/task/{task_id}")
-                assert refused.status_code == 409
-                assert refused.json()["error"] == (
-                    f"task {task_id!r} runs on another server: stop it there"
-                )
-        finally:
-            app.close()
-        assert one.stop_task(task_id)
-
-
-async def _fetched(engine: Engine, task_id: str) -> object:
-    try:
-        return await engine.fetch_task(task_id)
-    except UnknownTaskError:
-        return None
 
 
 async def test_a_bad_entry_in_a_shared_stream_is_skipped(
@@ -514,7 +475,7 @@ async def test_a_bad_entry_in_a_shared_stream_is_skipped(
             two.publish(Event("hello", {"n": 1}))
             with trio.fail_after(5):
                 assert (await heard.receive()).data == {"n": 1}
-            task_id = one.start_workflow("durable").task_id
+            task_id = (await one.start_run("durable")).task_id
             sent = await next_action(listener, timeout=5)
             assert (sent.task, sent.step) == (task_id, "a")
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring")]

@@ -341,3 +341,56 @@ async def test_a_cron_firing_starts_one_run_across_three_replicas(
         for server in servers:
             tasks = await history(server, "tick")
             assert [(t["id"], t["outcome"]) for t in tasks] == [(task_id, "done")], server.name
+
+
+async def test_three_replicas_start_one_skip_run_and_stop_it_through_another(
+    redis_server: RedisServer, leases: RedisStore, tmp_path: Path
+) -> None:
+    async with replicas(redis_server, DURABLE, tmp_path) as servers:
+        one, two, three = servers
+        await subscribe(one, "w")
+        for server in (two, three):
+            await knows(server, "w")
+        async with three.subscriber("w") as ws:
+            answers: list[dict[str, Any]] = []
+
+            async def start(server: Replica) -> None:
+                response = await server.http.post("/workflow/durable/run")
+                answers.append({"status": response.status_code, **response.json()})
+
+            async with trio.open_nursery() as nursery:  # all at once, through every server
+                for _ in range(3):
+                    for server in servers:
+                        nursery.start_soon(start, server)
+            started = [a for a in answers if a["decision"] == "started"]
+            assert [a["status"] for a in started] == [202]
+            task_id = started[0]["task_id"]
+            skipped = [a for a in answers if a["decision"] == "skipped"]
+            assert len(skipped) == 8
+            assert {(a["status"], a["task_id"], a["reason"]) for a in skipped} == {
+                (200, None, f"a run is active (surpass skip): task {task_id}")
+            }
+            first = await next_action(ws, timeout=10)
+            assert (first["data"]["task"], first["data"]["step"]) == (task_id, "a")
+            driver = await leases.lease_of(task_id)
+            other = next(s for s in servers if s.name != driver)
+            for server in servers:  # every server lists it, with its current step
+                listed = (await server.http.get("/tasks", params={"limit": "0"})).json()
+                assert [(t["id"], t["step"]["name"]) for t in listed] == [(task_id, "a")]
+            stopped = await other.http.delete(f"/task/{task_id}")
+            assert (stopped.status_code, stopped.json()) == (
+                200,
+                {"task_id": task_id, "stopped": True},
+            )
+            with trio.fail_after(10):
+                while True:  # the driving server told the listener to stop
+                    message = json.loads(await ws.get_message())
+                    if message["kind"] == "action_abort":
+                        break
+            assert message["data"]["task"] == task_id
+        for server in servers:
+            task = await finished(server, task_id)
+            assert (task["outcome"], task["error"]) == ("stopped", "stopped through the API")
+        again = await other.http.delete(f"/task/{task_id}")
+        assert (again.status_code, again.json()["stopped"]) == (200, False)
+        assert [t["id"] for t in await history(one, "durable")] == [task_id]

@@ -524,6 +524,20 @@ async def test_workflow_endpoints() -> None:
         assert (queued.status_code, queued.json()["decision"]) == (202, "queued")
         assert (skipped.status_code, skipped.json()["decision"]) == (200, "skipped")
         assert skipped.json()["task_id"] is None
+        # the running task, then the queued one (no step yet); each shown, and stopped
+        listed = (await http.get("/tasks", params={"limit": "0"})).json()
+        queued_id = queued.json()["task_id"]
+        assert [(t["id"], t["running"], t["state"]) for t in listed] == [
+            (first.json()["task_id"], True, "pre_collect"),
+            (queued_id, True, "queued"),
+        ]
+        assert listed[1]["step"] is None
+        shown = await http.get(f"/task/{queued_id}")
+        assert (shown.status_code, shown.json()["state"]) == (200, "queued")
+        stopped = await http.delete(f"/task/{queued_id}")
+        assert (stopped.status_code, stopped.json()["stopped"]) == (200, True)
+        listed = (await http.get("/tasks", params={"limit": "0"})).json()
+        assert [t["id"] for t in listed if t["running"]] == [first.json()["task_id"]]
 
 
 def _extra_trigger_fields(row: dict[str, Any]) -> dict[str, Any]:

@@ -333,7 +333,10 @@
 
   function stepDetails(task) {
     const step = task.step;
-    if (!step) return el("p", { class: "empty" }, "between steps");
+    if (!step) {
+      return el("p", { class: "empty" },
+        task.state === "queued" ? "queued: starts when the active run ends" : "between steps");
+    }
     const parts = [];
     const facts = el("dl", { class: "facts" });
     const phase = phaseOf(task.workflow, step.name);
@@ -424,7 +427,7 @@
     $("#live-empty").hidden = tasks.length > 0;
     list.replaceChildren(...tasks.map((task) => el("li", { class: "card task-card", "data-task": task.id },
       el("h2", {}, el("a", { href: `#task/${encodeURIComponent(task.id)}` }, workflowName(task.workflow)),
-        " ", badge("running", "▶ running")),
+        " ", task.state === "queued" ? badge("current", "◌ queued") : badge("running", "▶ running")),
       el("p", {}, `task ${task.id} · started ${clock(task.started_at)}`),
       stepDetails(task),
       el("p", { class: "actions" }, el("button", {
