@@ -160,7 +160,7 @@ async def test_a_step_waiting_on_another_replica_gets_the_event(redis_url: str) 
         two.publish(Event("go", {"n": 1}))
         await trio.sleep(0.3)
         assert await sent(store) == []  # nobody waits yet: not sent
-        task_id = one.start_workflow("waits").task_id
+        task_id = (await one.start_run("waits")).task_id
         assert task_id is not None
         with trio.fail_after(5):
             while "go" not in one._core.event_waiters:
@@ -181,7 +181,7 @@ async def test_a_workflow_registered_here_that_waits_makes_its_event_sent_at_onc
         replica(redis_url, "one", [WAITS]) as (one, _),
         replica(redis_url, "two", [WAITS]) as (two, _),
     ):
-        task_id = one.start_workflow("waits").task_id
+        task_id = (await one.start_run("waits")).task_id
         assert task_id is not None
         two.publish(Event("go", {"n": 1}))  # "two" runs WAITS too: it sends "go" always
         with trio.fail_after(5):
