@@ -40,11 +40,11 @@ machine-readable::
   running, has sent the task's owed action again; median of the trials
   (``takeover_max_s``: the longest). ``takeover_vs_lease``: over ``lease_s`` (target at most 2).
 
-Three runs on this project's shared 2-core machine, under other work, printed
-``steps_per_s_1`` 5,490-9,500, ``redis_vs_sqlite`` 0.63-0.76 (SQLite 6,550-12,670
+Five runs on this project's shared 2-core machine, under other work, printed
+``steps_per_s_1`` 5,490-9,500, ``redis_vs_sqlite`` 0.61-0.76 (SQLite 6,550-12,670
 steps/s), ``round_trips_per_step`` 0.11-0.12, ``replica_cpu_us_per_step`` 93-144,
 ``redis_cpu_us_per_step`` 15.3-30.0, ``replicas_per_redis`` 4.7-6.1 and
-``takeover_vs_lease`` 0.98-1.04; runs alternating with them on the engine before
+``takeover_vs_lease`` 0.98-1.04; runs alternating with three of them on the engine before
 replicas sent each other only the events some replica wants printed
 ``redis_vs_sqlite`` 0.28-0.38 (see the README's "Performance").
 """
