@@ -6,6 +6,7 @@ the shared events stream to see what was sent.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -14,9 +15,14 @@ from typing import Any
 import orjson
 import pytest
 import trio
+import trio_websocket
 
 from engine import Action, Engine, Event, Outcome, Step, WaitForEvent, Workflow, open_engine
 from engine._redis import RedisStore, open_redis_store
+from engine._server import serve_app
+from engine._web import create_app
+
+from .web_support import events_until
 
 pytestmark = pytest.mark.redis
 
@@ -119,6 +125,40 @@ async def test_a_listener_connecting_later_on_another_replica_gets_what_is_publi
                 while (message := await everything.receive()).message_type != "hello":
                     pass
             assert message.data == {"n": 1}
+
+
+async def test_an_events_websocket_on_another_server_gets_what_is_published_once_it_opened(
+    redis_url: str,
+) -> None:
+    async with replica(redis_url, "one") as (one, _), replica(redis_url, "two") as (two, _):
+        for step in "abc":
+            one.subscribe("w", step)
+        app = create_app(two)
+        try:
+            async with (
+                one.open_listener(subscriber_id="w") as worker,
+                trio.open_nursery() as nursery,
+            ):
+                await run_answered(one, worker)
+                await trio.sleep(0.3)  # "one" filtered its events: nobody wanted them
+                url = await nursery.start(functools.partial(serve_app, app, port=0))
+                host, port = url.removeprefix("http://").rsplit(":", 1)
+                stream = await trio.open_tcp_stream(host, int(port))
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, host, "/events?show=progress,task_end"
+                )
+                # accepted: "two" stored its interest first, "one" need not have heard of it
+                task_id = await run_answered(one, worker)
+                got = await events_until(ws, "task_end", timeout=5)
+                await ws.aclose()
+                await stream.aclose()
+                nursery.cancel_scope.cancel()
+        finally:
+            app.close()
+    assert [(m["message_type"], m["data"].get("task_id", m["data"].get("task"))) for m in got] == [
+        *[("progress", task_id)] * 4,
+        ("task_end", task_id),
+    ]
 
 
 async def test_events_nobody_wants_cost_no_call_to_redis_beyond_the_commits(
