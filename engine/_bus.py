@@ -221,6 +221,22 @@ class Bus:
             for _, types, kinds in self.observers
         )
 
+    def wanted_events(self) -> frozenset[str] | None:
+        """Return the event types some listener or observer here receives (None: every type)."""
+        if any(listener.kinds is None or Kind.EVENT in listener.kinds for listener in self._all):
+            return None
+        wanted = {
+            message_type
+            for message_type, listeners in self._by_type.items()
+            if any(listener.kinds is None or Kind.EVENT in listener.kinds for listener in listeners)
+        }
+        for _, types, kinds in self.observers:
+            if kinds is None or Kind.EVENT in kinds:
+                if types is None:
+                    return None
+                wanted.update(types)
+        return frozenset(wanted)
+
     def attach(self, listener: Listener) -> None:
         """Connect a listener and publish ``message-listener-connected``."""
         if listener.subscriber_id is not None:

@@ -24,7 +24,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import trio
@@ -88,6 +88,9 @@ from ._subscribers import SubscriptionChange
 from ._tasklog import TaskLog
 from ._workflows import WorkflowTable
 
+if TYPE_CHECKING:
+    from ._redis import RedisConnection  # only with a Redis store (coredis is optional)
+
 #: An async callable that an execute-command step runs by name.
 Command = Callable[["CommandContext"], Awaitable[object]]
 
@@ -147,6 +150,7 @@ class Engine(ListenerMethods, ResultMethods, SharedRunMethods, ConfigMethods):
         self._share: Callable[[str, str, Any], None] | None = None
         #: Sends an answer for a task another replica drives to it (see ActionRelay).
         self._relay: Callable[[Answer], None] | None = None
+        self._listeners_shared: Callable[[], Awaitable[None]] | None = None
         self.clock = clock
         self._commands: dict[str, Command] = dict(commands)
         self._restoring = False
@@ -644,6 +648,22 @@ def _event_elsewhere(engine: Engine, event: Event) -> None:
     engine._driver.poke()
 
 
+def _decided(store: RedisConnection, persistence: Persistence) -> int:
+    """Return the number of a call to Redis sent after what made an event published now
+    (see EventFanout): the commit just made when the event is an effect of the states it
+    committed, else the next call."""
+    if persistence.after_commit:
+        return store.last_commit_call
+    return store.interest_calls + 1
+
+
+def _interest_of(engine: Engine) -> frozenset[str] | None:
+    """Return the event types this replica wants from the others (None: every type): those
+    its listeners and observers receive, and those its waiting steps wait for."""
+    wanted = engine._bus.wanted_events()
+    return None if wanted is None else wanted | engine._core.event_waiters.keys()
+
+
 def _always(_: str) -> bool:
     return True
 
@@ -758,13 +778,20 @@ async def open_engine(
                     nursery.start_soon(takeover.serve)
                     assert persistence.lease is not None
                     if streams is not None:  # the Redis store's: events reach every replica
+                        lease_held = persistence.lease
                         fanout = EventFanout(
                             streams,
-                            replica=persistence.lease.name,
+                            replica=lease_held.name,
                             show=functools.partial(_event_elsewhere, engine),
                             changed=functools.partial(_apply_shared, engine),
+                            interest=functools.partial(_interest_of, engine),
+                            awaited=lambda: engine._workflows.awaited,
+                            lease=lambda: lease_held.token,
+                            decided=functools.partial(_decided, streams.store, persistence),
                         )
                         await nursery.start(fanout.serve)
+                        nursery.start_soon(fanout.poll, lease_held.ttl.total_seconds() / 3)
+                        engine._listeners_shared = fanout.announced
                         engine._fanout = fanout.send
                         engine._share = fanout.send_change
                         engine.definitions.share = functools.partial(

@@ -31,6 +31,8 @@ class ListenerMethods:
     _bus: Bus
     _nursery: trio.Nursery
     _listener_buffer: int
+    #: Waits until the other replicas send what the listeners here want (see EventFanout).
+    _listeners_shared: Callable[[], Awaitable[None]] | None
     subscribers: SubscriberRegistry
 
     def publish(self, message: Message) -> None:  # pragma: no cover - the engine's
@@ -81,6 +83,20 @@ class ListenerMethods:
                     break
         return listener
 
+    async def wait_listeners_shared(self) -> None:
+        """Wait until the listeners connected so far receive what is published through any
+        server sharing the store from now on.
+
+        Servers sharing a Redis store send each other only the event types
+        some server's listeners want; a listener connected here counts for
+        the others once this server stored its interest (a round trip).
+        :meth:`open_listener` and the server's WebSockets wait for it before
+        they are used; after :meth:`connect`, call it yourself. Returns at
+        once with any other store.
+        """
+        if self._listeners_shared is not None:
+            await self._listeners_shared()
+
     def disconnect(self, listener: Listener) -> None:
         """Disconnect a listener (idempotent)."""
         self._bus.detach(listener)
@@ -106,6 +122,7 @@ class ListenerMethods:
             subscriber_id=subscriber_id, message_types=message_types, buffer=buffer
         )
         try:
+            await self.wait_listeners_shared()
             yield listener
         finally:
             self._bus.detach(listener)

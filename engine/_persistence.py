@@ -367,6 +367,9 @@ class Persistence(_WriteMethods, _ReadMethods):
         self._models: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
         #: Set once aclose is over (what it could write is written).
         self._aclosed = trio.Event()
+        #: Whether the effects being carried out now were staged before a commit that just
+        #: returned (an asynchronous store's round with task writes).
+        self.after_commit = False
 
     @property
     def durable(self) -> bool:
@@ -621,7 +624,11 @@ class Persistence(_WriteMethods, _ReadMethods):
             failed = await self._commit_async(list(writes.values())) if writes else {}
             self._applied = max(self._applied, upto)
             if not self._closed:  # the engine may have stopped during the commit
-                self._carry_out(effects, failed, on_failure)
+                self.after_commit = bool(writes)
+                try:
+                    self._carry_out(effects, failed, on_failure)
+                finally:
+                    self.after_commit = False
         except BaseException:
             self._writes = {**writes, **self._writes}  # written at close, if at all
             raise

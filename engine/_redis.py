@@ -33,7 +33,7 @@ answer, and a server still loading its data (``LOADING``) is waited for.
 Callers bound the wait with trio's cancel scopes. A call Redis carried out
 but answered late (or over a connection that broke) is sent again, so every
 write is safe to make twice: commits and renewals write the same again, a
-batch of events carries its number (:meth:`RedisStreams.append_once`), and
+batch of events carries its number (:meth:`RedisStreams.publish_events`), and
 acquiring a lease, adopting tasks and claiming a firing carry an id of the
 call that the script recognises. What survives a restart of Redis depends on
 its persistence; opening the store warns when Redis keeps nothing on disk.
@@ -174,8 +174,9 @@ ACTIONS = "actions:"
 #: queued run whose turn came (commit).
 ANSWERS = "answers:"
 #: Stream: events for ``/events`` listeners, in order. Written by the replica that emits
-#: the event; read by every replica without a group (RedisStreams.follow, from the last
-#: id it saw), trimmed by length.
+#: the event, when another replica wants its type (INTERESTS; RedisStreams.publish_events);
+#: read by every replica without a group (RedisStreams.follow, from the last id it saw),
+#: trimmed by length.
 EVENTS = "events"
 #: Hash per workflow (+ workflow id): its runs that surpass weighs, task id -> ``a``
 #: (active), ``s`` (active, asked to stop) or ``q`` (queued). Written by the admission
@@ -188,9 +189,17 @@ WORKFLOW_RUNS = "workflow-runs:"
 #: (commit removes it). Written by the admission and stop scripts; read by a replica that
 #: takes the task over or resumes it, so that a stop outlives the replica it was sent to.
 STOPS = "stops"
+#: Hash: replica (lease name) -> the event types its listeners, observers and waiting steps
+#: want: a JSON list, or ``*`` for every type. Written by each replica for itself when its
+#: interest grows or shrinks (RedisStreams.publish_events); counted only while the replica's
+#: LEASE key lives, so that it is renewed with the lease and gone with it.
+INTERESTS = "interests"
+#: Counter: grows on every change of INTERESTS, so that a replica knows in the same step as
+#: it appends events whether the interest it filtered them with is still the current one.
+INTERESTS_VERSION = "interests-version"
 #: Hash: writer (a replica's name) -> the id of the last batch of entries it appended to a
 #: stream read without a group (``<random id of the writer's run>:<batch number>``), so that
-#: a batch sent again after its answer was lost is not appended twice. RedisStreams.append_once.
+#: a batch sent again after its answer was lost is not appended twice (publish_events).
 BATCHES = "batches"
 
 #: The consumer group of an ACTIONS stream.
@@ -337,7 +346,7 @@ for _ = 1, messages do
   redis.call('XADD', ARGV[i], '*', 'm', ARGV[i + 1])
   i = i + 2
 end
-return {1}
+return {1, redis.call('GET', KEYS[11]) or '0'}
 """.replace("DIGITS", str(_ORDER_DIGITS))
 
 _HISTORY = """
@@ -539,24 +548,51 @@ for _, entry in ipairs(pending) do ids[#ids + 1] = entry[1] end
 return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, unpack(ids))
 """
 
-_APPEND_ONCE = """
-local last = redis.call('HGET', KEYS[2], ARGV[1])
-if last then
-  local run, batch = string.match(last, '^(.*):(%d+)$')
-  if run == ARGV[2] and tonumber(batch) >= tonumber(ARGV[3]) then return 0 end
-end
-for i = 5, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'm', ARGV[i])
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
-return #ARGV - 4
-"""
-
 _SEND_ANSWER = """
 local lease = redis.call('HGET', KEYS[1], ARGV[1])
 if not lease then return false end
 return redis.call('XADD', ARGV[2] .. lease, '*', 'm', ARGV[3])
 """
+
+_LIVE = """
+local function live(version, leases)
+  local found = {0, version}
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    if redis.call('EXISTS', leases .. all[i]) == 1 then
+      found[#found + 1] = all[i]
+      found[#found + 1] = all[i + 1]
+    end
+  end
+  return found
+end
+"""
+
+_LIVE_INTERESTS = _LIVE + "return live(redis.call('GET', KEYS[1]) or '0', ARGV[1])\n"
+
+_PUBLISH_EVENTS = (
+    _LIVE
+    + """
+local last = ARGV[6] ~= '' and redis.call('HGET', KEYS[4], ARGV[2])
+if last then  -- this batch, sent again after its answer was lost: appended already
+  local run, batch = string.match(last, '^(.*):(%d+)$')
+  if run == ARGV[6] and tonumber(batch) >= tonumber(ARGV[7]) then
+    return {1, redis.call('GET', KEYS[1]) or '0'}
+  end
+end
+local version = redis.call('GET', KEYS[1]) or '0'
+if version ~= ARGV[1] then return live(version, ARGV[5]) end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  version = tostring(redis.call('INCR', KEYS[1]))
+end
+for i = 8, #ARGV do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'm', ARGV[i])
+end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[4], ARGV[2], ARGV[6] .. ':' .. ARGV[7]) end
+return {1, version}
+"""
+)
 
 #: Errors that mean "Redis cannot answer now": retried with backoff. (coredis reports
 #: LOADING as a BusyLoadingError, a ConnectionError.)
@@ -673,6 +709,12 @@ class RedisConnection:
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         #: Calls sent to Redis (each one round trip), for tests and benchmarks.
         self.round_trips = 0
+        #: Calls that read the version of the replicas' interest (INTERESTS_VERSION): how
+        #: many were sent, the last commit among them, and the last answer (the call's
+        #: number and the version then). See :meth:`ask_interests`.
+        self.interest_calls = 0
+        self.last_commit_call = 0
+        self.interests_seen: tuple[int, int] = (0, -1)
         #: Seconds a call may go unanswered before Redis counts as out of reach.
         self.answer_timeout = answer_timeout
         try:
@@ -706,8 +748,9 @@ class RedisConnection:
                 ("answer", _SEND_ANSWER),
                 ("admit", _ADMIT),
                 ("stop", _STOP),
-                ("append once", _APPEND_ONCE),
                 ("claim", _CLAIM),
+                ("interests", _LIVE_INTERESTS),
+                ("publish events", _PUBLISH_EVENTS),
             )
         }
 
@@ -828,9 +871,36 @@ class RedisConnection:
                 save,
             )
 
+    def ask_interests(self, *, commit: bool = False) -> int:
+        """Number a call about to be sent that reads the version of the replicas' interest
+        (a commit, an append of events); return its number, for :meth:`saw_interests`.
+
+        A version read by a call is at least as recent as anything that happened before
+        the call was sent: events decided before a commit was sent may be filtered with
+        the version that commit read (:class:`~engine._replicas.EventFanout`).
+        """
+        self.interest_calls += 1
+        if commit:
+            self.last_commit_call = self.interest_calls
+        return self.interest_calls
+
+    def saw_interests(self, call: int, version: bytes | str) -> None:
+        """Record the version of the replicas' interest that call number ``call`` read."""
+        if call > self.interests_seen[0]:
+            self.interests_seen = (call, int(version))
+
     async def script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script: Script[bytes] = self._scripts[name]
         return await self.call(lambda: script(keys=list(keys), args=list(args)))
+
+    async def commit_script(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the commit script (see :meth:`RedisStore.commit`); record the version of the
+        replicas' interest it read (:meth:`saw_interests`)."""
+        asked = self.ask_interests(commit=True)
+        reply = await self.script("commit", keys, args)
+        if reply[0] == 1:
+            self.saw_interests(asked, reply[1])
+        return reply
 
 
 class RedisLeases(RedisConnection):
@@ -1356,8 +1426,7 @@ class RedisStore(SharedRunsMethods, RedisLeases):
                 )
         for stream, body in messages:
             args += (stream, body)
-        reply = await self.script(
-            "commit",
+        reply = await self.commit_script(
             [
                 self.key(LEASE, owner),
                 self.key(RUNNING),
@@ -1369,6 +1438,7 @@ class RedisStore(SharedRunsMethods, RedisLeases):
                 self.key(HISTORY_ENDED),
                 self.key(TASK_IDS),
                 self.key(STOPS),
+                self.key(INTERESTS_VERSION),
             ],
             args,
         )
@@ -1466,8 +1536,9 @@ class RedisStreams:
       stops and starts); the lease's holder reads it in the group ``driver``,
       and the replica that adopts its tasks once it expired takes what is left
       there (owed to the holder, or never read).
-    - ``EVENTS``: the replica that emits an event appends it; every replica
-      :meth:`follow`\\ s it from the last id it saw.
+    - ``EVENTS``: the replica that emits an event appends it when another
+      replica wants its type (:meth:`publish_events`, checking ``INTERESTS``);
+      every replica :meth:`follow`\\ s it from the last id it saw.
 
     Reads in a group never lose an entry: an entry read stays owed to its
     reader until acknowledged, and :meth:`owed` hands it back after a
@@ -1480,6 +1551,11 @@ class RedisStreams:
     def __init__(self, store: RedisConnection) -> None:
         self._store = store
         self._client = store._client
+
+    @property
+    def store(self) -> RedisConnection:
+        """The connection the streams use."""
+        return self._store
 
     def action_stream(self, subscriber_id: str) -> str:
         """Return the stream of actions owed to a subscriber."""
@@ -1512,51 +1588,68 @@ class RedisStreams:
         assert entry_id is not None
         return _text(entry_id)
 
-    async def append_many(
-        self, stream: str, bodies: Sequence[bytes], *, max_length: int | None = None
-    ) -> None:
-        """Append ``bodies`` to ``stream`` in order, in one round trip (see :meth:`append`)."""
-
-        async def send() -> None:
-            async with self._client.pipeline(transaction=False) as pipeline:
-                for body in bodies:
-                    pipeline.xadd(
-                        stream,
-                        {BODY: body},
-                        trim_strategy=None if max_length is None else PureToken.MAXLEN,
-                        threshold=max_length,
-                        trim_operator=None if max_length is None else PureToken.APPROXIMATELY,
-                    )
-
-        if bodies:
-            await self._store.call(send)
-
-    async def append_once(
+    async def publish_events(
         self,
-        stream: str,
         bodies: Sequence[bytes],
         *,
-        writer: str,
-        run: str,
-        batch: int,
+        known: int,
+        replica: str,
+        interest: bytes | None = None,
         max_length: int,
-    ) -> int:
-        """Append ``bodies`` to ``stream`` in order, in one round trip, unless the batch
-        ``batch`` of ``writer``'s run ``run`` (or a later one) was appended already; return
-        how many were appended.
+        run: str = "",
+        batch: int = 0,
+    ) -> tuple[int, dict[str, bytes] | None]:
+        """Append ``bodies`` to the events stream, if the replicas' interest is still the one
+        the caller filtered them with (the version ``known``); all or nothing, in one step.
 
-        A writer numbers its batches 1, 2, ... and sends them one after the other;
-        one sent again because its answer was lost (late, or the connection
-        broke) is then appended once. ``max_length``: see :meth:`append`.
+        With ``interest``, ``replica``'s own interest is stored first (see ``INTERESTS``).
+        Returns the version now and None when appended, or the version and every live
+        replica's interest (name -> stored value) when ``known`` is out of date: nothing
+        was appended nor stored then, and the caller filters again and retries.
+
+        ``run`` and ``batch``: the caller's run (a random id) and the number of this
+        batch in it (growing). A batch sent again because its answer was lost (late, or
+        the connection broke) is appended once: the call finds it appended already.
+        Without ``run`` nothing is checked.
         """
-        if not bodies:
-            return 0
-        appended: int = await self._store.script(
-            "append once",
-            [stream, self._store.key(BATCHES)],
-            [writer, run, batch, max_length, *bodies],
+        store = self._store
+        asked = store.ask_interests()
+        reply = await store.script(
+            "publish events",
+            [
+                store.key(INTERESTS_VERSION),
+                store.key(INTERESTS),
+                store.key(EVENTS),
+                store.key(BATCHES),
+            ],
+            [
+                str(known),
+                replica,
+                interest or b"",
+                max_length,
+                store.key(LEASE),
+                run,
+                batch,
+                *bodies,
+            ],
         )
-        return appended
+        store.saw_interests(asked, reply[1])
+        if reply[0] == 1:
+            return int(reply[1]), None
+        return _interests_of(reply)
+
+    async def interests(self) -> tuple[int, dict[str, bytes]]:
+        """Return the version of the replicas' interest and each live replica's (see
+        ``INTERESTS``: those whose lease expired or was given up are left out)."""
+        store = self._store
+        asked = store.ask_interests()
+        reply = await store.script(
+            "interests", [store.key(INTERESTS_VERSION), store.key(INTERESTS)], [store.key(LEASE)]
+        )
+        store.saw_interests(asked, reply[1])
+        version, interests = _interests_of(reply)
+        assert interests is not None
+        return version, interests
 
     async def claim(
         self, stream: str, group: str, owner: str, consumer: str, *, count: int = 1000
@@ -1752,6 +1845,12 @@ class RedisStreams:
 def _entry_id(value: Any) -> tuple[int, int]:
     milliseconds, _, sequence = _text(value).partition("-")
     return int(milliseconds), int(sequence or 0)
+
+
+def _interests_of(reply: Any) -> tuple[int, dict[str, bytes]]:
+    return int(reply[1]), {
+        _text(reply[index]): bytes(reply[index + 1]) for index in range(2, len(reply), 2)
+    }
 
 
 def _entries(reply: Any) -> list[tuple[str, bytes]]:

@@ -41,7 +41,7 @@ import attrs
 import orjson
 import trio
 
-from ._bus import LISTENER_CONNECTED
+from ._bus import LISTENER_CONNECTED, LISTENER_DISCONNECTED
 from ._convert import message_from_json
 from ._errors import LeaseLost
 from ._messages import (
@@ -282,19 +282,36 @@ _LEFT_IDLE = timedelta(milliseconds=1)
 EVENTS_KEPT = 10_000
 #: How long one read of the shared stream waits for entries.
 _FOLLOW_BLOCK = timedelta(seconds=5)
+#: Event types every replica wants from the others: its ActionRelay follows where each
+#: subscriber is connected.
+ALWAYS_SHARED = frozenset({LISTENER_CONNECTED, LISTENER_DISCONNECTED})
+#: How a replica's interest in every event type is stored.
+_EVERY_TYPE = b"*"
 
 
 class EventFanout:
     """The events of every replica for every replica's listeners, in order, and the
     changes each makes to subscribers, configs and definitions for the others.
 
-    Each event this replica publishes is appended to the shared stream of
-    events (a batch per round trip, in the order published, each batch once
-    even when sent again after its answer was lost); every replica
-    follows the stream from where it joined and hands the other replicas'
-    events to ``show``: they reach its listeners and finish the steps of its
-    tasks that wait for them, but start no workflow here (the replica that
-    published one started those).
+    Each event this replica publishes that another replica wants is appended to the
+    shared stream of events (a batch per round trip, in the order published, each
+    batch once even when sent again after its answer was lost); every
+    replica follows the stream from where it joined and hands the other replicas'
+    events to ``show``: they reach its listeners and finish the steps of its tasks
+    that wait for them, but start no workflow here (the replica that published one
+    started those).
+
+    **Interest.** An event nobody else wants is not sent. Each replica keeps its
+    interest in Redis (the event types its listeners, observers and waiting steps
+    want, or every type), stored whenever it changes, in the same step as the next
+    batch, before the batch's events (its listener's ``connected`` announcement
+    among them), and counted only while its lease lives. A replica filters a batch
+    with the interest it knows, and the append is refused whole when the interest
+    changed meanwhile: the replica reads the new one, filters again and retries. So
+    an event published after another replica stored its interest (a listener
+    connected there, see :meth:`announced`) reaches it. Event types a step of a
+    workflow registered here waits for are always sent (the other replicas run the
+    same workflows), as are listener announcements (:data:`ALWAYS_SHARED`).
     """
 
     def __init__(
@@ -304,54 +321,174 @@ class EventFanout:
         replica: str,
         show: Callable[[Event], None],
         changed: Callable[[str, str, Any], None],
+        interest: Callable[[], frozenset[str] | None] = lambda: None,
+        awaited: Callable[[], frozenset[str]] = frozenset,
+        lease: Callable[[], int] = lambda: 0,
+        decided: Callable[[], int] | None = None,
     ) -> None:
+        """``interest``: the event types wanted here (None: all); ``awaited``: those a step
+        of a workflow registered here waits for; ``lease``: the lease's fencing token (a
+        new token, a lease taken again, stores the interest again); ``decided``: the
+        number of a call to Redis reading the interest's version (see
+        :meth:`RedisConnection.ask_interests`) sent after everything that made an event
+        published now (the commit of the state that emits it); by default the next call."""
         self._streams = streams
         self._stream = streams.event_stream()
         self._replica = replica
         self._show = show
         self._changed = changed
-        self._out: list[bytes] = []
+        self._interest = interest
+        self._awaited = awaited
+        self._lease = lease
+        self._out: list[tuple[Event | bytes, int]] = []
         self._wake = trio.Event()
         #: This run's id and its last batch's number, for appending each batch once.
         self._run = secrets.token_hex(8)
         self._batches = 0
+        self._decided = decided or (lambda: streams.store.interest_calls + 1)
+        #: The version of the interest known here, and the others' (None: every type).
+        self._version = -1
+        self._elsewhere: frozenset[str] | None = frozenset()
+        #: What is stored of this replica's interest, under which lease token.
+        self._stored: tuple[frozenset[str] | None, int] | None = None
+        #: Announcements asked for, and those done (see :meth:`announced`).
+        self._asked = 0
+        self._done = 0
+        self._sent = trio.Event()
+        self._stopped = False
+
+    def wanted_elsewhere(self, message_type: str) -> bool:
+        """Tell whether another replica may want events of ``message_type``, as far as
+        known here (a batch's append checks that this is still the case)."""
+        elsewhere = self._elsewhere
+        return (
+            elsewhere is None
+            or message_type in elsewhere
+            or message_type in ALWAYS_SHARED
+            or message_type in self._awaited()
+        )
 
     def send(self, event: Event) -> None:
-        """Queue an event of this replica's for the others (it is sent in order)."""
-        self._out.append(
-            orjson.dumps({"r": self._replica, "t": event.message_type, "d": event.data})
-        )
+        """Queue an event of this replica's for the others that want it (sent in order)."""
+        self._out.append((event, self._decided()))
         self._wake.set()
 
     def send_change(self, kind: str, ident: str, value: Any) -> None:
         """Queue a change of this replica's (a subscriber's subscriptions, a config, a
         definition: None when deleted) for the others, which take it as it is (the store
         has it too)."""
-        self._out.append(orjson.dumps({"r": self._replica, "c": kind, "id": ident, "v": value}))
+        self._out.append(
+            (orjson.dumps({"r": self._replica, "c": kind, "id": ident, "v": value}), 0)
+        )
         self._wake.set()
+
+    async def announced(self) -> None:
+        """Wait until this replica's interest as it is now is stored in Redis: from then
+        on, every replica sends the events it wants (a listener connected here gets what
+        is published anywhere afterwards)."""
+        if self._stored == (self._interest(), self._lease()):
+            return
+        self._asked += 1
+        asked = self._asked
+        self._wake.set()
+        while self._done < asked and not self._stopped:
+            await self._sent.wait()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send this replica's events and show the others', until cancelled."""
-        after = await self._streams.last_id(self._stream)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_out)
-            nursery.start_soon(self._follow, after)
-            task_status.started()
+        try:
+            after = await self._streams.last_id(self._stream)
+            await self._publish([])  # this replica's interest, before anything is published
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_out)
+                nursery.start_soon(self._follow, after)
+                task_status.started()
+        finally:
+            self._stopped = True  # nobody waits for an announcement any more
+            self._sent.set()
+
+    async def poll(self, period: float) -> None:
+        """Read the replicas' interest every ``period`` seconds (a replica whose lease
+        expired counts no more), and store this replica's again when its lease was taken
+        again; until cancelled."""
+        while True:
+            await trio.sleep(period)
+            version, interests = await self._streams.interests()
+            self._learn(version, interests)
+            if self._stored is not None and self._stored[1] != self._lease():
+                self._wake.set()
 
     async def _send_out(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
             batch, self._out = self._out, []
-            self._batches += 1
-            await self._streams.append_once(
-                self._stream,
-                batch,
-                writer=self._replica,
+            asked = self._asked
+            await self._publish(batch)
+            self._done = asked
+            self._sent.set()
+            self._sent = trio.Event()
+
+    async def _publish(self, batch: list[tuple[Event | bytes, int]]) -> None:
+        """Store this replica's interest if it changed, and append what others want of
+        ``batch``, filtered with the current interest of every replica.
+
+        Where nothing is to be appended, no call is needed either when a call sent
+        after every filtered event was decided read the version known here (the
+        commit of the states that emit them, usually)."""
+        mine = (self._interest(), self._lease())
+        self._batches += 1  # the same number for each attempt: appended once
+        interest = None
+        if mine != self._stored:
+            types = mine[0]
+            interest = _EVERY_TYPE if types is None else orjson.dumps(sorted(types))
+        while True:
+            bodies, filtered = [], 0
+            for item, decided in batch:
+                if isinstance(item, bytes):
+                    bodies.append(item)
+                elif self.wanted_elsewhere(item.message_type):
+                    bodies.append(
+                        orjson.dumps({"r": self._replica, "t": item.message_type, "d": item.data})
+                    )
+                else:
+                    filtered = max(filtered, decided)
+            if not bodies and interest is None:
+                call, version = self._streams.store.interests_seen
+                if not filtered or (call >= filtered and version == self._version):
+                    return
+            version, interests = await self._streams.publish_events(
+                bodies,
+                known=self._version,
+                replica=self._replica,
+                interest=interest,
+                max_length=EVENTS_KEPT,
                 run=self._run,
                 batch=self._batches,
-                max_length=EVENTS_KEPT,
             )
+            if interests is None:
+                self._version = version
+                if interest is not None:
+                    self._stored = mine
+                return
+            self._learn(version, interests)
+
+    def _learn(self, version: int, interests: dict[str, bytes]) -> None:
+        """Take the replicas' interest as stored at ``version``."""
+        elsewhere: set[str] = set()
+        for name, stored in interests.items():
+            if name == self._replica:
+                continue
+            if stored == _EVERY_TYPE:
+                self._version, self._elsewhere = version, None
+                return
+            try:
+                elsewhere.update(orjson.loads(stored))
+            except orjson.JSONDecodeError:  # unreadable: take it as wanting every type
+                logger.warning("the interest of replica %r is unreadable: %r", name, stored)
+                self._version, self._elsewhere = version, None
+                return
+        self._version, self._elsewhere = version, frozenset(elsewhere)
 
     async def _follow(self, after: str) -> None:
         while True:

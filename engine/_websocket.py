@@ -131,6 +131,7 @@ class WebSocketSessions:
     async def run(self, scope: Scope, receive: Receive, send: Send, listener: Listener) -> None:
         """Accept the WebSocket and serve ``listener`` over it until either side ends."""
         try:
+            await self.engine.wait_listeners_shared()  # the other servers send what it wants
             await _Session(self, scope, receive, send, listener).run()
         finally:
             self.engine.disconnect(listener)

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ._config import CORE_CONFIG, schedule_problems
-from ._definitions import CronTrigger, EventTrigger, ExecuteCommand, Job, Workflow
+from ._definitions import CronTrigger, EventTrigger, ExecuteCommand, Job, WaitForEvent, Workflow
 from ._errors import DeclarationError, Problem, UnknownWorkflowError
 from ._machine import WorkflowMachine
 from ._runs import Registered
@@ -56,6 +56,8 @@ class WorkflowTable:
         self.event_triggers: dict[str, list[tuple[EventTrigger, str]]] = {}
         #: Queued run id -> the registration it waits under.
         self.queued: dict[str, Registered] = {}
+        #: The event types a step of a registered workflow waits for (paused ones too).
+        self.awaited: frozenset[str] = frozenset()
 
     def get(self, workflow_id: str) -> Registered:
         """Return a registration, or raise :class:`UnknownWorkflowError`."""
@@ -102,6 +104,7 @@ class WorkflowTable:
         self.by_id[workflow.id] = registered
         registered.routing = routing(workflow.id, self._last_steps(workflow.id))
         self._arm(registered)
+        self._count_awaited()
         return registered
 
     def remove(self, workflow_id: str) -> Registered:
@@ -110,7 +113,16 @@ class WorkflowTable:
         if registered is None:
             raise UnknownWorkflowError(workflow_id)
         self._disarm(registered)
+        self._count_awaited()
         return registered
+
+    def _count_awaited(self) -> None:
+        self.awaited = frozenset(
+            step.action.message_type
+            for registered in self.by_id.values()
+            for step in registered.workflow.steps
+            if isinstance(step.action, WaitForEvent)
+        )
 
     def set_paused(self, workflow_id: str, paused: bool) -> None:
         """Turn a workflow's triggers off or on again."""
