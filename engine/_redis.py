@@ -536,6 +536,7 @@ local workflow = record and cjson.decode(record)['workflow']
 if workflow and redis.call('HGET', ARGV[3] .. workflow, id) == 'a' then
   redis.call('HSET', ARGV[3] .. workflow, id, 's')
 end
+if lease == ARGV[5] then return {'kept', lease} end
 redis.call('XADD', ARGV[2] .. lease, '*', 'm', body)
 return {'sent', lease}
 """
@@ -1095,19 +1096,23 @@ class SharedRunsMethods(RedisConnection):
             raise LeaseLost(f"admission refused, nothing decided: {_text(reply[1])}")
         return verdict, tuple(_text(part) for part in reply[1:])
 
-    async def request_stop(self, task_id: str, reason: str) -> tuple[str, str | None]:
+    async def request_stop(
+        self, task_id: str, reason: str, *, here: str = ""
+    ) -> tuple[str, str | None]:
         """Ask the replica driving a running task to stop it, through Redis, whichever it is.
 
         One atomic step looks the task's lease up, keeps the request in STOPS
         (the first reason stands) and appends it to that lease's ANSWERS
         stream, so that the request reaches the lease's holder, or the replica
-        that takes its tasks over. Return ``("sent", lease)``, ``("ended",
-        None)`` (the task is in the history) or ``("unknown", None)``.
+        that takes its tasks over. Return ``("sent", lease)``, ``("kept",
+        here)`` (the lease is ``here``, the asking replica's, which stops the
+        task itself: nothing is appended), ``("ended", None)`` (the task is in
+        the history) or ``("unknown", None)``.
         """
         reply = await self.script(
             "stop",
             [self.key(TASK_LEASE), self.key(HISTORY), self.key(STOPS), self.key(RUNNING)],
-            [task_id, self.key(ANSWERS), self.key(WORKFLOW_RUNS), reason],
+            [task_id, self.key(ANSWERS), self.key(WORKFLOW_RUNS), reason, here],
         )
         return _text(reply[0]), _text(reply[1]) if len(reply) > 1 else None
 

@@ -59,7 +59,9 @@ class RunsStore(Protocol):
         records: tuple[bytes, bytes],
     ) -> tuple[str, tuple[str, ...]]: ...
 
-    async def request_stop(self, task_id: str, reason: str) -> tuple[str, str | None]: ...
+    async def request_stop(
+        self, task_id: str, reason: str, *, here: str = ""
+    ) -> tuple[str, str | None]: ...
 
     async def stop_requests(self, task_ids: list[str]) -> dict[str, dict[str, Any]]: ...
 
@@ -181,6 +183,17 @@ class SharedRuns:
         for entry in (await self._store.stop_requests(list(task_ids))).values():
             self.take(entry)
 
+    async def keep_stop(self, task_id: str, reason: str) -> str:
+        """Keep in the store the stop of a task this server drives (or holds queued), before
+        it stops it, so that the server taking its tasks over stops it too if this one dies
+        before the end is stored. Return ``kept``, ``sent`` (another server holds the
+        task now: the request went there), ``ended`` or ``unknown`` (nothing of it
+        stored yet)."""
+        lease = self._persistence.lease
+        assert lease is not None
+        status, _ = await self._store.request_stop(task_id, reason, here=lease.name)
+        return status
+
     async def stop(self, task_id: str, reason: str, *, wait: float) -> tuple[str, str | None]:
         """Ask the server driving a task to stop it; wait up to ``wait`` s for its end.
 
@@ -287,9 +300,26 @@ class SharedRunMethods:
         is with the server driving it, and the server that takes its tasks
         over if it dies first; the task had not ended within ``wait``).
 
+        With a store shared by servers, the stop of a task this server drives
+        is kept in the store before the task stops (one round trip), so that
+        if this server dies before the task's end is stored, the server taking
+        its tasks over stops it too.
+
         Raises:
             UnknownTaskError: no task has this id.
+            StoreError: the shared store did not answer (a task this server drives
+                stops here all the same, but the stop is not kept).
         """
+        run = self._core.running.get(task_id)
+        here = task_id in self._workflows.queued or (
+            run is not None and run.stop_request is None and not run.gone
+        )
+        if self._shared is not None and here:
+            try:  # kept in the store first: the stop outlives this server
+                await self._shared.keep_stop(task_id, reason or "stopped")
+            finally:  # and carried out here, whether or not the store answered
+                stopping = self.stop_task(task_id, reason=reason)
+            return "stopping" if stopping else "ended"
         try:
             return "stopping" if self.stop_task(task_id, reason=reason) else "ended"
         except UnknownTaskError:

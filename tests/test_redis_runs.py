@@ -459,6 +459,28 @@ async def test_while_redis_does_not_answer_a_start_or_a_remote_stop_answers_503(
             app.close()
 
 
+async def test_a_stop_the_driving_server_answered_outlives_that_server(redis_url: str) -> None:
+    async with replica(redis_url, "one") as one:
+        one.subscribe("w", "a")
+        async with one.open_listener(subscriber_id="w") as listener:
+            task_id = (await one.start_run("durable")).task_id
+            assert task_id is not None
+            assert (await next_message(listener, Action)).step == "a"
+            assert await one.stop_task_anywhere(task_id, reason="enough") == "stopping"
+            one.freeze()  # it dies before the task's end is stored
+        store = store_of(one)
+        assert await state_of(store, task_id) == "a"
+        assert await store.stop_requests([task_id]) == {
+            task_id: {"c": "stop", "t": task_id, "why": "enough", "r": False}
+        }
+    # "one" gave its lease up; "two" takes the task over, and the stop with it
+    async with replica(redis_url, "two") as two:
+        with trio.fail_after(10):
+            while not isinstance(result := await two.fetch_task(task_id), TaskResult):
+                await trio.sleep(0.05)
+    assert (result.outcome, result.error) == (Outcome.STOPPED, "enough")
+
+
 async def test_a_stop_its_server_took_but_did_not_carry_out_is_taken_with_the_task(
     redis_url: str,
 ) -> None:
