@@ -203,6 +203,12 @@ class Bus:
         self.observers: list[
             tuple[Callable[[Message], None], frozenset[str] | None, frozenset[Kind] | None]
         ] = []
+        #: Observers as above that see only the messages published through this server,
+        #: not those another server sharing the store published (metrics, say): they do
+        #: not make this server want those events from the others.
+        self.local_observers: list[
+            tuple[Callable[[Message], None], frozenset[str] | None, frozenset[Kind] | None]
+        ] = []
         #: Callables that see each message of their kinds (actions and aborts, say) first,
         #: with the subscribers it is addressed to (None: every subscriber of its type), for
         #: passing it on to the subscribers whose listeners are elsewhere.
@@ -214,11 +220,12 @@ class Bus:
         """Tell whether any listener may receive messages of ``message_type``."""
         if self._all or self._by_type.get(message_type):
             return True
-        if not self.observers:
+        if not self.observers and not self.local_observers:
             return False
         return any(
             (types is None or message_type in types) and (kinds is None or Kind.EVENT in kinds)
-            for _, types, kinds in self.observers
+            for observers in (self.observers, self.local_observers)
+            for _, types, kinds in observers
         )
 
     def wanted_events(self) -> frozenset[str] | None:
@@ -286,17 +293,26 @@ class Bus:
             listener.message_types.add(message_type)
             self._by_type.setdefault(message_type, set()).add(listener)
 
-    def publish(self, message: Message, *, subscribers: Collection[str] | None = None) -> None:
+    def publish(
+        self,
+        message: Message,
+        *,
+        subscribers: Collection[str] | None = None,
+        elsewhere: bool = False,
+    ) -> None:
         """Deliver a message to every listener that wants it; drop those that are full.
 
         With ``subscribers``, the listeners of subscribers receive it only if
         their subscriber is one of those (other listeners as usual).
+        ``elsewhere``: another server sharing the store published it (the
+        local observers do not see it).
         """
-        for observer, types, kinds in self.observers:
-            if (types is None or message.message_type in types) and (
-                kinds is None or message.kind in kinds
-            ):
-                observer(message)
+        for observers in (self.observers, () if elsewhere else self.local_observers):
+            for observer, types, kinds in observers:
+                if (types is None or message.message_type in types) and (
+                    kinds is None or message.kind in kinds
+                ):
+                    observer(message)
         for router, kinds in self.routers:
             if message.kind in kinds:
                 router(message, subscribers)

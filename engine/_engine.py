@@ -428,6 +428,14 @@ class Engine(ListenerMethods, ResultMethods, SharedRunMethods, ConfigMethods):
         the workflows they trigger and finish the steps waiting for them.
         Once the engine is stopping (see :meth:`freeze`) nothing is published.
         """
+        self._take(message, elsewhere=False)
+
+    def _take_relayed(self, answer: Message) -> None:
+        """Take an answer another server sharing the store received (it is published
+        there: observers of what this server receives do not see it again)."""
+        self._take(answer, elsewhere=True)
+
+    def _take(self, message: Message, *, elsewhere: bool) -> None:
         kind = type(message)
         if self._core.frozen:
             # stopping: nothing may move a task on or start one; an answer is not
@@ -436,7 +444,7 @@ class Engine(ListenerMethods, ResultMethods, SharedRunMethods, ConfigMethods):
         if kind in _ANSWER_TYPES:
             # the answer goes out before what it causes (the next step's action)
             answer = cast("Answer", message)
-            self._bus.publish(answer)
+            self._bus.publish(answer, elsewhere=elsewhere)
             lease = self._persistence.lease
             if self._relay is not None and (
                 answer.task not in self._core.running or (lease is not None and lease.in_doubt)
@@ -644,7 +652,7 @@ def _event_elsewhere(engine: Engine, event: Event) -> None:
     """Take an event published through another replica: it finishes the steps waiting for it
     here and reaches the listeners here; the workflows it triggers started there."""
     engine._core.event_elsewhere(event, trio.current_time())
-    engine._bus.publish(event)
+    engine._bus.publish(event, elsewhere=True)
     engine._driver.poke()
 
 
@@ -765,7 +773,7 @@ async def open_engine(
                         persistence=persistence,
                         store=cast("AsyncStore", store),
                         streams=streams,
-                        publish=engine.publish,
+                        publish=engine._take_relayed,
                     )
                     persistence.on_taken = takeover.give_up
                     persistence.on_regained = takeover.check_held
@@ -803,7 +811,7 @@ async def open_engine(
                             bus=engine._bus,
                             core=engine._core,
                             subscribers=engine.subscribers,
-                            publish=engine.publish,
+                            publish=engine._take_relayed,
                             owed=engine.owed_actions,
                             persistence=persistence,
                         )

@@ -187,21 +187,25 @@ class ListenerMethods:
         *,
         message_types: Iterable[str] | None = None,
         kinds: Iterable[Kind] | None = None,
+        here_only: bool = False,
     ) -> Callable[[], None]:
         """Call ``observer`` with each message published, before any listener gets it.
 
         Only messages of ``message_types`` and ``kinds`` are observed (all when
         None): events that nobody observes or listens to are not even built.
-        An observer must be quick and must not raise. Returns a function that
-        removes it.
+        With ``here_only``, only the messages published through this server
+        are observed, not the events of other servers sharing its store (what
+        this server counts, say). An observer must be quick and must not
+        raise. Returns a function that removes it.
         """
         entry = (
             observer,
             None if message_types is None else frozenset(message_types),
             None if kinds is None else frozenset(kinds),
         )
-        self._bus.observers.append(entry)
-        return lambda: self._bus.observers.remove(entry)
+        observers = self._bus.local_observers if here_only else self._bus.observers
+        observers.append(entry)
+        return lambda: observers.remove(entry)
 
     @property
     def dropped_listeners(self) -> int:

@@ -1,9 +1,11 @@
 """Prometheus metrics of one engine, in a registry of its own.
 
-The metrics are fed by an engine observer (every published message passes
-it) and by reading the engine when scraped: tasks started and ended by
-outcome, step durations, answers by kind, connected listeners and listeners
-dropped for being too slow.
+The metrics are fed by an engine observer (every message published through
+this server passes it) and by reading the engine when scraped: tasks started
+and ended by outcome, step durations, answers by kind, connected listeners
+and listeners dropped for being too slow. With servers sharing a Redis
+store each counts what it does (the tasks it drives, the answers it takes):
+add the servers' figures up.
 """
 
 from __future__ import annotations
@@ -84,10 +86,14 @@ class EngineMetrics:
         )
         self.registry.register(_EngineState(engine))
         self._stop_observing = [
+            # what this server did: with servers sharing a store, each counts its own
             engine.add_observer(
-                self._observe, message_types=(TASK_STARTED, TASK_END), kinds=(Kind.EVENT,)
+                self._observe,
+                message_types=(TASK_STARTED, TASK_END),
+                kinds=(Kind.EVENT,),
+                here_only=True,
             ),
-            engine.add_observer(self._observe, kinds=_ANSWER_KINDS),
+            engine.add_observer(self._observe, kinds=_ANSWER_KINDS, here_only=True),
         ]
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ import trio
 import trio_websocket
 
 from engine import Action, Engine, Event, Outcome, Step, WaitForEvent, Workflow, open_engine
+from engine._metrics import EngineMetrics
 from engine._redis import RedisStore, open_redis_store
 from engine._server import serve_app
 from engine._web import create_app
@@ -265,3 +266,41 @@ async def test_an_append_filtered_with_an_old_interest_is_refused_whole(redis_ur
         )
         assert (refused, told) == (version, {"one": b'["a"]'})
         assert len(await streams.follow(streams.event_stream(), "0-0")) == 1
+
+
+def counted(metrics: EngineMetrics, name: str) -> float:
+    """Return the sum of a metric's samples (all labels)."""
+    total = 0.0
+    for line in metrics.render().decode().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_each_server_counts_in_its_metrics_what_it_does_and_nothing_twice(
+    redis_url: str,
+) -> None:
+    async with replica(redis_url, "one") as (one, store), replica(redis_url, "two") as (two, _):
+        metrics = {"one": EngineMetrics(one), "two": EngineMetrics(two)}
+        try:
+            for step in "abc":
+                one.subscribe("w", step)
+            # "w" answers through "two": "one" drives the task, "two" receives the answers
+            async with two.open_listener(subscriber_id="w") as worker:
+                await run_answered(one, worker)
+            await trio.sleep(0.3)  # whatever "one" sent, "two" has read
+            assert {
+                name: (
+                    counted(m, "phasebus_tasks_started_total"),
+                    counted(m, "phasebus_tasks_ended_total"),
+                    counted(m, "phasebus_answers_total"),
+                )
+                for name, m in metrics.items()
+            } == {"one": (1.0, 1.0, 0.0), "two": (0.0, 0.0, 3.0)}
+            # and the metrics make "two" want none of "one"'s task events
+            kinds = [kind for who, kind in await sent(store) if who == "one"]
+            assert "task_started" not in kinds
+            assert "task_end" not in kinds
+        finally:
+            for m in metrics.values():
+                m.close()
