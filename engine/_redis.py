@@ -549,6 +549,16 @@ for _, entry in ipairs(pending) do ids[#ids + 1] = entry[1] end
 return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, unpack(ids))
 """
 
+_ACK = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+return acked
+"""
+
+#: Entries acknowledged by one call of the ack script at most (Lua's stack bounds how
+#: many arguments a command takes from ``unpack``).
+_ACK_BATCH = 1000
+
 _SEND_ANSWER = """
 local lease = redis.call('HGET', KEYS[1], ARGV[1])
 if not lease then return false end
@@ -747,6 +757,7 @@ class RedisConnection:
                 ("expired", _EXPIRED),
                 ("adopt", _ADOPT),
                 ("answer", _SEND_ANSWER),
+                ("ack", _ACK),
                 ("admit", _ADMIT),
                 ("stop", _STOP),
                 ("claim", _CLAIM),
@@ -1797,10 +1808,18 @@ class RedisStreams:
         return entries
 
     async def ack(self, stream: str, group: str, entry_ids: Sequence[str]) -> int:
-        """Acknowledge entries: they are no longer owed; return how many were."""
-        if not entry_ids:
-            return 0
-        return await self._store.call(lambda: self._client.xack(stream, group, list(entry_ids)))
+        """Acknowledge entries and delete them, in one step; return how many were owed.
+
+        Only for streams read by one group (``ACTIONS``, ``ANSWERS``): an entry
+        acknowledged there is of no further use, so the stream keeps only what
+        is owed or not read yet. An entry acknowledged already (the call sent
+        again after its answer was lost) is deleted all the same.
+        """
+        acked = 0
+        for start in range(0, len(entry_ids), _ACK_BATCH):
+            batch = entry_ids[start : start + _ACK_BATCH]
+            acked += await self._store.script("ack", [stream], [group, *batch])
+        return acked
 
     async def follow(
         self, stream: str, after: str = "0-0", *, count: int = 100, block: timedelta | None = None

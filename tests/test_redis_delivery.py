@@ -25,7 +25,7 @@ from engine._redis import DRIVER_GROUP, RedisStore, open_redis_store
 from engine._replicas import ActionRelay
 
 from .test_redis_replicas import LEASE, THREE_STEPS, next_action
-from .test_redis_store import finished, running
+from .test_redis_store import finished, running, stream_bodies
 
 pytestmark = pytest.mark.redis
 
@@ -420,5 +420,10 @@ async def test_answers_taken_over_by_a_replica_that_died_before_they_counted_are
             result = await three.wait_task(task_id)
         assert await store.streams.owed("phasebus:answers:one", DRIVER_GROUP, "three") == []
         assert await store.streams.left("three") == []
+        # what "one" left, "two" took and "three" acknowledged is deleted
+        assert await stream_bodies(redis_url, "phasebus:answers:one") == []
+        with trio.fail_after(5):
+            while await stream_bodies(redis_url, "phasebus:answers:three"):
+                await trio.sleep(0.01)
     assert result.outcome is Outcome.DONE
     assert [dict(s.answered) for s in result.steps] == [{"w": "done"}] * 3

@@ -528,11 +528,46 @@ async def test_entries_owed_to_a_reader_are_handed_back_after_it_reconnects(
             )
             assert [body for _, body in taken] == [b"1", b"2", b"3", b"4"]
             await other.streams.ack(stream, "subscriber", [entry for entry, _ in taken[:2]])
-            assert await other.streams.trim(stream) == 3  # 0, 1 and 2 are acknowledged
+            # acknowledged entries are deleted as they are acknowledged: nothing left to trim
+            assert await other.streams.trim(stream) == 0
             assert [b for _, b in await other.streams.owed(stream, "subscriber", "replica-2")] == [
                 b"3",
                 b"4",
             ]
+            assert await stream_bodies(redis_url, stream) == [b"3", b"4"]
+
+
+async def stream_bodies(url: str, stream: str) -> list[bytes]:
+    """Return the bodies of every entry ``stream`` holds, owed or not."""
+    async with coredis.Redis.from_url(url) as client:
+        entries = await client.xrange(stream)
+    return [bytes(entry.field_values[b"m"]) for entry in entries]
+
+
+async def test_acknowledging_deletes_the_entries_and_only_those(redis_url: str) -> None:
+    async with open_redis_store(redis_url) as store:
+        streams = store.streams
+        stream = streams.answer_stream("one")
+        for n in range(6):
+            await streams.append(stream, b"%d" % n)
+        first = await streams.read(stream, "driver", "one", count=2)
+        second = await streams.read(stream, "driver", "two", count=2)
+        # one reader acknowledges one of its entries: that one goes, what is owed stays
+        assert await streams.ack(stream, "driver", [first[0][0]]) == 1
+        assert await stream_bodies(redis_url, stream) == [b"1", b"2", b"3", b"4", b"5"]
+        assert [b for _, b in await streams.owed(stream, "driver", "one")] == [b"1"]
+        assert [b for _, b in await streams.owed(stream, "driver", "two")] == [b"2", b"3"]
+        # acknowledged again (the call sent again after its answer was lost): nothing owed
+        assert await streams.ack(stream, "driver", [first[0][0]]) == 0
+        assert await streams.ack(stream, "driver", [e for e, _ in first + second]) == 3
+        assert await stream_bodies(redis_url, stream) == [b"4", b"5"]  # never read: kept
+        rest = await streams.read(stream, "driver", "one")
+        assert [b for _, b in rest] == [b"4", b"5"]
+        many = [await streams.append(stream, b"x") for _ in range(2500)]
+        assert len(await streams.read(stream, "driver", "one", count=3000)) == 2500
+        # more entries than one script call takes: acknowledged in several
+        assert await streams.ack(stream, "driver", [e for e, _ in rest] + many) == 2502
+        assert await stream_bodies(redis_url, stream) == []
 
 
 async def test_nothing_is_lost_reading_in_a_loop_while_writers_append(redis_url: str) -> None:
