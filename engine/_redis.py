@@ -118,9 +118,10 @@ LEASE_TASKS = "lease-tasks:"
 #: Sorted set: lease name -> when it expires (ms, Redis's clock); 0 once released.
 #: Lets a replica find expired leases whose tasks need taking over. Lease scripts.
 LEASES = "leases"
-#: Hash: expired lease name -> JSON ``[call id, [task ids]]``: the last adoption of its tasks
-#: (the id of the call, random, and what it moved), so that the call sent again after its
-#: answer was lost gets the same tasks back. Written by adopt.
+#: Hash: expired lease name -> JSON ``[call id, [task ids], ms]``: the last adoption of its
+#: tasks (the id of the call, random, what it moved, and when, Redis's clock), so that the
+#: call sent again after its answer was lost gets the same tasks back. Written by adopt,
+#: which removes the adoptions older than ADOPTIONS_KEPT.
 ADOPTIONS = "adoptions"
 #: Set per lease (+ lease name): the leases whose ANSWERS streams hold answers that its
 #: holder took over with their tasks and may not have acknowledged yet (the lease it
@@ -164,14 +165,15 @@ FIRING = "firing:"
 #: replica driving the task when the subscriber is not connected there (an action sent
 #: again once it connected elsewhere is wrapped: ``{"again": <action>}``); read in the
 #: consumer group ``SUBSCRIBER_GROUP`` by the replica holding the subscriber's WebSocket,
-#: acknowledged once passed on to it.
+#: acknowledged once passed on to it, and deleted with its acknowledgement (RedisStreams.ack).
 ACTIONS = "actions:"
 #: Stream per lease (+ lease name): answers to the tasks held under it. Written by the
 #: replica that received the answer (RedisStreams.send_answer looks the lease up in the
 #: same script); read in the group ``DRIVER_GROUP`` by the lease's holder, then by the
 #: replica that adopted its tasks. It also carries, as ``{"c": "stop"|"start", "t": id}``,
 #: the stops asked for those tasks (the stop and admission scripts) and the start of a
-#: queued run whose turn came (commit).
+#: queued run whose turn came (commit). An entry is deleted once acknowledged (by its reader,
+#: once what it caused is committed); read and not acknowledged, it stays for the adopter.
 ANSWERS = "answers:"
 #: Stream: events for ``/events`` listeners, in order. Written by the replica that emits
 #: the event, when another replica wants its type (INTERESTS; RedisStreams.publish_events);
@@ -191,8 +193,10 @@ WORKFLOW_RUNS = "workflow-runs:"
 STOPS = "stops"
 #: Hash: replica (lease name) -> the event types its listeners, observers and waiting steps
 #: want: a JSON list, or ``*`` for every type. Written by each replica for itself when its
-#: interest grows or shrinks (RedisStreams.publish_events); counted only while the replica's
-#: LEASE key lives, so that it is renewed with the lease and gone with it.
+#: interest grows or shrinks, or when it holds its lease again (RedisStreams.publish_events);
+#: counted only while the replica's LEASE key lives, so that it is renewed with the lease
+#: and gone with it: a replica reading the interests removes the field of one whose LEASE
+#: key is gone (and its BATCHES field).
 INTERESTS = "interests"
 #: Counter: grows on every change of INTERESTS, so that a replica knows in the same step as
 #: it appends events whether the interest it filtered them with is still the current one.
@@ -200,6 +204,7 @@ INTERESTS_VERSION = "interests-version"
 #: Hash: writer (a replica's name) -> the id of the last batch of entries it appended to a
 #: stream read without a group (``<random id of the writer's run>:<batch number>``), so that
 #: a batch sent again after its answer was lost is not appended twice (publish_events).
+#: Removed with the writer's INTERESTS field once its lease is gone, and by adopt.
 BATCHES = "batches"
 
 #: The consumer group of an ACTIONS stream.
@@ -445,7 +450,9 @@ return expired
 """
 )
 
-_ADOPT = """
+_ADOPT = (
+    _NOW_MS
+    + """
 local token = redis.call('GET', KEYS[1])
 if token ~= ARGV[1] then
   return {0, 'lease ' .. ARGV[2] .. ' is not held with token ' .. ARGV[1]}
@@ -476,7 +483,13 @@ for _, id in ipairs(ids) do
 end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[7], ARGV[3])
-redis.call('HSET', KEYS[8], ARGV[3], cjson.encode({ARGV[4], ids}))
+local adoptions = redis.call('HGETALL', KEYS[8])
+for i = 1, #adoptions, 2 do  -- those no call can be sent again for any more
+  local at = cjson.decode(adoptions[i + 1])[3]
+  if not at or at < now_ms - tonumber(ARGV[5]) then redis.call('HDEL', KEYS[8], adoptions[i]) end
+end
+redis.call('HSET', KEYS[8], ARGV[3], cjson.encode({ARGV[4], ids, now_ms}))
+redis.call('HDEL', KEYS[11], ARGV[3])
 redis.call('SADD', KEYS[10], ARGV[3])
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[9])) do
   if name ~= ARGV[2] then redis.call('SADD', KEYS[10], name) end
@@ -484,6 +497,7 @@ end
 redis.call('DEL', KEYS[9])
 return records
 """
+)
 
 _ADMIT = """
 local token = redis.call('GET', KEYS[1])
@@ -566,20 +580,23 @@ return redis.call('XADD', ARGV[2] .. lease, '*', 'm', ARGV[3])
 """
 
 _LIVE = """
-local function live(version, leases)
+local function live(version, leases, batches)
   local found = {0, version}
   local all = redis.call('HGETALL', KEYS[2])
   for i = 1, #all, 2 do
     if redis.call('EXISTS', leases .. all[i]) == 1 then
       found[#found + 1] = all[i]
       found[#found + 1] = all[i + 1]
+    else  -- gone: its holder stores its interest again once it holds the lease again
+      redis.call('HDEL', KEYS[2], all[i])
+      redis.call('HDEL', batches, all[i])
     end
   end
   return found
 end
 """
 
-_LIVE_INTERESTS = _LIVE + "return live(redis.call('GET', KEYS[1]) or '0', ARGV[1])\n"
+_LIVE_INTERESTS = _LIVE + "return live(redis.call('GET', KEYS[1]) or '0', ARGV[1], KEYS[3])\n"
 
 _PUBLISH_EVENTS = (
     _LIVE
@@ -592,7 +609,7 @@ if last then  -- this batch, sent again after its answer was lost: appended alre
   end
 end
 local version = redis.call('GET', KEYS[1]) or '0'
-if version ~= ARGV[1] then return live(version, ARGV[5]) end
+if version ~= ARGV[1] then return live(version, ARGV[5], KEYS[4]) end
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
   version = tostring(redis.call('INCR', KEYS[1]))
@@ -613,6 +630,12 @@ _UNREACHABLE = (
     trio.BrokenResourceError,
     trio.ClosedResourceError,
 )
+
+#: How long an adoption's record (ADOPTIONS) is kept for its call, should the call be sent
+#: again. A call is sent again only while its answer is awaited, and it counts only while
+#: the adopter's lease is held with the token it gave, so it comes within about a lease
+#: period and ANSWER_TIMEOUT of the first; an hour is far beyond both.
+ADOPTIONS_KEPT = timedelta(hours=1)
 
 #: Backoff between attempts to reach Redis: from FIRST_DELAY, doubling up to MAX_DELAY.
 FIRST_DELAY = 0.05
@@ -987,7 +1010,9 @@ class RedisLeases(RedisConnection):
         )
         return [_text(name) for name in names]
 
-    async def adopt(self, expired: str, *, owner: str, fence: int) -> list[bytes]:
+    async def adopt(
+        self, expired: str, *, owner: str, fence: int, kept: timedelta = ADOPTIONS_KEPT
+    ) -> list[bytes]:
         """Move the tasks of an expired lease to the lease ``owner``; return their records.
 
         Answers sent to the expired lease's tasks before this call are in its
@@ -1000,7 +1025,8 @@ class RedisLeases(RedisConnection):
 
         The call is sent again when its answer is lost (late, or the
         connection broke): the tasks its first attempt moved are returned
-        then (an id of this call is stored with the adoption).
+        then (an id of this call is stored with the adoption, for ``kept``:
+        adoptions older than that are forgotten by the next one).
 
         Raises:
             LeaseLost: ``owner`` is not held with ``fence``, or ``expired`` was
@@ -1020,8 +1046,9 @@ class RedisLeases(RedisConnection):
                 self.key(ADOPTIONS),
                 self.key(LEFT, expired),
                 self.key(LEFT, owner),
+                self.key(BATCHES),
             ],
-            [fence, owner, expired, call_id],
+            [fence, owner, expired, call_id, _milliseconds(kept)],
         )
         if reply[0] != 1:
             raise LeaseLost(f"adopting {expired} refused, nothing moved: {_text(reply[1])}")
@@ -1546,7 +1573,8 @@ class RedisStreams:
     - ``ACTIONS`` + subscriber: the replica driving a task appends the action
       once its state is committed (``ActionRelay``); the replica holding the
       subscriber's WebSocket reads it in the group ``subscriber`` as consumer
-      ``<its name>``, and acknowledges it once passed on to the listener.
+      ``<its name>``, and acknowledges (and so deletes) it once passed on to
+      the listener.
     - ``ANSWERS`` + lease: the replica that received an answer appends it with
       :meth:`send_answer` (and the stop, admission and commit scripts append
       stops and starts); the lease's holder reads it in the group ``driver``,
@@ -1589,8 +1617,8 @@ class RedisStreams:
         """Append ``body`` to ``stream``; return its id.
 
         ``max_length`` keeps about that many entries (for streams read
-        without a group, such as events); by default the stream is trimmed
-        only by :meth:`trim`.
+        without a group, such as events); by default an entry stays until
+        :meth:`ack` deletes it (or :meth:`trim`).
         """
         entry_id = await self._store.call(
             lambda: self._client.xadd(
@@ -1660,7 +1688,9 @@ class RedisStreams:
         store = self._store
         asked = store.ask_interests()
         reply = await store.script(
-            "interests", [store.key(INTERESTS_VERSION), store.key(INTERESTS)], [store.key(LEASE)]
+            "interests",
+            [store.key(INTERESTS_VERSION), store.key(INTERESTS), store.key(BATCHES)],
+            [store.key(LEASE)],
         )
         store.saw_interests(asked, reply[1])
         version, interests = _interests_of(reply)
