@@ -96,6 +96,9 @@ class SharedRuns:
         self._nursery = nursery
         #: Runs asked for whose caller waits for the verdict: id -> (set when known, verdict).
         self._waiting: dict[str, tuple[trio.Event, list[StartResult]]] = {}
+        #: Stops that reached this server before the verdict on their run (another server
+        #: replaced it, or stopped it, as soon as the store admitted it): id -> the entry.
+        self._early: dict[str, Mapping[str, Any]] = {}
 
     # ------------------------------------------------------------ admission
 
@@ -129,6 +132,9 @@ class SharedRuns:
                 verdict, names = "error", (f"{type(error).__name__}: {error}",)
             break
         result = self._core.admitted(intent.task_id, verdict, names, trio.current_time())
+        early = self._early.pop(intent.task_id, None)
+        if early is not None:  # it is known now: stopped (if it started or was queued)
+            self.take(early)
         self._driver.poke()
         waiting = self._waiting.pop(intent.task_id, None)
         if waiting is not None:
@@ -164,7 +170,9 @@ class SharedRuns:
         through any server (or by a replacing run), or the start of a queued run."""
         kind, task_id = entry.get("c"), entry.get("t")
         now = trio.current_time()
-        if kind == "stop" and isinstance(task_id, str):
+        if kind == "stop" and task_id in self._core.asking:
+            self._early[task_id] = entry  # taken with the verdict (see _admit)
+        elif kind == "stop" and isinstance(task_id, str):
             why = entry.get("why")
             replaced = bool(entry.get("r"))
             if self._core.stop(

@@ -293,6 +293,48 @@ async def test_replace_stops_the_run_another_server_drives(redis_url: str) -> No
             assert (await two.wait_task(new.task_id)).outcome is Outcome.DONE
 
 
+async def test_a_run_replaced_before_its_own_verdict_came_back_stops(redis_url: str) -> None:
+    """The store admitted "one"'s run, but its answer comes late: "two" replaces the run
+    meanwhile, and the stop reaches "one" before the verdict does."""
+    async with replica(redis_url, "one") as one, replica(redis_url, "two") as two:
+        one.subscribe("w", "r1")
+        store = store_of(one)
+        admit = store.admit
+        answer = trio.Event()
+
+        async def late(*args: Any, **kwargs: Any) -> Any:
+            verdict = await admit(*args, **kwargs)
+            await answer.wait()
+            return verdict
+
+        store.admit = late  # type: ignore[method-assign]
+        async with one.open_listener(subscriber_id="w"), trio.open_nursery() as nursery:
+            got: list[Any] = []
+
+            async def start_one() -> None:
+                got.append(await one.start_run("replaces"))
+
+            nursery.start_soon(start_one)
+            with trio.fail_after(5):  # admitted in Redis; "one" does not know it yet
+                while not (running := await store.running_tasks()):
+                    await trio.sleep(0.01)
+            (old_id,) = [record["id"] for record in running]
+            new = await two.start_run("replaces")
+            assert (new.decision, new.replaced) == (StartDecision.STARTED, (old_id,))
+            shared = one._shared
+            assert shared is not None
+            with trio.fail_after(5):  # the stop reached "one" first
+                while old_id not in shared._early:
+                    await trio.sleep(0.01)
+            answer.set()
+        (old,) = got
+        assert (old.decision, old.task_id) == (StartDecision.STARTED, old_id)
+        with trio.fail_after(10):
+            result = await one.wait_task(old_id)
+        assert result.outcome is Outcome.REPLACED
+        assert result.error == f"replaced by task {new.task_id}"
+
+
 async def test_a_task_is_listed_and_stopped_through_any_server(redis_url: str) -> None:
     async with replica(redis_url, "one") as one, replica(redis_url, "two") as two:
         one.subscribe("w", "a")
