@@ -501,6 +501,46 @@ async def test_while_redis_does_not_answer_a_start_or_a_remote_stop_answers_503(
             app.close()
 
 
+async def test_while_redis_does_not_answer_the_driving_server_stops_its_task_and_says_so(
+    redis_server: RedisServer,
+) -> None:
+    async with replica(redis_server.url, "one") as one:
+        one.subscribe("w", "a")
+        task_id = (await one.start_run("durable")).task_id
+        assert task_id is not None
+        with trio.fail_after(5):  # its first state is stored
+            while await state_of(store_of(one), task_id) != "a":
+                await trio.sleep(0.01)
+        app = create_app(one, store_wait=1.0)
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://one"
+            ) as http:
+                redis_server.kill(signal.SIGSTOP)  # connections stay open; no answer comes
+                try:
+                    stopped = await http.delete(f"/task/{task_id}")
+                    # stopped here, as every change: kept in memory, stored once Redis answers
+                    assert (stopped.status_code, stopped.json()) == (
+                        503,
+                        {
+                            "error": "the store does not answer",
+                            "problems": [
+                                "the change was not stored within 1 s: it is kept in memory"
+                                " and written once the store answers"
+                            ],
+                        },
+                    )
+                    run = one._core.running[task_id]
+                    assert run.stop_request == (False, "stopped through the API")
+                finally:
+                    redis_server.kill(signal.SIGCONT)
+            with trio.fail_after(20):  # Redis answers again: the end is stored
+                result = await one.wait_task(task_id)
+            assert (result.outcome, result.error) == (Outcome.STOPPED, "stopped through the API")
+        finally:
+            app.close()
+
+
 async def test_a_stop_the_driving_server_answered_outlives_that_server(redis_url: str) -> None:
     async with replica(redis_url, "one") as one:
         one.subscribe("w", "a")
