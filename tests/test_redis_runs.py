@@ -105,6 +105,8 @@ async def test_the_store_admits_skip_wait_and_replace_over_every_lease(redis_url
         assert await admit("s", "skip", "one", one) == ("skip", ("q",))
         # replace: the active run is asked to stop through its holder's stream
         assert await admit("n", "replace", "one", one) == ("start", ("q",))
+        # asked again: the runs it replaces are named again, and not stopped twice
+        assert await admit("n", "replace", "one", one) == ("start", ("q",))
         stop = {"c": "stop", "t": "q", "why": "replaced by task n", "r": True}
         entries = await store.streams.follow(store.streams.answer_stream("two"))
         assert orjson.loads(entries[-1][1]) == stop
