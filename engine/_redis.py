@@ -492,7 +492,17 @@ if token ~= ARGV[1] then
 end
 local id = ARGV[3]
 local decided = redis.call('HGET', KEYS[2], id)
-if decided then return {decided == 'q' and 'queue' or 'start'} end
+if decided == 'q' then return {'queue'} end
+if decided then
+  -- asked again: the same verdict, with the runs this one replaces still stopping
+  local reply, runs = {'start'}, redis.call('HGETALL', KEYS[2])
+  local why = 'replaced by task ' .. id
+  for j = 1, #runs, 2 do
+    local kept = runs[j + 1] == 's' and redis.call('HGET', KEYS[7], runs[j])
+    if kept and cjson.decode(kept)['why'] == why then reply[#reply + 1] = runs[j] end
+  end
+  return reply
+end
 local runs, active, queued = redis.call('HGETALL', KEYS[2]), {}, nil
 for j = 1, #runs, 2 do
   if runs[j + 1] == 'a' then active[#active + 1] = runs[j] end

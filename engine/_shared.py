@@ -96,6 +96,9 @@ class SharedRuns:
         self._nursery = nursery
         #: Runs asked for whose caller waits for the verdict: id -> (set when known, verdict).
         self._waiting: dict[str, tuple[trio.Event, list[StartResult]]] = {}
+        #: Stops that reached this server before the verdict on their run (another server
+        #: replaced it, or stopped it, as soon as the store admitted it): id -> the entry.
+        self._early: dict[str, Mapping[str, Any]] = {}
 
     # ------------------------------------------------------------ admission
 
@@ -129,6 +132,9 @@ class SharedRuns:
                 verdict, names = "error", (f"{type(error).__name__}: {error}",)
             break
         result = self._core.admitted(intent.task_id, verdict, names, trio.current_time())
+        early = self._early.pop(intent.task_id, None)
+        if early is not None:  # it is known now: stopped (if it started or was queued)
+            self.take(early)
         self._driver.poke()
         waiting = self._waiting.pop(intent.task_id, None)
         if waiting is not None:
@@ -164,7 +170,9 @@ class SharedRuns:
         through any server (or by a replacing run), or the start of a queued run."""
         kind, task_id = entry.get("c"), entry.get("t")
         now = trio.current_time()
-        if kind == "stop" and isinstance(task_id, str):
+        if kind == "stop" and task_id in self._core.asking:
+            self._early[task_id] = entry  # taken with the verdict (see _admit)
+        elif kind == "stop" and isinstance(task_id, str):
             why = entry.get("why")
             replaced = bool(entry.get("r"))
             if self._core.stop(
@@ -183,16 +191,29 @@ class SharedRuns:
         for entry in (await self._store.stop_requests(list(task_ids))).values():
             self.take(entry)
 
-    async def keep_stop(self, task_id: str, reason: str) -> str:
-        """Keep in the store the stop of a task this server drives (or holds queued), before
-        it stops it, so that the server taking its tasks over stops it too if this one dies
-        before the end is stored. Return ``kept``, ``sent`` (another server holds the
-        task now: the request went there), ``ended`` or ``unknown`` (nothing of it
-        stored yet)."""
+    async def keep_stop(self, task_id: str, reason: str, *, wait: float) -> bool:
+        """Keep in the store the stop of a task this server drives (or holds queued), so
+        that the server taking its tasks over stops it too if this one dies before the
+        end is stored. Return whether it was kept within ``wait`` seconds; if not, it is
+        kept once the store answers (the write goes on in this server's nursery)."""
         lease = self._persistence.lease
         assert lease is not None
-        status, _ = await self._store.request_stop(task_id, reason, here=lease.name)
-        return status
+        kept = trio.Event()
+
+        async def keep() -> None:
+            try:
+                await self._store.request_stop(task_id, reason, here=lease.name)
+            except Exception as error:  # nothing kept: the task stops here all the same
+                logger.warning(
+                    "task %s: its stop could not be kept in the store: %s", task_id, error
+                )
+            else:
+                kept.set()
+
+        self._nursery.start_soon(keep)
+        with trio.move_on_after(wait):
+            await kept.wait()
+        return kept.is_set()
 
     async def stop(self, task_id: str, reason: str, *, wait: float) -> tuple[str, str | None]:
         """Ask the server driving a task to stop it; wait up to ``wait`` s for its end.
@@ -296,9 +317,12 @@ class SharedRunMethods:
         Return what happened: ``stopping`` (this server drives it and stops it
         now: see :meth:`stop_task`), ``ended`` (it had ended, or ended
         otherwise before the request reached it), ``stopped`` (another server
-        stopped it, within ``wait`` seconds) or ``requested`` (the request
+        stopped it, within ``wait`` seconds), ``requested`` (the request
         is with the server driving it, and the server that takes its tasks
-        over if it dies first; the task had not ended within ``wait``).
+        over if it dies first; the task had not ended within ``wait``) or
+        ``unconfirmed`` (this server drives it and stops it now, but the
+        shared store did not answer within ``wait``: the stop is kept, and
+        the task's end stored, once it answers).
 
         With a store shared by servers, the stop of a task this server drives
         is kept in the store before the task stops (one round trip), so that
@@ -307,19 +331,17 @@ class SharedRunMethods:
 
         Raises:
             UnknownTaskError: no task has this id.
-            StoreError: the shared store did not answer (a task this server drives
-                stops here all the same, but the stop is not kept).
         """
         run = self._core.running.get(task_id)
         here = task_id in self._workflows.queued or (
             run is not None and run.stop_request is None and not run.gone
         )
         if self._shared is not None and here:
-            try:  # kept in the store first: the stop outlives this server
-                await self._shared.keep_stop(task_id, reason or "stopped")
-            finally:  # and carried out here, whether or not the store answered
-                stopping = self.stop_task(task_id, reason=reason)
-            return "stopping" if stopping else "ended"
+            # kept in the store first, so that the stop outlives this server
+            kept = await self._shared.keep_stop(task_id, reason or "stopped", wait=wait)
+            if not self.stop_task(task_id, reason=reason):  # and carried out here
+                return "ended"
+            return "stopping" if kept else "unconfirmed"
         try:
             return "stopping" if self.stop_task(task_id, reason=reason) else "ended"
         except UnknownTaskError:

@@ -721,7 +721,7 @@ class PhasebusApp:
                 )
             except UnknownTaskError:
                 raise BadInput(404, f"unknown task {task_id!r}") from None
-            if how == "requested":  # with the server driving it, which has not ended it yet
+            if how in ("requested", "unconfirmed"):  # not ended (nor kept) in the store yet
                 return JSONResponse({"task_id": task_id, "stopped": True, "pending": True}, 202)
             return JSONResponse({"task_id": task_id, "stopped": how != "ended"})
         return not_decided(

@@ -105,6 +105,8 @@ async def test_the_store_admits_skip_wait_and_replace_over_every_lease(redis_url
         assert await admit("s", "skip", "one", one) == ("skip", ("q",))
         # replace: the active run is asked to stop through its holder's stream
         assert await admit("n", "replace", "one", one) == ("start", ("q",))
+        # asked again: the runs it replaces are named again, and not stopped twice
+        assert await admit("n", "replace", "one", one) == ("start", ("q",))
         stop = {"c": "stop", "t": "q", "why": "replaced by task n", "r": True}
         entries = await store.streams.follow(store.streams.answer_stream("two"))
         assert orjson.loads(entries[-1][1]) == stop
@@ -293,6 +295,48 @@ async def test_replace_stops_the_run_another_server_drives(redis_url: str) -> No
             assert (await two.wait_task(new.task_id)).outcome is Outcome.DONE
 
 
+async def test_a_run_replaced_before_its_own_verdict_came_back_stops(redis_url: str) -> None:
+    """The store admitted "one"'s run, but its answer comes late: "two" replaces the run
+    meanwhile, and the stop reaches "one" before the verdict does."""
+    async with replica(redis_url, "one") as one, replica(redis_url, "two") as two:
+        one.subscribe("w", "r1")
+        store = store_of(one)
+        admit = store.admit
+        answer = trio.Event()
+
+        async def late(*args: Any, **kwargs: Any) -> Any:
+            verdict = await admit(*args, **kwargs)
+            await answer.wait()
+            return verdict
+
+        store.admit = late  # type: ignore[method-assign]
+        async with one.open_listener(subscriber_id="w"), trio.open_nursery() as nursery:
+            got: list[Any] = []
+
+            async def start_one() -> None:
+                got.append(await one.start_run("replaces"))
+
+            nursery.start_soon(start_one)
+            with trio.fail_after(5):  # admitted in Redis; "one" does not know it yet
+                while not (running := await store.running_tasks()):
+                    await trio.sleep(0.01)
+            (old_id,) = [record["id"] for record in running]
+            new = await two.start_run("replaces")
+            assert (new.decision, new.replaced) == (StartDecision.STARTED, (old_id,))
+            shared = one._shared
+            assert shared is not None
+            with trio.fail_after(5):  # the stop reached "one" first
+                while old_id not in shared._early:
+                    await trio.sleep(0.01)
+            answer.set()
+        (old,) = got
+        assert (old.decision, old.task_id) == (StartDecision.STARTED, old_id)
+        with trio.fail_after(10):
+            result = await one.wait_task(old_id)
+        assert result.outcome is Outcome.REPLACED
+        assert result.error == f"replaced by task {new.task_id}"
+
+
 async def test_a_task_is_listed_and_stopped_through_any_server(redis_url: str) -> None:
     async with replica(redis_url, "one") as one, replica(redis_url, "two") as two:
         one.subscribe("w", "a")
@@ -455,6 +499,46 @@ async def test_while_redis_does_not_answer_a_start_or_a_remote_stop_answers_503(
                 with trio.fail_after(20):
                     while not await two.fetch_history(workflow="waits"):
                         await trio.sleep(0.05)
+        finally:
+            app.close()
+
+
+async def test_while_redis_does_not_answer_the_driving_server_stops_its_task_and_says_so(
+    redis_server: RedisServer,
+) -> None:
+    async with replica(redis_server.url, "one") as one:
+        one.subscribe("w", "a")
+        task_id = (await one.start_run("durable")).task_id
+        assert task_id is not None
+        with trio.fail_after(5):  # its first state is stored
+            while await state_of(store_of(one), task_id) != "a":
+                await trio.sleep(0.01)
+        app = create_app(one, store_wait=1.0)
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://one"
+            ) as http:
+                redis_server.kill(signal.SIGSTOP)  # connections stay open; no answer comes
+                try:
+                    stopped = await http.delete(f"/task/{task_id}")
+                    # stopped here, as every change: kept in memory, stored once Redis answers
+                    assert (stopped.status_code, stopped.json()) == (
+                        503,
+                        {
+                            "error": "the store does not answer",
+                            "problems": [
+                                "the change was not stored within 1 s: it is kept in memory"
+                                " and written once the store answers"
+                            ],
+                        },
+                    )
+                    run = one._core.running[task_id]
+                    assert run.stop_request == (False, "stopped through the API")
+                finally:
+                    redis_server.kill(signal.SIGCONT)
+            with trio.fail_after(20):  # Redis answers again: the end is stored
+                result = await one.wait_task(task_id)
+            assert (result.outcome, result.error) == (Outcome.STOPPED, "stopped through the API")
         finally:
             app.close()
 
