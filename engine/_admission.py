@@ -87,6 +87,10 @@ class StartResult:
         }
 
 
+#: How the reason of a run skipped because the shared store could not decide on it begins.
+UNDECIDED = "the run could not be decided, so it did not start"
+
+
 def new_id() -> str:
     """Return a new task id."""
     return str(uuid.uuid4())
@@ -175,7 +179,7 @@ def admitted(
         why = (
             skip_reason(registered.workflow.surpass, blocking)
             if verdict == "skip"
-            else f"the run could not be decided, so it did not start: {blocking}"
+            else f"{UNDECIDED}: {blocking}"
         )
         return StartResult(workflow_id, StartDecision.SKIPPED, reason=why)
     queued = verdict == "queue"

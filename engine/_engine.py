@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import trio
 
+from ._admission import UNDECIDED, StartResult
 from ._admission import StartDecision as StartDecision
-from ._admission import StartResult
 from ._bus import (
     DEFAULT_BUFFER,
     ENGINE_CLOSED,
@@ -329,6 +329,9 @@ class Engine(ListenerMethods, ResultMethods, SharedRunMethods, ConfigMethods):
             return "stopped", None
         started = await self.start_run(workflow_id, reason=reason)
         if started.decision is StartDecision.SKIPPED:
+            if started.reason.startswith(UNDECIDED):  # the store failed, not surpass
+                logger.error("schedule of %s: %s", workflow_id, started.reason)
+                return "failed", None
             return "skipped_overlap", None
         if started.decision is StartDecision.QUEUED:
             return "queued", started.task_id

@@ -470,9 +470,9 @@ class EventFanout:
                 if isinstance(item, bytes):
                     bodies.append(item)
                 elif self.wanted_elsewhere(item.message_type):
-                    bodies.append(
-                        orjson.dumps({"r": self._replica, "t": item.message_type, "d": item.data})
-                    )
+                    body = _event_body(self._replica, item)
+                    if body is not None:
+                        bodies.append(body)
                 else:
                     filtered = max(filtered, decided)
             if not bodies and interest is None:
@@ -527,6 +527,16 @@ class EventFanout:
                         self._show(Event(data["t"], data["d"]))
                 except Exception:  # one bad entry stops neither the others nor the engine
                     logger.exception("ignoring entry %s of the events stream", entry_id)
+
+
+def _event_body(replica: str, event: Event) -> bytes | None:
+    """Return an event as the shared stream carries it, or None (logged) if its data is not
+    JSON: it then reaches this replica's listeners only."""
+    try:  # read-only mappings (an event without data shares one) are written as objects
+        return orjson.dumps({"r": replica, "t": event.message_type, "d": event.data}, default=dict)
+    except TypeError as error:
+        logger.error("event %s not sent to the other replicas: %s", event.message_type, error)
+        return None
 
 
 #: How long a subscriber's action may stay with a replica that read it but died before

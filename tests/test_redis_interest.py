@@ -363,3 +363,22 @@ async def test_each_server_counts_in_its_metrics_what_it_does_and_nothing_twice(
         finally:
             for m in metrics.values():
                 m.close()
+
+
+async def test_an_event_without_data_reaches_other_servers_and_one_not_json_is_said_not_to(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with replica(redis_url, "one") as (one, _), replica(redis_url, "two") as (two, _):
+        async with two.open_listener() as everything:
+            await two.wait_listeners_shared()
+            one.publish(Event("empty", {}))  # as POST /events with "data": {} makes it
+            one.publish(Event("odd", {"values": {1, 2}}))  # from Python: a set is not JSON
+            one.publish(Event("after", {"n": 1}))
+            got = []
+            with trio.fail_after(5):
+                while not got or got[-1].message_type != "after":
+                    message = await everything.receive()
+                    if message.message_type in ("empty", "odd", "after"):
+                        got.append(message)
+        assert [(m.message_type, dict(m.data)) for m in got] == [("empty", {}), ("after", {"n": 1})]
+        assert "event odd not sent to the other replicas" in caplog.text

@@ -634,3 +634,22 @@ async def test_a_run_queued_behind_a_run_whose_server_died_starts_when_that_run_
                 sent = await next_message(listener, Action)
                 assert (sent.task, sent.step) == (queued.task_id, "a")
             assert (await two.fetch_task(active)).outcome is Outcome.DONE  # type: ignore[union-attr]
+
+
+async def test_a_schedule_firing_the_store_could_not_decide_is_recorded_failed(
+    redis_url: str,
+) -> None:
+    async with replica(redis_url, "one") as one:
+        store = store_of(one)
+
+        async def broken(*_: object, **__: object) -> Any:
+            raise RuntimeError("the script is gone")
+
+        store.admit = broken  # type: ignore[method-assign]
+        # what a cron firing does: not a surpass skip, so not recorded as one
+        assert await one._fire("durable", "schedule") == ("failed", None)
+        started = await one.start_run("durable")
+        assert (started.decision, started.reason) == (
+            StartDecision.SKIPPED,
+            "the run could not be decided, so it did not start: RuntimeError: the script is gone",
+        )
