@@ -675,6 +675,13 @@ def _interest_of(engine: Engine) -> frozenset[str] | None:
     return None if wanted is None else wanted | engine._core.event_waiters.keys()
 
 
+async def _regained(fanout: EventFanout, takeover: Takeover) -> None:
+    """Count this replica's interest again, then give up the tasks taken over meanwhile,
+    once its lease lapsed and is held again."""
+    await fanout.regained()  # from the others' next append on, they send it what it wants
+    await takeover.check_held()
+
+
 def _always(_: str) -> bool:
     return True
 
@@ -801,6 +808,7 @@ async def open_engine(
                             decided=functools.partial(_decided, streams.store, persistence),
                         )
                         await nursery.start(fanout.serve)
+                        persistence.on_regained = functools.partial(_regained, fanout, takeover)
                         nursery.start_soon(fanout.poll, lease_held.ttl.total_seconds() / 3)
                         engine._listeners_shared = fanout.announced
                         engine._fanout = fanout.send

@@ -340,8 +340,9 @@ class Persistence(_WriteMethods, _ReadMethods):
         #: Called with a task another replica took over (its write was refused for that):
         #: the engine forgets it. Without it, the task fails like any refused write.
         self.on_taken: Callable[[str], None] | None = None
-        #: Awaited once a lost lease is held again: the engine gives up the tasks
-        #: another replica took over meanwhile.
+        #: Awaited once a lost lease is held again: the engine stores its interest in
+        #: the others' events again, and gives up the tasks another replica took over
+        #: meanwhile.
         self.on_regained: Callable[[], Awaitable[None]] | None = None
         #: Whether writes are made: there is a store, and it is not closed.
         self._keeping = self._store is not None or self._async is not None

@@ -312,6 +312,11 @@ class EventFanout:
     connected there, see :meth:`announced`) reaches it. Event types a step of a
     workflow registered here waits for are always sent (the other replicas run the
     same workflows), as are listener announcements (:data:`ALWAYS_SHARED`).
+
+    A replica whose lease lapsed (paused, or cut off from Redis) may miss the events
+    the others publish once they read that its interest counts no more (they send
+    them only for the replicas counted); when it holds its lease again it stores its
+    interest again at once (:meth:`regained`), and gets what they publish from then on.
     """
 
     def __init__(
@@ -408,15 +413,32 @@ class EventFanout:
             self._sent.set()
 
     async def poll(self, period: float) -> None:
-        """Read the replicas' interest every ``period`` seconds (a replica whose lease
-        expired counts no more), and store this replica's again when its lease was taken
-        again; until cancelled."""
+        """Read the replicas' interest every ``period`` seconds (:meth:`refresh`), until
+        cancelled."""
         while True:
             await trio.sleep(period)
-            version, interests = await self._streams.interests()
-            self._learn(version, interests)
-            if self._stored is not None and self._stored[1] != self._lease():
-                self._wake.set()
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read the replicas' interest now (a replica whose lease expired counts no more),
+        and store this replica's again if its lease was taken again meanwhile (see
+        :meth:`regained`, which does so at once)."""
+        version, interests = await self._streams.interests()
+        self._learn(version, interests)
+        if self._stored is not None and self._stored[1] != self._lease():
+            self._wake.set()
+
+    async def regained(self) -> None:
+        """Store this replica's interest again now that its lease is held again (under a
+        new token), and wait until it is stored.
+
+        While the lease had lapsed, the other replicas counted this one's interest no
+        more once they read the interest again, and sent the events they published
+        meanwhile only for the replicas counted. Storing it again changes the interest's
+        version: the next append of every other replica is refused, and filtered again
+        with this replica counted.
+        """
+        await self.announced()
 
     async def _send_out(self) -> None:
         while True:

@@ -20,6 +20,7 @@ import trio_websocket
 from engine import Action, Engine, Event, Outcome, Step, WaitForEvent, Workflow, open_engine
 from engine._metrics import EngineMetrics
 from engine._redis import RedisStore, open_redis_store
+from engine._replicas import EventFanout
 from engine._server import serve_app
 from engine._web import create_app
 
@@ -248,6 +249,64 @@ async def test_the_interest_of_a_replica_goes_with_its_lease(redis_url: str) -> 
         version, interests = await streams.interests()
         assert set(interests) == {"one"}
         assert int(version) >= 2
+
+
+async def test_a_replica_holding_its_lease_again_gets_at_once_what_the_others_publish(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the replicas read each other's interest only when this test says so: what brings
+    # "two" its events back is taking its lease again, not its next read of the interest
+    fanouts: dict[str, EventFanout] = {}
+
+    async def read_when_told(self: EventFanout, period: float) -> None:
+        fanouts[self._replica] = self
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(EventFanout, "poll", read_when_told)
+    async with (
+        replica(redis_url, "one") as (one, store),
+        replica(redis_url, "two") as (two, two_store),
+        two.open_listener(message_types=["hello"]) as far,
+    ):
+        one.publish(Event("hello", {"n": 1}))
+        with trio.fail_after(5):
+            assert (await far.receive()).data == {"n": 1}
+
+        # "two" cannot take its lease again until "one" has read that it lapsed
+        may_acquire = trio.Event()
+        acquire = two_store.acquire_lease
+
+        async def held_back(name: str, ttl: timedelta) -> int | None:
+            await may_acquire.wait()
+            return await acquire(name, ttl)
+
+        two_store.acquire_lease = held_back  # type: ignore[method-assign]
+        regained = trio.Event()
+        persistence = two._persistence
+        on_regained = persistence.on_regained
+        assert on_regained is not None
+
+        async def observed() -> None:
+            await on_regained()
+            regained.set()
+
+        persistence.on_regained = observed
+        lease = persistence.lease
+        assert lease is not None
+        lapsed = lease.token
+        assert await store.release_lease("two", lapsed)  # as if "two" had been paused
+        await fanouts["one"].refresh()
+        assert not fanouts["one"].wanted_elsewhere("hello")  # "two" counts no more
+
+        may_acquire.set()
+        with trio.fail_after(5):
+            await regained.wait()
+        assert lease.token > lapsed
+        one.publish(Event("hello", {"n": 2}))  # "one" has read nothing since
+        with trio.fail_after(5):
+            assert (await far.receive()).data == {"n": 2}
+        assert fanouts["one"].wanted_elsewhere("hello")
+        assert [kind for who, kind in await sent(store) if who == "one"] == ["hello", "hello"]
 
 
 async def test_an_append_filtered_with_an_old_interest_is_refused_whole(redis_url: str) -> None:
