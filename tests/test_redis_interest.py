@@ -24,6 +24,7 @@ from engine._replicas import EventFanout
 from engine._server import serve_app
 from engine._web import create_app
 
+from .test_redis_growth import fields
 from .web_support import events_until
 
 pytestmark = pytest.mark.redis
@@ -251,6 +252,11 @@ async def test_the_interest_of_a_replica_goes_with_its_lease(redis_url: str) -> 
         assert int(version) >= 2
 
 
+async def stored_interests(url: str) -> set[str]:
+    """Return the replicas whose interest is stored, live or not."""
+    return set(await fields(url, "interests"))
+
+
 async def test_a_replica_holding_its_lease_again_gets_at_once_what_the_others_publish(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -297,11 +303,13 @@ async def test_a_replica_holding_its_lease_again_gets_at_once_what_the_others_pu
         assert await store.release_lease("two", lapsed)  # as if "two" had been paused
         await fanouts["one"].refresh()
         assert not fanouts["one"].wanted_elsewhere("hello")  # "two" counts no more
+        assert "two" not in await stored_interests(redis_url)  # nor is it kept
 
         may_acquire.set()
         with trio.fail_after(5):
             await regained.wait()
         assert lease.token > lapsed
+        assert "two" in await stored_interests(redis_url)  # stored again
         one.publish(Event("hello", {"n": 2}))  # "one" has read nothing since
         with trio.fail_after(5):
             assert (await far.receive()).data == {"n": 2}
