@@ -35,7 +35,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import orjson
@@ -204,14 +204,12 @@ class Takeover:
         entries = [entry for stream_entries in left.values() for entry in stream_entries]
         for entry_id, body in entries:
             try:
-                data = orjson.loads(body)
-                if "c" in data:  # a stop or a start (SharedRuns.take)
-                    if self.control is not None and data.get("t") in adopted:
-                        self.control(data)
-                    continue
-                answer = message_from_json(data["m"])
-                if publish is not None and isinstance(answer, _ANSWERS) and answer.task in adopted:
-                    publish(attrs.evolve(answer, subscriber_id=data["s"]))
+                entry = _answer_entry(body)
+                if isinstance(entry, dict):  # a stop or a start (SharedRuns.take)
+                    if self.control is not None and entry.get("t") in adopted:
+                        self.control(entry)
+                elif publish is not None and entry is not None and entry.task in adopted:
+                    publish(entry)
                     taken += 1
             except Exception:  # one bad entry stops neither the others nor the engine
                 logger.exception("ignoring entry %s of the answers left to %r", entry_id, expired)
@@ -735,17 +733,15 @@ class ActionRelay:
             taken: set[str] = set()
             for entry_id, body in entries:
                 try:
-                    data = orjson.loads(body)
-                    if "c" in data:  # a stop or a start (SharedRuns.take)
+                    entry = _answer_entry(body)
+                    if isinstance(entry, dict):  # a stop or a start (SharedRuns.take)
                         if self.control is not None:
-                            self.control(data)
-                            if isinstance(data.get("t"), str):
-                                taken.add(data["t"])
-                        continue
-                    answer = message_from_json(data["m"])
-                    if isinstance(answer, _ANSWERS) and answer.task in self._core.running:
-                        self._publish(attrs.evolve(answer, subscriber_id=data["s"]))
-                        taken.add(answer.task)
+                            self.control(entry)
+                            if isinstance(entry.get("t"), str):
+                                taken.add(entry["t"])
+                    elif entry is not None and entry.task in self._core.running:
+                        self._publish(entry)
+                        taken.add(entry.task)
                 except Exception:  # one bad entry stops neither the others nor the engine
                     logger.exception("ignoring entry %s of %s", entry_id, stream)
             if entries:
@@ -767,6 +763,20 @@ class ActionRelay:
 
 
 _ANSWERS = (ActionDone, ActionError, ActionInfo, ActionProgress)
+
+
+def _answer_entry(body: bytes) -> dict[str, Any] | Answer | None:
+    """Decode an entry of an answer stream: a stop or a start (its JSON, for
+    ``SharedRuns.take``), an answer as its subscriber sent it, or None (a message that is
+    not an answer)."""
+    data = orjson.loads(body)
+    if "c" in data:
+        return cast("dict[str, Any]", data)
+    answer = message_from_json(data["m"])
+    if not isinstance(answer, _ANSWERS):
+        return None
+    return attrs.evolve(answer, subscriber_id=data["s"])
+
 
 #: The key wrapping an action sent again to a subscriber's stream because the subscriber
 #: connected to another replica (``{"again": <the action>}``): the replica reading the
